@@ -1,0 +1,1 @@
+"""Request, response and error models shared by the daemon and the client."""

@@ -1,0 +1,135 @@
+"""Typed API models (v1). The daemon serialises these; the client parses them."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+OpState = Literal["running", "succeeded", "failed", "cancelled"]
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    hint: str = ""
+
+
+class Status(BaseModel):
+    version: str
+    api: str
+    pid: int
+    uptime_s: float
+    socket: str
+    dirs: dict[str, str]
+    vms_running: int = 0
+
+
+class OperationEvent(BaseModel):
+    seq: int
+    time: float
+    stage: str
+    detail: str = ""
+    fraction: float | None = None
+
+
+class Operation(BaseModel):
+    id: str
+    kind: str
+    target: str
+    state: OpState
+    created_at: float
+    finished_at: float | None = None
+    stage: str = ""
+    result: Any = None
+    error: ErrorBody | None = None
+
+
+class CheckResult(BaseModel):
+    group: str
+    name: str
+    status: Literal["ok", "warn", "fail"]
+    detail: str
+    fix: str = ""
+
+
+class DoctorReport(BaseModel):
+    checks: list[CheckResult]
+
+    @property
+    def failed(self) -> bool:
+        return any(c.status == "fail" for c in self.checks)
+
+
+class Kernel(BaseModel):
+    name: str
+    path: str
+    vmlinux: str
+    initrd: str | None = None
+    package: str = ""
+    version: str = ""
+    created_at: float = 0.0
+    size_bytes: int = 0
+
+
+class Image(BaseModel):
+    name: str
+    managed: bool
+    rootfs: str
+    work_seed: str | None = None
+    kernel: str | None = None
+    vmlinux: str | None = None
+    initrd: str | None = None
+    size_bytes: int = 0
+    created_at: float = 0.0
+    info: dict[str, Any] = Field(default_factory=dict)
+
+
+class VM(BaseModel):
+    id: str
+    name: str
+    state: Literal["creating", "running", "stopped", "error"]
+    image: str
+    kernel: str
+    engine: str
+    vcpus: int
+    memory_mib: int
+    disk_bytes: int
+    work_bytes: int
+    nat: bool
+    ip: str | None
+    mac: str
+    tap: str | None
+    pid: int | None = None
+    created_at: float
+    started_at: float | None = None
+    timings: dict[str, float] = Field(default_factory=dict)
+    last_error: str | None = None
+    dir: str = ""
+
+
+class CreateVM(BaseModel):
+    name: str | None = None
+    image: str | None = None
+    kernel: str | None = None
+    engine: Literal["auto", "qemu", "firecracker"] | None = None
+    vcpus: int | None = None
+    memory: str | None = None
+    disk_size: str | None = None
+    work_size: str | None = None
+    nat: bool = False
+
+
+class SetVM(BaseModel):
+    vcpus: int | None = None
+    memory: str | None = None
+    nat: bool | None = None
+
+
+class RegisterImage(BaseModel):
+    name: str
+    rootfs: str
+    work_seed: str | None = None
+    kernel: str | None = None
+    vmlinux: str | None = None
+    initrd: str | None = None

@@ -1,0 +1,82 @@
+"""`banger`: the CLI entry point. Errors become one line plus a hint, never a traceback
+(unless --debug)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from banger import __version__
+from banger.cli.output import err
+from banger.errors import BangerError
+
+
+class LazyGroup(click.Group):
+    """Imports a sub-command's module only when it runs: keeps `banger vm list` fast."""
+
+    lazy: dict[str, tuple[str, str]] = {
+        "daemon": ("banger.cli.daemon_cmds", "daemon"),
+        "config": ("banger.cli.config_cmds", "config"),
+        "doctor": ("banger.cli.doctor_cmd", "doctor"),
+        "kernel": ("banger.cli.kernel_cmds", "kernel"),
+        "image": ("banger.cli.image_cmds", "image"),
+        "vm": ("banger.cli.vm_cmds", "vm"),
+        "tui": ("banger.cli.tui_cmd", "tui"),
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(self.lazy)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.lazy:
+            return None
+        import importlib
+
+        module, attr = self.lazy[name]
+        try:
+            cmd = getattr(importlib.import_module(module), attr)
+        except ModuleNotFoundError as exc:
+            if exc.name == module:
+                return None
+            raise
+        assert isinstance(cmd, click.Command)
+        return cmd
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@click.version_option(__version__, prog_name="banger")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Fast, persistent Linux microVMs. Start with `banger vm run`."""
+    ctx.obj = {"debug": debug}
+
+
+def main() -> None:
+    debug = "--debug" in sys.argv[1:] or os.environ.get("BANGER_DEBUG") == "1"
+    try:
+        rv = cli.main(prog_name="banger", standalone_mode=False)
+        sys.exit(rv if isinstance(rv, int) else 0)
+    except click.exceptions.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except click.UsageError as exc:
+        cmd = exc.ctx.command_path if exc.ctx else "banger"
+        err.print(f"[red]error:[/] {exc.format_message()}")
+        err.print(f"[dim]hint:[/] run `{cmd} --help` to see the commands and options")
+        sys.exit(2)
+    except click.ClickException as exc:
+        err.print(f"[red]error:[/] {exc.format_message()}")
+        sys.exit(exc.exit_code)
+    except BangerError as exc:
+        if debug:
+            raise
+        err.print(f"[red]error:[/] {exc.message}")
+        if exc.hint:
+            err.print(f"[dim]hint:[/] {exc.hint}")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,80 @@
+"""Shared CLI output: rich console on stderr/stdout, JSON, errors and progress."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+from pydantic import BaseModel
+from rich.console import Console
+
+from banger.api.models import Operation, OperationEvent
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def print_json(data: Any) -> None:
+    if isinstance(data, BaseModel):
+        data = data.model_dump(mode="json")
+    elif isinstance(data, list):
+        data = [d.model_dump(mode="json") if isinstance(d, BaseModel) else d for d in data]
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+class StageProgress:
+    """Live stage lines on a TTY's stderr: `✓ disk 0.21s`, spinner for the current stage.
+
+    Off a TTY it prints one plain line per finished stage, so logs stay readable.
+    """
+
+    def __init__(self, title: str, enabled: bool = True) -> None:
+        self.title = title
+        self.enabled = enabled
+        self.tty = err.is_terminal
+        self.stage: str | None = None
+        self.detail = ""
+        self.stage_started = time.monotonic()
+        self.started = time.monotonic()
+        self._status: Any = None
+        self.timings: dict[str, float] = {}
+
+    def __enter__(self) -> StageProgress:
+        if self.enabled and self.tty:
+            self._status = err.status(self.title)
+            self._status.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._finish_stage(ok=exc[0] is None)
+        if self._status is not None:
+            self._status.__exit__(*exc)
+
+    def _finish_stage(self, ok: bool = True) -> None:
+        if self.stage is None or not self.enabled:
+            return
+        took = time.monotonic() - self.stage_started
+        self.timings[self.stage] = took
+        mark = "[green]✓[/]" if ok else "[red]✗[/]"
+        if self.tty:
+            err.print(f"  {mark} {self.stage:<12} {took:6.2f}s [dim]{self.detail}[/]")
+        else:
+            err.print(f"  {'ok' if ok else 'FAILED'} {self.stage} {took:.2f}s {self.detail}")
+        self.stage = None
+
+    def __call__(self, event: OperationEvent) -> None:
+        if event.stage != self.stage:
+            self._finish_stage()
+            self.stage = event.stage
+            self.stage_started = time.monotonic()
+        self.detail = event.detail
+        if self._status is not None:
+            frac = f" {event.fraction * 100:.0f}%" if event.fraction is not None else ""
+            self._status.update(
+                f"{self.title}: [bold]{event.stage}[/]{frac} [dim]{event.detail}[/]"
+            )
+
+    def done(self, op: Operation) -> None:
+        self._finish_stage()

@@ -1,0 +1,224 @@
+"""Typed client for the daemon API: what the CLI and TUI use, and what users may import.
+
+from banger.client import Client
+with Client.connect() as c:
+    for vm in c.list_vms(): print(vm.name, vm.state)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel
+
+from banger.api.models import (
+    VM,
+    CreateVM,
+    DoctorReport,
+    Image,
+    Kernel,
+    Operation,
+    OperationEvent,
+    RegisterImage,
+    SetVM,
+    Status,
+)
+from banger.errors import BangerError, DaemonUnavailable, from_dict
+from banger.paths import Paths, default_paths
+
+M = TypeVar("M", bound=BaseModel)
+EventCallback = Callable[[OperationEvent], None]
+
+
+class Client:
+    def __init__(self, paths: Paths, timeout: float = 60.0) -> None:
+        self.paths = paths
+        self.started_daemon_pid: int | None = None
+        self._http = httpx.Client(
+            transport=httpx.HTTPTransport(uds=str(paths.socket)),
+            base_url="http://bangerd",
+            timeout=httpx.Timeout(timeout, connect=2.0),
+        )
+
+    @classmethod
+    def connect(cls, paths: Paths | None = None, *, autostart: bool = True) -> Client:
+        """A client for a running daemon; starts one when `autostart` and none answers."""
+        from banger.daemon.spawn import socket_answers, start_detached
+
+        paths = paths or default_paths()
+        if not socket_answers(paths):
+            if not autostart:
+                raise DaemonUnavailable(
+                    f"the banger daemon is not running (no answer on {paths.socket})",
+                    hint="start it with `banger daemon start`",
+                )
+            from banger.paths import ensure_dirs
+
+            ensure_dirs(paths)
+            client = cls(paths)
+            client.started_daemon_pid = start_detached(paths)
+            return client
+        return cls(paths)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transport -----------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            resp = self._http.request(method, path, **kw)
+        except httpx.TransportError as exc:
+            raise DaemonUnavailable(
+                f"lost contact with the banger daemon ({exc})",
+                hint=f"check `banger daemon status`; the log is {self.paths.daemon_log}",
+            ) from exc
+        if resp.status_code >= 400:
+            try:
+                err = resp.json()["error"]
+            except (ValueError, KeyError):
+                raise BangerError(
+                    f"daemon answered {resp.status_code}: {resp.text[:200]}"
+                ) from None
+            raise from_dict(err)
+        return resp.json()
+
+    def _get(self, path: str, model: type[M], **kw: Any) -> M:
+        return model.model_validate(self._request("GET", path, **kw))
+
+    def _list(self, path: str, model: type[M]) -> list[M]:
+        return [model.model_validate(x) for x in self._request("GET", path)]
+
+    def _op(self, method: str, path: str, **kw: Any) -> Operation:
+        return Operation.model_validate(self._request(method, path, **kw))
+
+    # -- daemon --------------------------------------------------------------------
+
+    def status(self) -> Status:
+        return self._get("/v1/status", Status)
+
+    def shutdown(self) -> None:
+        self._request("POST", "/v1/shutdown")
+
+    def config(self) -> dict[str, Any]:
+        return dict(self._request("GET", "/v1/config"))
+
+    def doctor(self) -> DoctorReport:
+        return self._get("/v1/doctor", DoctorReport)
+
+    # -- operations ----------------------------------------------------------------
+
+    def operation(self, op_id: str) -> Operation:
+        return self._get(f"/v1/operations/{op_id}", Operation)
+
+    def operations(self) -> list[Operation]:
+        return self._list("/v1/operations", Operation)
+
+    def cancel(self, op_id: str) -> Operation:
+        return self._op("POST", f"/v1/operations/{op_id}/cancel")
+
+    def stream(self, op_id: str, since: int = 0) -> Iterator[OperationEvent | Operation]:
+        try:
+            with self._http.stream(
+                "GET", f"/v1/operations/{op_id}/events", params={"since": since}, timeout=None
+            ) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise from_dict(resp.json()["error"])
+                for line in resp.iter_lines():
+                    if not line:
+                        continue
+                    item = json.loads(line)
+                    if "event" in item:
+                        yield OperationEvent.model_validate(item["event"])
+                    else:
+                        yield Operation.model_validate(item["operation"])
+        except httpx.TransportError as exc:
+            raise DaemonUnavailable(
+                f"lost contact with the banger daemon while following operation {op_id}",
+                hint="the work may still be running: `banger daemon status`",
+            ) from exc
+
+    def wait(self, op: Operation, on_event: EventCallback | None = None) -> Operation:
+        """Follow an operation to the end; raise its error if it failed."""
+        final = op
+        for item in self.stream(op.id):
+            if isinstance(item, OperationEvent):
+                if on_event:
+                    on_event(item)
+            else:
+                final = item
+        if final.state != "succeeded":
+            err = final.error
+            if err is None:
+                raise BangerError(f"{final.kind} {final.target} ended {final.state}")
+            raise from_dict(err.model_dump())
+        return final
+
+    # -- kernels and images --------------------------------------------------------
+
+    def kernels(self) -> list[Kernel]:
+        return self._list("/v1/kernels", Kernel)
+
+    def kernel(self, name: str) -> Kernel:
+        return self._get(f"/v1/kernels/{name}", Kernel)
+
+    def pull_kernel(self, name: str) -> Operation:
+        return self._op("POST", f"/v1/kernels/{name}/pull")
+
+    def remove_kernel(self, name: str, force: bool = False) -> dict[str, Any]:
+        return dict(self._request("DELETE", f"/v1/kernels/{name}", params={"force": force}))
+
+    def images(self) -> list[Image]:
+        return self._list("/v1/images", Image)
+
+    def image(self, name: str) -> Image:
+        return self._get(f"/v1/images/{name}", Image)
+
+    def pull_image(self, name: str) -> Operation:
+        return self._op("POST", f"/v1/images/{name}/pull")
+
+    def remove_image(self, name: str, force: bool = False) -> dict[str, Any]:
+        return dict(self._request("DELETE", f"/v1/images/{name}", params={"force": force}))
+
+    def register_image(self, req: RegisterImage) -> Image:
+        return Image.model_validate(
+            self._request("POST", "/v1/images", json=req.model_dump(mode="json"))
+        )
+
+    def promote_image(self, name: str) -> Operation:
+        return self._op("POST", f"/v1/images/{name}/promote")
+
+    # -- VMs -----------------------------------------------------------------------
+
+    def vms(self) -> list[VM]:
+        return self._list("/v1/vms", VM)
+
+    def vm(self, name: str) -> VM:
+        return self._get(f"/v1/vms/{name}", VM)
+
+    def create_vm(self, req: CreateVM) -> Operation:
+        return self._op("POST", "/v1/vms", json=req.model_dump(mode="json"))
+
+    def vm_action(self, name: str, action: str, **params: Any) -> Operation:
+        return self._op("POST", f"/v1/vms/{name}/{action}", params=params)
+
+    def delete_vm(self, name: str, force: bool = False) -> Operation:
+        return self._op("DELETE", f"/v1/vms/{name}", params={"force": force})
+
+    def set_vm(self, name: str, req: SetVM) -> VM:
+        return VM.model_validate(
+            self._request("PATCH", f"/v1/vms/{name}", json=req.model_dump(exclude_none=True))
+        )
+
+    def ssh_info(self, name: str) -> dict[str, Any]:
+        return dict(self._request("GET", f"/v1/vms/{name}/ssh"))

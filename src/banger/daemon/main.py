@@ -1,0 +1,113 @@
+"""`bangerd`: the daemon process.
+
+`bangerd --foreground` serves until SIGTERM/SIGINT (what a systemd user unit
+runs). Plain `bangerd` starts a detached foreground daemon and returns once its
+socket answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import signal
+import sys
+from logging.handlers import RotatingFileHandler
+from typing import IO
+
+import click
+
+from banger import __version__
+from banger.config import load_config
+from banger.daemon.app import build_daemon
+from banger.daemon.routes import setup_routes
+from banger.daemon.routes.common import DAEMON_KEY
+from banger.daemon.server import bind_socket, errors, peer_check, serve
+from banger.errors import BangerError, Conflict
+from banger.paths import Paths, default_paths, ensure_dirs
+
+log = logging.getLogger("banger.daemon")
+
+
+def _setup_logging(paths: Paths, level: str, to_stderr: bool) -> None:
+    handlers: list[logging.Handler] = [
+        RotatingFileHandler(paths.daemon_log, maxBytes=10 * 1024**2, backupCount=3)
+    ]
+    if to_stderr:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+
+
+def _take_lock(paths: Paths) -> IO[str]:
+    """An exclusive flock held for the daemon's life: exactly one daemon per user."""
+    lock = open(paths.runtime_dir / "bangerd.lock", "a+")  # noqa: SIM115 - held until exit
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = paths.pid_file.read_text().strip() if paths.pid_file.exists() else "?"
+        raise Conflict(
+            f"bangerd is already running (pid {pid})",
+            hint="`banger daemon status` shows it; `banger daemon stop` stops it",
+        ) from None
+    return lock
+
+
+async def _serve_forever(paths: Paths) -> None:
+    from aiohttp import web
+
+    loaded = load_config(paths)
+    daemon = build_daemon(paths, loaded)
+    app = web.Application(middlewares=[peer_check, errors])
+    app[DAEMON_KEY] = daemon
+    stop = asyncio.Event()
+    app["stop_event"] = stop
+    setup_routes(app)
+    await daemon.startup()
+    sock = bind_socket(paths.socket)
+    runner = await serve(app, sock)
+    paths.pid_file.write_text(f"{os.getpid()}\n")
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("bangerd %s listening on %s (pid %s)", __version__, paths.socket, os.getpid())
+    try:
+        await stop.wait()
+    finally:
+        log.info("bangerd shutting down; running VMs keep running")
+        await runner.cleanup()
+        await daemon.shutdown()
+        paths.socket.unlink(missing_ok=True)
+        paths.pid_file.unlink(missing_ok=True)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--foreground", is_flag=True, help="Serve in the foreground (for systemd).")
+@click.option("--debug", is_flag=True, help="Log at debug level to stderr too.")
+@click.version_option(__version__, prog_name="bangerd")
+def main(foreground: bool, debug: bool) -> None:
+    """The banger daemon."""
+    paths = default_paths()
+    try:
+        ensure_dirs(paths)
+        if not foreground:
+            from banger.daemon.spawn import start_detached
+
+            pid = start_detached(paths)
+            click.echo(f"bangerd started (pid {pid}), listening on {paths.socket}")
+            return
+        lock = _take_lock(paths)
+        level = "debug" if debug else load_config(paths).config.log_level
+        _setup_logging(paths, level, to_stderr=True)
+        asyncio.run(_serve_forever(paths))
+        lock.close()
+    except BangerError as exc:
+        click.echo(f"bangerd: error: {exc.message}", err=True)
+        if exc.hint:
+            click.echo(f"hint: {exc.hint}", err=True)
+        sys.exit(exc.exit_code)

@@ -1,0 +1,123 @@
+"""Daemon status, config, doctor and operations."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+
+from aiohttp import web
+
+from banger import API_VERSION, __version__
+from banger.api.models import Operation, Status
+from banger.daemon import testhooks
+from banger.daemon.routes.common import daemon_of, ok
+from banger.progress import Progress
+from banger.services.doctor import run_doctor
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/v1/status")
+async def status(request: web.Request) -> web.Response:
+    d = daemon_of(request)
+    p = d.paths
+    running = sum(1 for vm in d.store.all("vms") if vm["state"] == "running")
+    return ok(
+        Status(
+            version=__version__,
+            api=API_VERSION,
+            pid=os.getpid(),
+            uptime_s=round(time.time() - d.started_at, 3),
+            socket=str(p.socket),
+            dirs={
+                "config": str(p.config_dir),
+                "state": str(p.state_dir),
+                "data": str(p.data_dir),
+                "runtime": str(p.runtime_dir),
+                "log": str(p.daemon_log),
+            },
+            vms_running=running,
+        )
+    )
+
+
+@routes.post("/v1/shutdown")
+async def shutdown(request: web.Request) -> web.Response:
+    stop: asyncio.Event = request.app["stop_event"]
+    asyncio.get_running_loop().call_later(0.05, stop.set)
+    return ok({"stopping": True})
+
+
+@routes.get("/v1/config")
+async def config(request: web.Request) -> web.Response:
+    d = daemon_of(request)
+    return ok({"path": str(d.loaded.path), "values": d.loaded.explain()})
+
+
+@routes.get("/v1/doctor")
+async def doctor(request: web.Request) -> web.Response:
+    d = daemon_of(request)
+    report = await asyncio.to_thread(run_doctor, d.paths, d.config)
+    return ok(report)
+
+
+@routes.get("/v1/operations")
+async def list_operations(request: web.Request) -> web.Response:
+    return ok(daemon_of(request).ops.all())
+
+
+@routes.get("/v1/operations/{op_id}")
+async def get_operation(request: web.Request) -> web.Response:
+    return ok(daemon_of(request).ops.get(request.match_info["op_id"]))
+
+
+@routes.post("/v1/operations/{op_id}/cancel")
+async def cancel_operation(request: web.Request) -> web.Response:
+    return ok(daemon_of(request).ops.cancel(request.match_info["op_id"]))
+
+
+@routes.get("/v1/operations/{op_id}/events")
+async def operation_events(request: web.Request) -> web.StreamResponse:
+    """NDJSON stream: one `{"event": …}` line per progress event, then
+    `{"operation": …}` with the final state."""
+    d = daemon_of(request)
+    since = int(request.query.get("since", "0"))
+    events = d.ops.events(request.match_info["op_id"], since)
+    first = await anext(events)  # raises NotFound before the stream starts
+    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await resp.prepare(request)
+
+    async def send(item: object) -> None:
+        key = "operation" if isinstance(item, Operation) else "event"
+        line = json.dumps({key: item.model_dump(mode="json")})  # type: ignore[attr-defined]
+        await resp.write(line.encode() + b"\n")
+
+    await send(first)
+    async for item in events:
+        await send(item)
+    await resp.write_eof()
+    return resp
+
+
+@routes.post("/v1/debug/ticker")
+async def debug_ticker(request: web.Request) -> web.Response:
+    """A test-only operation that ticks N times; exercises progress and cancel."""
+    if not testhooks.enabled():
+        raise web.HTTPNotFound()
+    d = daemon_of(request)
+    ticks = int(request.query.get("ticks", "5"))
+    interval = float(request.query.get("interval", "0.1"))
+
+    async def work(progress: Progress) -> dict[str, int]:
+        for i in range(ticks):
+            progress("tick", f"{i + 1}/{ticks}", (i + 1) / ticks)
+            await asyncio.sleep(interval)
+        return {"ticks": ticks}
+
+    return ok(d.ops.start("debug.ticker", "ticker", work), status=202)
+
+
+def setup(app: web.Application) -> None:
+    app.add_routes(routes)

@@ -1,0 +1,115 @@
+"""HTTP over the UNIX socket: middlewares (peer check, errors) and the listener.
+
+Routes live in `daemon/routes.py`; this module knows nothing about VMs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from banger.daemon.peer import peer_allowed, peer_uid
+from banger.errors import BangerError, Conflict, PrivilegeError
+
+log = logging.getLogger("banger.server")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(exc: BangerError) -> web.Response:
+    return web.json_response({"error": exc.to_dict()}, status=exc.http_status)
+
+
+@web.middleware
+async def peer_check(request: web.Request, handler: Handler) -> web.StreamResponse:
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is not None and sock.family == socket.AF_UNIX:
+        uid = peer_uid(sock)
+        if not peer_allowed(uid):
+            log.warning("rejected API request from uid %s", uid)
+            return error_response(
+                PrivilegeError(
+                    f"uid {uid} may not use this daemon (owned by uid {os.getuid()})",
+                    hint="run banger as the user that owns the daemon",
+                )
+            )
+    return await handler(request)
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except BangerError as exc:
+        return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status == 404:
+            return web.json_response(
+                {
+                    "error": {
+                        "code": "no_such_endpoint",
+                        "message": f"{request.method} {request.path} is not an API endpoint",
+                        "hint": "the CLI and daemon versions may differ; restart the daemon",
+                    }
+                },
+                status=404,
+            )
+        raise
+    except json.JSONDecodeError as exc:
+        return web.json_response(
+            {"error": {"code": "invalid_input", "message": f"bad JSON body: {exc}", "hint": ""}},
+            status=400,
+        )
+    except Exception as exc:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return web.json_response(
+            {
+                "error": {
+                    "code": "internal",
+                    "message": f"internal error: {exc}",
+                    "hint": "see the daemon log for details",
+                }
+            },
+            status=500,
+        )
+
+
+def bind_socket(path: Path) -> socket.socket:
+    """Bind the API socket 0600, replacing a stale socket but never a live daemon's."""
+    if path.exists() or path.is_symlink():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            path.unlink(missing_ok=True)  # stale: left by a daemon that died
+        else:
+            raise Conflict(
+                f"another bangerd is already listening on {path}",
+                hint="use `banger daemon status`, or `banger daemon stop` first",
+            )
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)  # created 0600 atomically: no window with looser mode
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(app: web.Application, sock: socket.socket) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.SockSite(runner, sock)
+    await site.start()
+    return runner

@@ -1,0 +1,41 @@
+"""Starting the daemon in the background and waiting until it answers."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+
+from banger.errors import DaemonUnavailable
+from banger.paths import Paths
+from banger.system import spawn_detached
+
+
+def socket_answers(paths: Paths) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(str(paths.socket))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def start_detached(paths: Paths, timeout: float = 15.0) -> int:
+    paths.log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = paths.log_dir / "bangerd.out"
+    pid = spawn_detached([sys.executable, "-m", "banger.daemon", "--foreground"], log_path=log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if socket_answers(paths):
+            return pid
+        time.sleep(0.02)
+    tail = (
+        log_path.read_text(errors="replace").strip().splitlines()[-3:] if log_path.exists() else []
+    )
+    raise DaemonUnavailable(
+        "the daemon did not come up within "
+        f"{timeout:.0f}s" + (f": {' | '.join(tail)}" if tail else ""),
+        hint=f"run `bangerd --foreground --debug` to see why (log: {paths.daemon_log})",
+    )

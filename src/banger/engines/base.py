@@ -1,0 +1,90 @@
+"""The engine interface: what the VM service needs from a hypervisor.
+
+The guest-config builder produces a `GuestConfig` (kernel, command line, drives,
+NICs, sizes, where to put sockets and the console log). An engine turns that into
+a running process and returns an `EngineHandle`, a small JSON-able record the VM
+service stores so that a restarted daemon can re-adopt the process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Drive:
+    drive_id: str  # "rootfs", "work"
+    path: Path
+    read_only: bool = False
+    is_root: bool = False
+
+
+@dataclass(frozen=True)
+class NetIface:
+    iface_id: str  # "eth0"
+    tap: str  # host TAP device name
+    mac: str
+
+
+@dataclass(frozen=True)
+class GuestConfig:
+    vm_id: str
+    name: str
+    kernel: Path  # ELF vmlinux
+    initrd: Path | None
+    cmdline: str
+    vcpus: int
+    memory_mib: int
+    drives: tuple[Drive, ...]
+    nics: tuple[NetIface, ...]
+    run_dir: Path  # per-VM runtime dir: sockets, pid file
+    console_log: Path  # serial console output goes here
+    vsock_cid: int | None = None
+
+
+@dataclass
+class EngineHandle:
+    engine: str
+    pid: int
+    # /proc/<pid>/stat starttime, so a recycled pid is never mistaken for our VM.
+    start_time: int
+    control_socket: str  # QMP socket (qemu) or API socket (firecracker)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EngineHandle:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Availability:
+    ok: bool
+    detail: str  # e.g. "qemu 7.2.0, accel=tcg (kvm probe: no VMX)" or why not
+
+
+class Engine(Protocol):
+    name: str
+
+    def availability(self) -> Availability: ...
+
+    async def start(self, config: GuestConfig) -> EngineHandle:
+        """Launch the VM detached from the daemon (own session) and return once the
+        hypervisor has accepted the configuration and the guest is booting. On failure
+        nothing is left running."""
+        ...
+
+    async def stop(self, handle: EngineHandle, timeout: float) -> None:
+        """Ask the guest to shut down (ACPI / Ctrl-Alt-Del), wait up to `timeout`,
+        then kill the process. Returns when the process is gone."""
+        ...
+
+    async def kill(self, handle: EngineHandle) -> None: ...
+
+    def is_running(self, handle: EngineHandle) -> bool:
+        """True when handle.pid is alive and is still the process we started."""
+        ...

@@ -1,0 +1,110 @@
+"""Where banger keeps things (XDG), never inside the source checkout.
+
+Every path is derived from the environment at call time so tests can point
+XDG_* (or BANGER_HOME) at a temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+
+@dataclass(frozen=True)
+class Paths:
+    config_dir: Path
+    state_dir: Path
+    data_dir: Path
+    runtime_dir: Path
+
+    @property
+    def config_file(self) -> Path:
+        return self.config_dir / "config.toml"
+
+    @property
+    def socket(self) -> Path:
+        return self.runtime_dir / "bangerd.sock"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.runtime_dir / "bangerd.pid"
+
+    @property
+    def database(self) -> Path:
+        return self.state_dir / "banger.db"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def daemon_log(self) -> Path:
+        return self.log_dir / "bangerd.log"
+
+    @property
+    def vms_dir(self) -> Path:
+        return self.state_dir / "vms"
+
+    @property
+    def kernels_dir(self) -> Path:
+        return self.data_dir / "kernels"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir / "images"
+
+    @property
+    def tmp_dir(self) -> Path:
+        """Scratch space for in-flight artifact builds; swept at daemon start."""
+        return self.data_dir / "tmp"
+
+    @property
+    def ssh_dir(self) -> Path:
+        return self.config_dir / "ssh"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.state_dir / "known_hosts"
+
+    def vm_dir(self, vm_id: str) -> Path:
+        return self.vms_dir / vm_id
+
+
+def _runtime_dir() -> Path:
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isdir(xdg) and os.access(xdg, os.W_OK):
+        return Path(xdg) / "banger"
+    # Fallback when there is no login session (cron, su, CI): a per-user directory
+    # under /tmp, created 0700 by ensure_dirs and checked for ownership.
+    return Path(f"/tmp/banger-{os.getuid()}")
+
+
+def default_paths() -> Paths:
+    home = os.environ.get("BANGER_HOME")
+    if home:
+        root = Path(home)
+        return Paths(root / "config", root / "state", root / "data", root / "run")
+    return Paths(
+        config_dir=Path(platformdirs.user_config_dir("banger")),
+        state_dir=Path(platformdirs.user_state_dir("banger")),
+        data_dir=Path(platformdirs.user_data_dir("banger")),
+        runtime_dir=_runtime_dir(),
+    )
+
+
+def ensure_dirs(paths: Paths) -> None:
+    for d in (paths.config_dir, paths.state_dir, paths.data_dir, paths.log_dir, paths.vms_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    paths.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = paths.runtime_dir.stat()
+    if st.st_uid != os.getuid():
+        from banger.errors import PrivilegeError
+
+        raise PrivilegeError(
+            f"runtime directory {paths.runtime_dir} is owned by uid {st.st_uid}, not you",
+            hint="remove it or set XDG_RUNTIME_DIR to a directory you own",
+        )
+    os.chmod(paths.runtime_dir, 0o700)

@@ -1,0 +1,196 @@
+"""Host readiness checks, shared by `banger doctor` and the daemon.
+
+Each check returns a `CheckResult` with a status and, when not ok, the fix. The
+daemon calls the same functions before acting (e.g. `require_tool` on create),
+so doctor never says "ok" for something the daemon would refuse.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from banger.api.models import CheckResult, DoctorReport
+from banger.config import Config
+from banger.paths import Paths
+from banger.system import TOOLS, find_tool, is_root, sudo_ready
+
+GIB = 1024**3
+
+
+def check_tools() -> list[CheckResult]:
+    out = []
+    for tool in TOOLS.values():
+        if tool.name == "firecracker" or (tool.name == "sudo" and is_root()):
+            continue
+        path = find_tool(tool.name)
+        needed = ", ".join(tool.required_for) or "optional"
+        if path:
+            out.append(CheckResult(group="tools", name=tool.name, status="ok", detail=path))
+        else:
+            out.append(
+                CheckResult(
+                    group="tools",
+                    name=tool.name,
+                    status="fail" if tool.required_for else "warn",
+                    detail=f"missing ({tool.purpose}; needed for: {needed})",
+                    fix=f"apt-get install {tool.package}"
+                    if not tool.package.startswith("(")
+                    else "install it from its upstream release and put it on PATH "
+                    "(or set firecracker_bin)",
+                )
+            )
+    return out
+
+
+def check_kvm(paths: Paths) -> list[CheckResult]:
+    if not os.path.exists("/dev/kvm"):
+        return [
+            CheckResult(
+                group="virtualization",
+                name="kvm",
+                status="warn",
+                detail="/dev/kvm is missing: VMs run under slow TCG emulation",
+                fix="enable virtualization in firmware and load kvm_intel/kvm_amd",
+            )
+        ]
+    try:
+        from banger.engines.kvm import probe_kvm
+    except ImportError:
+        usable = os.access("/dev/kvm", os.R_OK | os.W_OK)
+        return [
+            CheckResult(
+                group="virtualization",
+                name="kvm",
+                status="ok" if usable else "warn",
+                detail="/dev/kvm present" + ("" if usable else " but not accessible"),
+                fix="" if usable else "add yourself to the `kvm` group",
+            )
+        ]
+    probe = probe_kvm(paths.state_dir / "kvm-probe.json")
+    return [
+        CheckResult(
+            group="virtualization",
+            name="kvm",
+            status="ok" if probe.usable else "warn",
+            detail=probe.reason,
+            fix=""
+            if probe.usable
+            else "VMs fall back to TCG software emulation (about 15x slower boots); "
+            "on a nested host enable nested virtualization",
+        )
+    ]
+
+
+def check_engines(config: Config) -> list[CheckResult]:
+    qemu = config.qemu_bin or find_tool("qemu-system-x86_64")
+    fc = config.firecracker_bin or find_tool("firecracker")
+    return [
+        CheckResult(
+            group="engines",
+            name="qemu",
+            status="ok" if qemu else "fail",
+            detail=qemu or "qemu-system-x86_64 not found",
+            fix="" if qemu else "apt-get install qemu-system-x86",
+        ),
+        CheckResult(
+            group="engines",
+            name="firecracker",
+            status="ok" if fc else "warn",
+            detail=fc or "not installed (optional; QEMU microvm is used instead)",
+            fix="" if fc else "install a Firecracker release binary on PATH or set firecracker_bin",
+        ),
+    ]
+
+
+def check_privileges() -> list[CheckResult]:
+    if is_root():
+        return [CheckResult(group="privileges", name="root", status="ok", detail="running as root")]
+    ok = sudo_ready()
+    return [
+        CheckResult(
+            group="privileges",
+            name="sudo",
+            status="ok" if ok else "fail",
+            detail="passwordless sudo works" if ok else "sudo -n would prompt for a password",
+            fix="" if ok else "allow passwordless sudo for ip and nft, or run the daemon as root",
+        )
+    ]
+
+
+def _writable(path: Path) -> bool:
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    return os.access(probe, os.W_OK)
+
+
+def check_dirs(paths: Paths) -> list[CheckResult]:
+    out = []
+    for label, d in (
+        ("config", paths.config_dir),
+        ("state", paths.state_dir),
+        ("data", paths.data_dir),
+        ("runtime", paths.runtime_dir),
+    ):
+        ok = _writable(d)
+        out.append(
+            CheckResult(
+                group="dirs",
+                name=label,
+                status="ok" if ok else "fail",
+                detail=str(d),
+                fix="" if ok else f"make {d} writable by you",
+            )
+        )
+    probe = paths.data_dir
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    status = "ok" if free >= 5 * GIB else "warn" if free >= GIB else "fail"
+    out.append(
+        CheckResult(
+            group="dirs",
+            name="free disk",
+            status=status,
+            detail=f"{free / GIB:.1f} GiB free under {probe}",
+            fix="" if status == "ok" else "free space: an image needs ~1.5 GiB, each VM more",
+        )
+    )
+    return out
+
+
+def check_artifacts(paths: Paths, config: Config) -> list[CheckResult]:
+    out = []
+    for kind, name, d in (
+        ("kernel", config.default_kernel, paths.kernels_dir / config.default_kernel),
+        ("image", config.default_image, paths.images_dir / config.default_image),
+    ):
+        ok = d.is_dir()
+        out.append(
+            CheckResult(
+                group="artifacts",
+                name=f"{kind} {name}",
+                status="ok" if ok else "warn",
+                detail=str(d) if ok else "not pulled yet",
+                fix="" if ok else f"`banger {kind} pull {name}` (vm run pulls it automatically)",
+            )
+        )
+    return out
+
+
+def run_doctor(paths: Paths, config: Config) -> DoctorReport:
+    checks: list[Callable[[], list[CheckResult]]] = [
+        check_tools,
+        lambda: check_kvm(paths),
+        lambda: check_engines(config),
+        check_privileges,
+        lambda: check_dirs(paths),
+        lambda: check_artifacts(paths, config),
+    ]
+    results: list[CheckResult] = []
+    for check in checks:
+        results.extend(check())
+    return DoctorReport(checks=results)

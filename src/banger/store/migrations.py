@@ -1,0 +1,66 @@
+"""Schema migrations, applied in order; `schema_version` records the last one.
+
+Never edit a released migration: append a new one.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: initial schema
+    """
+    CREATE TABLE vms (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        state TEXT NOT NULL,
+        image TEXT NOT NULL,
+        kernel TEXT NOT NULL,
+        engine TEXT NOT NULL,
+        vcpus INTEGER NOT NULL,
+        memory_mib INTEGER NOT NULL,
+        disk_bytes INTEGER NOT NULL,
+        work_bytes INTEGER NOT NULL,
+        nat INTEGER NOT NULL DEFAULT 0,
+        ip TEXT,
+        mac TEXT NOT NULL,
+        tap TEXT,
+        handle TEXT,
+        timings TEXT NOT NULL DEFAULT '{}',
+        last_error TEXT,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE images (
+        name TEXT PRIMARY KEY,
+        managed INTEGER NOT NULL,
+        rootfs TEXT NOT NULL,
+        work_seed TEXT,
+        kernel TEXT,
+        vmlinux TEXT,
+        initrd TEXT,
+        info TEXT NOT NULL DEFAULT '{}',
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE kernels (
+        name TEXT PRIMARY KEY,
+        path TEXT NOT NULL,
+        info TEXT NOT NULL DEFAULT '{}',
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE leases (
+        ip TEXT PRIMARY KEY,
+        vm_id TEXT NOT NULL UNIQUE REFERENCES vms(id) ON DELETE CASCADE,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE operations (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        target TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        finished_at REAL,
+        result TEXT,
+        error TEXT
+    );
+    """,
+]

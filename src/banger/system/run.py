@@ -1,0 +1,146 @@
+"""Running host programs, directly or with privilege."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from banger.errors import CommandFailed, PrivilegeError
+from banger.system.tools import require_tool
+
+
+@dataclass(frozen=True)
+class Result:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def out(self) -> str:
+        return self.stdout.decode(errors="replace")
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+@functools.cache
+def sudo_ready() -> bool:
+    """True when privileged commands can run without a password prompt."""
+    if is_root():
+        return True
+    try:
+        require_tool("sudo")
+    except Exception:
+        return False
+    proc = subprocess.run(["sudo", "-n", "true"], capture_output=True, check=False)
+    return proc.returncode == 0
+
+
+def _argv(argv: Sequence[str], privileged: bool) -> list[str]:
+    cmd = [str(a) for a in argv]
+    if "/" not in cmd[0]:
+        cmd[0] = require_tool(cmd[0])
+    if privileged and not is_root():
+        if not sudo_ready():
+            raise PrivilegeError(
+                f"`{os.path.basename(cmd[0])}` needs root and sudo would ask for a password",
+                hint="run banger as root, or allow passwordless sudo for ip, nft and "
+                "losetup (see README: Privileges)",
+            )
+        cmd = ["sudo", "-n", "--", *cmd]
+    return cmd
+
+
+def _check(cmd: list[str], rc: int, out: bytes, err: bytes, check: bool) -> Result:
+    res = Result(tuple(cmd), rc, out, err)
+    if check and rc != 0:
+        tail = err.decode(errors="replace").strip().splitlines()[-5:]
+        raise CommandFailed(
+            f"`{' '.join(cmd[:4])}{' …' if len(cmd) > 4 else ''}` failed (exit {rc}): "
+            + (" | ".join(tail) or "no output"),
+            hint="see the daemon log for the full command and output",
+        )
+    return res
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    privileged: bool = False,
+    check: bool = True,
+    input: bytes | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+) -> Result:
+    cmd = _argv(argv, privileged)
+    try:
+        proc = subprocess.run(
+            cmd,
+            input=input,
+            capture_output=True,
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise CommandFailed(f"`{cmd[0]}` timed out after {timeout}s") from exc
+    return _check(cmd, proc.returncode, proc.stdout, proc.stderr, check)
+
+
+async def arun(
+    argv: Sequence[str],
+    *,
+    privileged: bool = False,
+    check: bool = True,
+    input: bytes | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+) -> Result:
+    """Async `run`; the child is killed if the awaiting task is cancelled."""
+    cmd = _argv(argv, privileged)
+    proc = await asyncio.create_subprocess_exec(
+        *cmd,
+        stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=cwd,
+        env=dict(env) if env is not None else None,
+        start_new_session=True,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(input), timeout)
+    except (asyncio.CancelledError, TimeoutError) as exc:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        if isinstance(exc, TimeoutError):
+            raise CommandFailed(f"`{cmd[0]}` timed out after {timeout}s") from exc
+        raise
+    assert proc.returncode is not None
+    return _check(cmd, proc.returncode, out, err, check)
+
+
+def spawn_detached(argv: Sequence[str], *, log_path: os.PathLike[str] | str) -> int:
+    """Start a long-lived process in its own session, output appended to log_path.
+
+    Used for the daemon; it must not die with the CLI that started it.
+    """
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            close_fds=True,
+        )
+    return proc.pid

@@ -1,0 +1,44 @@
+"""Human sizes and names: `512M`, `2G`, `1.5GiB`; DNS-label VM names."""
+
+from __future__ import annotations
+
+import re
+
+from banger.errors import InvalidInput
+
+_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from `2G`, `512M`, `1.5GiB` or a plain byte count."""
+    if isinstance(text, int):
+        return text
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise InvalidInput(
+            f"`{text}` is not a size",
+            hint="use a number with an optional unit, e.g. 512M, 2G, 1.5GiB",
+        )
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+def format_size(n: int) -> str:
+    for unit in ("T", "G", "M", "K"):
+        if n >= _UNITS[unit] and n % _UNITS[unit] == 0:
+            return f"{n // _UNITS[unit]}{unit}"
+    for unit in ("T", "G", "M", "K"):
+        if n >= _UNITS[unit]:
+            return f"{n / _UNITS[unit]:.1f}{unit}"
+    return f"{n}B"
+
+
+def check_vm_name(name: str) -> str:
+    if not _LABEL_RE.match(name):
+        raise InvalidInput(
+            f"`{name}` is not a valid VM name",
+            hint="use 1-63 lowercase letters, digits and hyphens, not starting or ending "
+            "with a hyphen (it becomes the DNS name <name>.vm)",
+        )
+    return name

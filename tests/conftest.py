@@ -1,0 +1,99 @@
+"""Shared fixtures: an isolated BANGER_HOME and a real daemon on a real socket."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from banger.paths import Paths, default_paths
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def banger_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Paths:
+    home = tmp_path / "bh"
+    monkeypatch.setenv("BANGER_HOME", str(home))
+    for key in list(os.environ):
+        if key.startswith("BANGER_") and key not in ("BANGER_HOME", "BANGER_TEST_CACHE"):
+            monkeypatch.delenv(key)
+    return default_paths()
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the real `banger` CLI as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "banger.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+        check=False,
+    )
+
+
+@dataclass
+class RunningDaemon:
+    paths: Paths
+    proc: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def wait_socket(path: Path, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        s = socket.socket(socket.AF_UNIX)
+        try:
+            s.connect(str(path))
+            return
+        except OSError:
+            time.sleep(0.05)
+        finally:
+            s.close()
+    raise TimeoutError(f"daemon socket {path} never answered")
+
+
+def start_daemon(paths: Paths, extra_env: dict[str, str] | None = None) -> RunningDaemon:
+    paths.log_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "BANGER_TEST_HOOKS": "1", **(extra_env or {})}
+    log = open(paths.log_dir / "test-daemon.out", "ab")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "banger.daemon", "--foreground"],
+        env=env,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
+    log.close()
+    try:
+        wait_socket(paths.socket)
+    except TimeoutError:
+        proc.kill()
+        raise
+    return RunningDaemon(paths, proc)
+
+
+@pytest.fixture
+def daemon(banger_home: Paths) -> Iterator[RunningDaemon]:
+    d = start_daemon(banger_home)
+    try:
+        yield d
+    finally:
+        d.stop()
