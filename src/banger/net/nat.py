@@ -1,0 +1,189 @@
+"""Per-VM masquerade in an nftables table that banger owns (`table ip banger`).
+
+Layout (base rules carry the comment `banger:base`, per-VM rules `banger:<ip>`):
+
+    chain postrouting   nat hook:    ip saddr CIDR ip daddr != CIDR jump nat_vms
+    chain nat_vms                    ip saddr VM [oifname UPLINK] masquerade
+    chain forward       filter hook: oifname BR ct state established,related accept
+                                     iifname BR oifname != BR jump fwd_vms
+                                     iifname BR oifname != BR drop
+    chain fwd_vms                    ip saddr VM [oifname UPLINK] accept
+
+Per-VM rules live in their own chains so they need not know the bridge or subnet,
+and the trailing drop keeps VMs without `--nat` off the uplink even when the host
+forwards for other reasons. An accept here cannot override a drop in another table
+(nftables needs every base chain on a hook to accept), which `doctor` should explain.
+
+nft has no maintained Python binding, so this module drives `nft -f -` scripts
+(atomic transactions) and `nft -j` listings through `banger.system.run`, inside a
+namespace with `ip netns exec`. Deleting a rule needs its handle, hence the
+list-then-delete under a process-wide lock.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from banger.errors import CommandFailed, NotFound
+from banger.net import addresses
+from banger.net._ns import call_in_netns, check_ifname, netns_path
+from banger.net.bridge import DEFAULT_BRIDGE
+from banger.net.privileged import dispatch, register
+from banger.system import require_tool, run
+
+TABLE = "banger"
+TAG = "banger:"
+BASE_TAG = "banger:base"
+_FORWARD = "/proc/sys/net/ipv4/ip_forward"
+_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class NatEntry:
+    ip: str
+    uplink: str | None  # None: masquerade on any interface but the bridge's subnet
+
+
+def _nft(netns: str | None) -> list[str]:
+    nft = require_tool("nft")
+    if netns is None:
+        return [nft]
+    netns_path(netns)  # a clear NotFound rather than an `ip netns exec` error
+    return [require_tool("ip"), "netns", "exec", netns, nft]
+
+
+def _apply(script: str, netns: str | None) -> None:
+    run([*_nft(netns), "-f", "-"], privileged=True, input=script.encode())
+
+
+def _rules(netns: str | None) -> list[dict[str, Any]] | None:
+    """Our table's rules (with handles), or None when the table does not exist."""
+    argv = [*_nft(netns), "-j", "-a", "list", "table", "ip", TABLE]
+    res = run(argv, privileged=True, check=False)
+    if res.returncode != 0:
+        err = res.stderr.decode(errors="replace")
+        if "No such file or directory" in err:
+            return None
+        raise CommandFailed(
+            f"listing nftables table ip {TABLE} failed: {err.strip()}",
+            hint="check that nftables works: `nft list ruleset`",
+        )
+    items = json.loads(res.out).get("nftables", [])
+    return [i["rule"] for i in items if "rule" in i]
+
+
+def _tag(ip: str) -> str:
+    return f"{TAG}{addresses.parse_ip(ip)}"
+
+
+def ensure_table(
+    bridge: str = DEFAULT_BRIDGE, cidr: str = addresses.DEFAULT_CIDR, netns: str | None = None
+) -> None:
+    """Create the table and its base rules; per-VM rules survive a re-run (idempotent)."""
+    check_ifname(bridge, "bridge")
+    net = addresses.parse_subnet(cidr)
+    t = f"ip {TABLE}"
+    c = f'comment "{BASE_TAG}"'
+    script = f"""
+add table {t}
+add chain {t} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
+add chain {t} forward {{ type filter hook forward priority filter; policy accept; }}
+add chain {t} nat_vms
+add chain {t} fwd_vms
+flush chain {t} postrouting
+flush chain {t} forward
+add rule {t} postrouting ip saddr {net} ip daddr != {net} jump nat_vms {c}
+add rule {t} forward oifname "{bridge}" ct state established,related accept {c}
+add rule {t} forward iifname "{bridge}" oifname != "{bridge}" jump fwd_vms {c}
+add rule {t} forward iifname "{bridge}" oifname != "{bridge}" drop {c}
+"""
+    with _lock:
+        _apply(script, netns)
+
+
+def enable_nat(vm_ip: str, uplink: str | None = None, netns: str | None = None) -> None:
+    """Masquerade `vm_ip`'s outbound traffic (only via `uplink` when given). Idempotent."""
+    tag = _tag(vm_ip)
+    ip = tag.removeprefix(TAG)
+    out = f' oifname "{check_ifname(uplink, "uplink")}"' if uplink else ""
+    with _lock:
+        rules = _rules(netns)
+        if rules is None:
+            raise NotFound(
+                f"nftables table ip {TABLE} does not exist",
+                hint="the daemon creates it at start (nat.ensure_table); restart bangerd",
+            )
+        # Replace rather than add, in one transaction: re-enabling never duplicates.
+        script = [_delete_line(r) for r in rules if r.get("comment") == tag]
+        script.append(f'add rule ip {TABLE} nat_vms ip saddr {ip}{out} masquerade comment "{tag}"')
+        script.append(f'add rule ip {TABLE} fwd_vms ip saddr {ip}{out} accept comment "{tag}"')
+        _apply("\n".join(script) + "\n", netns)
+    enable_forwarding(netns)
+
+
+def disable_nat(vm_ip: str, netns: str | None = None) -> bool:
+    """Remove `vm_ip`'s rules; False when there were none."""
+    tag = _tag(vm_ip)
+    with _lock:
+        ours = [r for r in _rules(netns) or [] if r.get("comment") == tag]
+        if ours:
+            _apply("\n".join(_delete_line(r) for r in ours) + "\n", netns)
+    return bool(ours)
+
+
+def list_nat(netns: str | None = None) -> list[NatEntry]:
+    """VMs that currently have NAT, by address."""
+    entries = []
+    for rule in _rules(netns) or []:
+        comment = str(rule.get("comment", ""))
+        if rule.get("chain") == "nat_vms" and comment.startswith(TAG):
+            entries.append(NatEntry(comment.removeprefix(TAG), _uplink(rule)))
+    return sorted(entries, key=lambda e: addresses.parse_ip(e.ip))
+
+
+def flush(netns: str | None = None) -> None:
+    """Delete banger's table with every rule in it (no-op when absent)."""
+    with _lock:
+        # `add` first makes the delete valid whether or not the table exists.
+        _apply(f"add table ip {TABLE}\ndelete table ip {TABLE}\n", netns)
+
+
+def enable_forwarding(netns: str | None = None) -> bool:
+    """Turn on IPv4 forwarding in the namespace; True when it was off.
+
+    Never turned off again: the host may forward for other reasons.
+    """
+    if netns is None:
+        with open(_FORWARD) as f:  # readable without privilege: skip the sudo hop
+            if f.read().strip() == "1":
+                return False
+    return bool(dispatch("ip_forward", netns=netns))
+
+
+@register("ip_forward")
+def _ip_forward(netns: str | None) -> bool:
+    def work() -> bool:
+        # /proc/sys/net resolves against the calling thread's namespace.
+        with open(_FORWARD) as f:
+            if f.read().strip() == "1":
+                return False
+        with open(_FORWARD, "w") as f:
+            f.write("1\n")
+        return True
+
+    return call_in_netns(netns, work)
+
+
+def _delete_line(rule: dict[str, Any]) -> str:
+    return f"delete rule ip {TABLE} {rule['chain']} handle {int(rule['handle'])}"
+
+
+def _uplink(rule: dict[str, Any]) -> str | None:
+    for expr in rule.get("expr", []):
+        match = expr.get("match", {})
+        if match.get("left") == {"meta": {"key": "oifname"}} and match.get("op") == "==":
+            return str(match.get("right"))
+    return None

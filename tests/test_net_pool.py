@@ -1,0 +1,137 @@
+"""The warm TAP pool against real devices, inside a throwaway namespace."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from banger.errors import InvalidInput
+from banger.net.bridge import ensure_bridge
+from banger.net.pool import TapPool
+from banger.net.tap import create_tap, list_taps, tap_exists
+from tests import netns
+
+pytestmark = [pytest.mark.netns, netns.skip_unless_netns()]
+
+
+@pytest.fixture
+def ns() -> Iterator[str]:
+    with netns.namespace() as name:
+        ensure_bridge("banger0", netns=name)
+        yield name
+
+
+def _devices(ns: str) -> list[str]:
+    return [t.name for t in list_taps("tap-pool-", netns=ns)]
+
+
+def test_refill_keeps_n_warm_and_acquire_is_instant(ns: str) -> None:
+    pool = TapPool("banger0", size=3, netns=ns)
+    assert pool.refill() == 3
+    assert pool.refill() == 0
+    assert pool.idle == ["tap-pool-0", "tap-pool-1", "tap-pool-2"]
+    assert all(t.master == "banger0" and t.up for t in list_taps("tap-pool-", netns=ns))
+
+    t0 = time.perf_counter()
+    lease = pool.lease()
+    elapsed = time.perf_counter() - t0
+    assert not lease.cold
+    assert elapsed < 0.005, f"warm acquire took {elapsed * 1000:.2f} ms"
+    assert pool.busy == {lease.name}
+    assert pool.refill() == 1  # back to three idle
+    assert len(pool.idle) == 3 and len(_devices(ns)) == 4
+
+
+def test_cold_fallback_when_empty(ns: str) -> None:
+    pool = TapPool("banger0", size=1, netns=ns)
+    lease = pool.lease()
+    assert lease.cold and lease.name == "tap-pool-0"
+    assert tap_exists(lease.name, netns=ns)
+    assert pool.acquire() == "tap-pool-1"
+    assert (pool.stats.cold, pool.stats.warm, pool.stats.created) == (2, 0, 2)
+
+
+def test_release_recycles_or_deletes_when_full(ns: str) -> None:
+    pool = TapPool("banger0", size=1, netns=ns)
+    a, b = pool.acquire(), pool.acquire()
+    netns.ip(ns, "link", "set", a, "nomaster")  # a hypervisor or user fiddled with it
+    pool.release(a)
+    assert pool.idle == [a]
+    assert [t.master for t in list_taps(a, netns=ns)] == ["banger0"]
+    pool.release(b)  # the pool is full: b goes away
+    assert not tap_exists(b, netns=ns)
+    pool.release(a)  # a repeated release changes nothing
+    assert pool.idle == [a] and pool.busy == set()
+    with pytest.raises(InvalidInput):
+        pool.release("eth0")
+    assert pool.acquire() == a  # warm again
+
+
+def test_release_of_a_vanished_device_drops_it(ns: str) -> None:
+    pool = TapPool("banger0", size=2, netns=ns)
+    name = pool.acquire()
+    netns.ip(ns, "link", "del", name)
+    pool.release(name)
+    assert pool.idle == [] and pool.busy == set()
+
+
+def test_reclaim_adopts_leftovers_and_removes_extras(ns: str) -> None:
+    for i in range(5):
+        create_tap(f"tap-pool-{i}", "banger0", netns=ns)
+    create_tap("tap-pool-7", "banger0", owner_uid=4242, netns=ns)  # not our owner
+    create_tap("tap-other", "banger0", netns=ns)  # not the pool's naming: untouched
+    netns.ip(ns, "link", "set", "tap-pool-1", "nomaster", "down")
+
+    pool = TapPool("banger0", size=2, netns=ns)
+    report = pool.reclaim(in_use={"tap-pool-3"})
+    assert report.in_use == ["tap-pool-3"]
+    assert report.adopted == ["tap-pool-0", "tap-pool-1"]
+    assert sorted(report.deleted) == ["tap-pool-2", "tap-pool-4", "tap-pool-7"]
+    assert _devices(ns) == ["tap-pool-0", "tap-pool-1", "tap-pool-3"]
+    assert tap_exists("tap-other", netns=ns)
+    assert all(t.master == "banger0" and t.up for t in list_taps("tap-pool-", netns=ns))
+    assert pool.idle == ["tap-pool-0", "tap-pool-1"] and pool.busy == {"tap-pool-3"}
+    # New names fill the gaps without colliding with the busy device.
+    pool.acquire(), pool.acquire()
+    assert pool.acquire() == "tap-pool-2"
+    pool.release("tap-pool-3")  # the VM stopped after the restart
+    assert pool.idle == ["tap-pool-3"]
+
+
+def test_foreign_device_with_a_pool_name_is_skipped(ns: str) -> None:
+    netns.ip(ns, "link", "add", "tap-pool-0", "type", "veth", "peer", "name", "peer0")
+    pool = TapPool("banger0", size=1, netns=ns)
+    assert pool.acquire() == "tap-pool-1"
+    assert "tap-pool-0" not in _devices(ns)  # the veth is not a TAP and was not touched
+
+
+def test_concurrent_acquires_get_distinct_devices(ns: str) -> None:
+    pool = TapPool("banger0", size=3, netns=ns)
+    pool.refill()
+    got: list[str] = []
+    lock = threading.Lock()
+
+    def grab() -> None:
+        name = pool.acquire()
+        with lock:
+            got.append(name)
+
+    threads = [threading.Thread(target=grab) for _ in range(6)]
+    refiller = threading.Thread(target=pool.refill)
+    for t in [*threads, refiller]:
+        t.start()
+    for t in [*threads, refiller]:
+        t.join()
+    assert len(set(got)) == 6
+    assert set(_devices(ns)) == set(got) | set(pool.idle)
+    assert pool.stats.warm + pool.stats.cold == 6
+
+
+async def test_arefill_and_drain(ns: str) -> None:
+    pool = TapPool("banger0", size=2, netns=ns)
+    assert await pool.arefill() == 2
+    assert sorted(pool.drain()) == ["tap-pool-0", "tap-pool-1"]
+    assert _devices(ns) == []
