@@ -61,6 +61,7 @@ class DnsServer:
         if self._transport is not None:
             self._transport.close()
             self._transport = None
+        self.address = None  # not serving: a later start() binds again
 
     async def __aenter__(self) -> DnsServer:
         await self.start()

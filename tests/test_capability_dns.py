@@ -1,0 +1,111 @@
+"""The DNS capability and service: `<name>.vm` follows the VM lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+
+import pytest
+from dnslib import RCODE, DNSRecord
+
+from banger.capabilities.base import BootContributions
+from banger.capabilities.dns import DnsCapability, DnsService
+from banger.net._ns import call_in_netns
+from banger.net.bridge import ensure_bridge
+from banger.services.records import VMRecord
+from tests import netns
+
+
+def vm(name: str, ip: str | None, state: str = "running") -> VMRecord:
+    return VMRecord(
+        id=f"id-{name}",
+        name=name,
+        state=state,
+        image="debian-bookworm",
+        kernel="debian-6.1",
+        engine="qemu",
+        vcpus=1,
+        memory_mib=256,
+        disk_bytes=1 << 30,
+        work_bytes=1 << 28,
+        mac="02:00:00:00:00:01",
+        ip=ip,
+    )
+
+
+async def _ask(name: str, host: str, port: int, ns: str | None = None) -> DNSRecord:
+    def query() -> DNSRecord:
+        # In a namespace the client must live there too: the bridge address does.
+        sock = call_in_netns(ns, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        try:
+            sock.settimeout(2)
+            sock.sendto(bytes(DNSRecord.question(name).pack()), (host, port))
+            return DNSRecord.parse(sock.recv(512))
+        finally:
+            sock.close()
+
+    return await asyncio.to_thread(query)
+
+
+@pytest.fixture
+def bridge_ns() -> Iterator[str]:
+    reason = netns.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with netns.namespace() as name:
+        ensure_bridge("banger0", "172.30.0.0/24", netns=name)
+        yield name
+
+
+@pytest.mark.netns
+async def test_attach_serves_the_name_on_the_bridge_and_detach_removes_it(bridge_ns: str) -> None:
+    service = DnsService("172.30.0.1", 53, netns=bridge_ns)
+    cap = DnsCapability(service)
+    web = vm("web", "172.30.0.2")
+    try:
+        await cap.attach(web, BootContributions())  # starts the server lazily
+        assert service.serving and service.error is None
+        reply = await _ask("web.vm", "172.30.0.1", 53, bridge_ns)
+        assert reply.header.rcode == RCODE.NOERROR
+        assert [str(r.rdata) for r in reply.rr] == ["172.30.0.2"]
+
+        await cap.detach(web)
+        reply = await _ask("web.vm", "172.30.0.1", 53, bridge_ns)
+        assert reply.header.rcode == RCODE.NXDOMAIN
+        await cap.destroy(web)  # idempotent
+    finally:
+        service.close()
+
+
+async def test_bind_failure_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    holder.bind(("127.0.0.1", 0))
+    try:
+        service = DnsService("127.0.0.1", holder.getsockname()[1])
+        cap = DnsCapability(service)
+        await cap.attach(vm("web", "172.30.0.2"), BootContributions())  # a create goes on
+        assert not service.serving
+        assert service.error is not None and "in use" in service.error
+        assert "DNS is off" in caplog.text
+        assert service.records() == {"web": "172.30.0.2"}  # served once the port frees up
+        assert await service.ensure_started() is False  # retried later, not on every VM
+    finally:
+        holder.close()
+
+
+async def test_sync_answers_for_readopted_vms() -> None:
+    vms = [vm("web", "172.30.0.2"), vm("old", "172.30.0.3", state="stopped"), vm("x", None)]
+    service = DnsService("127.0.0.1", 0, lambda: vms)
+    service.register("stale", "172.30.0.9")
+    service.sync()  # what a restarted daemon does after re-adopting its VMs
+    assert service.records() == {"web": "172.30.0.2"}
+    assert await service.ensure_started()
+    try:
+        assert service.server.address is not None
+        port = service.server.address[1]
+        assert str((await _ask("WEB.vm", "127.0.0.1", port)).rr[0].rdata) == "172.30.0.2"
+        assert (await _ask("stale.vm", "127.0.0.1", port)).header.rcode == RCODE.NXDOMAIN
+    finally:
+        service.close()
+    assert not service.serving
