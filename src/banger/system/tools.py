@@ -29,6 +29,8 @@ TOOLS: dict[str, Tool] = {
         Tool("e2fsck", "e2fsprogs", "checking ext4 images before resize", ("vm",)),
         Tool("debugfs", "e2fsprogs", "reading files out of ext4 images", ("image",)),
         Tool("mmdebstrap", "mmdebstrap", "building the Debian rootfs", ("image",)),
+        Tool("dpkg-query", "dpkg", "listing the packages of a built image", ("image",)),
+        Tool("umount", "mount", "cleaning up after an interrupted image build", ("image",)),
         Tool("apt-get", "apt", "fetching Debian kernel packages", ("kernel",)),
         Tool("apt-cache", "apt", "resolving Debian kernel packages", ("kernel",)),
         Tool("dpkg-deb", "dpkg", "unpacking kernel packages", ("kernel",)),

@@ -1,0 +1,137 @@
+"""What a pulled kernel directory holds, and its `manifest.json`.
+
+kernels_dir/<name>/
+  vmlinux        ELF kernel (Firecracker and QEMU microvm via PVH)
+  initrd.img     gzip'd newc initramfs
+  config         the kernel's build config
+  modules.txt    module names in load order
+  manifest.json  KernelManifest: provenance plus sha256 and size of every file
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+MANIFEST = "manifest.json"
+VMLINUX = "vmlinux"
+INITRD = "initrd.img"
+CONFIG = "config"
+MODULES_TXT = "modules.txt"
+FORMAT = 1
+
+
+class FileDigest(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    sha256: str
+    size: int
+
+
+class KernelManifest(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    format: int = FORMAT
+    name: str
+    description: str = ""
+    package: str  # the concrete Debian package, e.g. linux-image-6.1.0-56-cloud-amd64
+    metapackage: str = ""  # what the catalog names, e.g. linux-image-cloud-amd64
+    version: str  # the Debian package version
+    arch: str = "amd64"
+    deb_sha256: str = ""
+    kernel_release: str  # `uname -r` inside the guest; the initramfs module dir
+    compression: str = ""  # how vmlinux was packed inside the bzImage
+    modules: tuple[str, ...] = ()
+    files: dict[str, FileDigest]
+    created: datetime
+    banger_version: str
+
+
+class KernelInfo(KernelManifest):
+    """A manifest plus where it lives; what the daemon and engines use."""
+
+    path: Path
+
+    @property
+    def vmlinux(self) -> Path:
+        return self.path / VMLINUX
+
+    @property
+    def initrd(self) -> Path:
+        return self.path / INITRD
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def modules_txt(self) -> Path:
+        return self.path / MODULES_TXT
+
+    @property
+    def created_at(self) -> float:
+        return self.created.timestamp()
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(f.size for f in self.files.values())
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def digest_files(directory: Path, names: list[str]) -> dict[str, FileDigest]:
+    return {
+        n: FileDigest(sha256=sha256_file(directory / n), size=(directory / n).stat().st_size)
+        for n in names
+    }
+
+
+def write_manifest(directory: Path, manifest: KernelManifest) -> None:
+    text = json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+    (directory / MANIFEST).write_text(text)
+
+
+def read_info(directory: Path) -> KernelInfo | None:
+    """The kernel in `directory`, or None if its manifest is missing or unreadable."""
+    try:
+        data = json.loads((directory / MANIFEST).read_text())
+        return KernelInfo(path=directory, **data)
+    except (OSError, ValueError, TypeError, ValidationError):
+        return None
+
+
+def quick_check(info: KernelInfo) -> list[str]:
+    """Cheap consistency check (presence and sizes), for the pull no-op path."""
+    problems = []
+    for name, digest in info.files.items():
+        p = info.path / name
+        if not p.is_file():
+            problems.append(f"{name} is missing")
+        elif p.stat().st_size != digest.size:
+            problems.append(f"{name} has size {p.stat().st_size}, expected {digest.size}")
+    for required in (VMLINUX, INITRD):
+        if required not in info.files:
+            problems.append(f"the manifest does not list {required}")
+    return problems
+
+
+def verify(info: KernelInfo) -> list[str]:
+    """Full check: every listed file is present with the recorded size and sha256."""
+    problems = quick_check(info)
+    if problems:
+        return problems
+    for name, digest in info.files.items():
+        actual = sha256_file(info.path / name)
+        if actual != digest.sha256:
+            problems.append(f"{name} has sha256 {actual}, expected {digest.sha256}")
+    return problems

@@ -1,0 +1,229 @@
+"""Pull, list, load, verify and remove kernels.
+
+A pull works only inside a fresh directory under `tmp_dir` and publishes with a
+single `os.rename` into `kernels_dir/<name>`, so an interrupted or failed pull
+leaves nothing half-written where the daemon looks; `sweep_tmp` clears what a
+crash left in `tmp_dir`. Everything here is synchronous (the daemon runs it in
+a thread); the progress callback may raise `Cancelled`, and cleanup still runs.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import banger
+from banger.artifacts.kernels import apt
+from banger.artifacts.kernels.bzimage import extract_vmlinux_file
+from banger.artifacts.kernels.catalog import KernelSpec, get_spec
+from banger.artifacts.kernels.info import (
+    CONFIG,
+    INITRD,
+    MODULES_TXT,
+    VMLINUX,
+    KernelInfo,
+    KernelManifest,
+    digest_files,
+    quick_check,
+    read_info,
+    verify,
+    write_manifest,
+)
+from banger.artifacts.kernels.initrd import build_initramfs, host_busybox
+from banger.artifacts.kernels.modules import ModuleTree
+from banger.errors import BangerError, NotFound
+from banger.progress import Progress, null_progress
+from banger.system import run
+
+# Everything this module creates in tmp_dir starts with this, so sweep_tmp can
+# clean up after us without touching other builders sharing the directory.
+_TMP_PREFIX = "kernel-"
+
+
+class KernelPackageError(BangerError):
+    code = "kernel_package"
+    http_status = 422
+
+
+def load_kernel(kernels_dir: Path, name: str) -> KernelInfo | None:
+    """The pulled kernel `name`, or None if it is absent or has no valid manifest."""
+    if not name or name.startswith(".") or "/" in name:
+        return None
+    info = read_info(kernels_dir / name)
+    return info if info is not None and info.name == name else None
+
+
+def list_kernels(kernels_dir: Path) -> list[KernelInfo]:
+    if not kernels_dir.is_dir():
+        return []
+    found = (load_kernel(kernels_dir, d.name) for d in sorted(kernels_dir.iterdir()) if d.is_dir())
+    return [k for k in found if k is not None]
+
+
+def verify_kernel(info: KernelInfo) -> list[str]:
+    """Re-hash every file against the manifest; returns problems (empty means intact)."""
+    return verify(info)
+
+
+def remove_kernel(kernels_dir: Path, name: str, tmp_dir: Path) -> None:
+    """Delete a pulled kernel. It vanishes from kernels_dir atomically (a rename into
+    tmp_dir), then is deleted; an interrupted delete is finished by sweep_tmp."""
+    src = kernels_dir / name
+    if not name or name.startswith(".") or "/" in name or not src.is_dir():
+        raise NotFound(f"kernel {name!r} is not pulled", hint="see `banger kernel list`")
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    trash = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}rm-{name}-", dir=tmp_dir))
+    _publish_rename(src, trash / name)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def sweep_tmp(tmp_dir: Path) -> list[Path]:
+    """Remove leftovers of interrupted kernel pulls/removals; returns what was removed.
+
+    Only call it when no pull is running (the daemon does, at start).
+    """
+    if not tmp_dir.is_dir():
+        return []
+    removed = []
+    for entry in tmp_dir.iterdir():
+        if entry.name.startswith(_TMP_PREFIX):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def pull_kernel(
+    name: str,
+    kernels_dir: Path,
+    tmp_dir: Path,
+    progress: Progress = null_progress,
+    apt_options: Sequence[str] = (),
+) -> KernelInfo:
+    """Fetch catalog kernel `name` with apt and publish it in `kernels_dir/<name>`.
+
+    `apt_options` are extra `-o Key=Value` settings for apt-get/apt-cache (for
+    example a different Dir::Etc::sourcelist); the host's configuration is used
+    otherwise. A kernel that is already pulled and intact is returned as is.
+    """
+    spec = get_spec(name)
+    if (existing := _intact(kernels_dir, name)) is not None:
+        progress("finalize", f"{name} is already pulled ({existing.version})", 1.0)
+        return existing
+
+    kernels_dir.mkdir(parents=True, exist_ok=True)
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}pull-{name}-", dir=tmp_dir))
+    try:
+        out = _build(spec, work, progress, apt_options)
+        progress("finalize", f"publishing {name}", 0.98)
+        dest = kernels_dir / name
+        if dest.exists():
+            # Either a racing pull won (use its result) or a broken leftover that
+            # failed quick_check above (move it aside; it is deleted with `work`).
+            if (won := _intact(kernels_dir, name)) is not None:
+                return won
+            _publish_rename(dest, work / "stale")
+        try:
+            _publish_rename(out, dest)
+        except OSError as exc:
+            won = _intact(kernels_dir, name)
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY) and won is not None:
+                return won
+            raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    info = load_kernel(kernels_dir, name)
+    if info is None:
+        raise BangerError(f"kernel {name} was published but its manifest cannot be read")
+    progress("finalize", f"{name} ready ({info.package} {info.version})", 1.0)
+    return info
+
+
+def _intact(kernels_dir: Path, name: str) -> KernelInfo | None:
+    info = load_kernel(kernels_dir, name)
+    return info if info is not None and not quick_check(info) else None
+
+
+def _build(spec: KernelSpec, work: Path, progress: Progress, apt_options: Sequence[str]) -> Path:
+    progress("resolve", f"resolving {spec.package} with apt", 0.0)
+    pkg = apt.resolve(spec, apt_options)
+
+    progress("download", f"{pkg.name} {pkg.version} ({pkg.size / 1e6:.1f} MB)", 0.05)
+    deb = apt.download(pkg, work / "deb", apt_options)
+
+    progress("unpack", deb.name, 0.6)
+    root = work / "root"
+    run(["dpkg-deb", "-x", str(deb), str(root)], timeout=600)
+    deb.unlink()
+    vmlinuz, config, modroot = _locate(root, pkg.name)
+    release = modroot.name
+
+    progress("extract", f"vmlinux from {vmlinuz.name}", 0.7)
+    out = work / "kernel"
+    out.mkdir()
+    extracted = extract_vmlinux_file(vmlinuz, out / VMLINUX)
+
+    progress("initramfs", f"modules for {release}", 0.8)
+    tree = ModuleTree.scan(modroot)
+    order = tree.load_order(spec.modules)
+    busybox, applets = host_busybox()
+    build_initramfs(out / INITRD, tree, order, busybox, applets)
+    shutil.copyfile(config, out / CONFIG)
+    (out / MODULES_TXT).write_text("".join(f"{m}\n" for m in order))
+
+    progress("finalize", "writing manifest", 0.95)
+    manifest = KernelManifest(
+        name=spec.name,
+        description=spec.description,
+        package=pkg.name,
+        metapackage=spec.package,
+        version=pkg.version,
+        arch=pkg.arch,
+        deb_sha256=pkg.sha256,
+        kernel_release=release,
+        compression=extracted.codec,
+        modules=tuple(order),
+        files=digest_files(out, [VMLINUX, INITRD, CONFIG, MODULES_TXT]),
+        created=datetime.now(UTC),
+        banger_version=banger.__version__,
+    )
+    write_manifest(out, manifest)
+    return out
+
+
+def _locate(root: Path, package: str) -> tuple[Path, Path, Path]:
+    """Find vmlinuz-<release>, config-<release> and the module tree in the unpacked .deb."""
+    images = sorted((root / "boot").glob("vmlinuz-*"))
+    if len(images) != 1:
+        raise KernelPackageError(
+            f"{package} holds {len(images)} boot/vmlinuz-* files, expected exactly one",
+            hint="the package layout is unexpected; check package_pattern in kernels.toml",
+        )
+    release = images[0].name.removeprefix("vmlinuz-")
+    config = root / "boot" / f"config-{release}"
+    if not config.is_file():
+        raise KernelPackageError(f"{package} has no boot/config-{release}")
+    for base in ("lib/modules", "usr/lib/modules"):
+        if (root / base / release).is_dir():
+            return images[0], config, root / base / release
+    raise KernelPackageError(f"{package} has no module directory for {release}")
+
+
+def _publish_rename(src: Path, dst: Path) -> None:
+    try:
+        os.rename(src, dst)
+    except OSError as exc:
+        if exc.errno == errno.EXDEV:
+            raise BangerError(
+                f"cannot move {src} to {dst}: they are on different filesystems",
+                hint="keep banger's tmp and kernels directories on one filesystem",
+            ) from exc
+        raise
