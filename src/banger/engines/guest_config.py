@@ -1,0 +1,148 @@
+"""The one place that turns plain VM facts into what an engine boots.
+
+Both engines consume the same `GuestConfig`, so the kernel command line, the drive
+order (rootfs is vda, the work disk vdb) and the NIC are decided here once. The
+guest configures its network from the kernel `ip=` parameter (no DHCP on the
+bridge), so the builder needs the address, prefix and gateway; capabilities add
+their own command-line fragments without knowing about each other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from banger.engines.base import Drive, GuestConfig, NetIface
+from banger.errors import InvalidInput
+
+MIN_MEMORY_MIB = 128
+MAX_VCPUS = 32  # Firecracker's limit; QEMU microvm gets the same so VMs stay portable
+# Linux x86 COMMAND_LINE_SIZE is 2048 including the NUL; Firecracker enforces it too.
+MAX_CMDLINE = 2047
+BASE_CMDLINE = "console=ttyS0 reboot=k panic=1 root=/dev/vda rw rootfstype=ext4"
+
+# sun_path holds 107 bytes plus NUL; the longest socket an engine puts in the run
+# dir is "firecracker.sock" (16), so the run dir itself may use at most 90.
+MAX_RUN_DIR = 107 - len("/firecracker.sock")
+
+_HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.IGNORECASE)
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_TAP = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")  # IFNAMSIZ - 1
+
+
+def mac_for(vm_id: str) -> str:
+    """A stable MAC for a VM: locally administered, unicast (first octet 0x02)."""
+    digest = hashlib.sha256(vm_id.encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
+
+
+def _check_file(what: str, path: Path) -> Path:
+    if not path.is_file():
+        raise InvalidInput(f"{what} {path} does not exist or is not a file")
+    return path
+
+
+def _ip_param(ip: str, prefix: int, gateway: str, hostname: str, dns: str | None) -> str:
+    try:
+        iface = ipaddress.IPv4Interface(f"{ip}/{prefix}")
+        gw = ipaddress.IPv4Address(gateway)
+        dns_addr = ipaddress.IPv4Address(dns) if dns else None
+    except ValueError as exc:
+        raise InvalidInput(f"invalid guest network settings: {exc}") from exc
+    if gw not in iface.network:
+        raise InvalidInput(f"gateway {gw} is outside the guest network {iface.network}")
+    if iface.ip in (gw, iface.network.network_address, iface.network.broadcast_address):
+        raise InvalidInput(f"{iface.ip} cannot be a guest address in {iface.network}")
+    # ip=<client>:<server>:<gw>:<netmask>:<hostname>:<device>:<autoconf>[:<dns0>]
+    param = f"ip={iface.ip}::{gw}:{iface.netmask}:{hostname}:eth0:off"
+    return f"{param}:{dns_addr}" if dns_addr else param
+
+
+def build_guest_config(
+    *,
+    vm_id: str,
+    name: str,
+    kernel: Path,
+    initrd: Path | None,
+    rootfs: Path,
+    work_disk: Path | None,
+    vcpus: int,
+    memory_mib: int,
+    run_dir: Path,
+    ip: str | None = None,
+    prefix: int = 24,
+    gateway: str | None = None,
+    dns: str | None = None,
+    tap: str | None = None,
+    mac: str | None = None,
+    extra_cmdline: Sequence[str] = (),
+    vsock_cid: int | None = None,
+    console_log: Path | None = None,
+) -> GuestConfig:
+    """Validate the inputs and build the engine-neutral boot description.
+
+    Networking is all-or-nothing: `ip`, `gateway` and `tap` together, or none of
+    them (a guest with no NIC, e.g. an offline image build). `mac` defaults to
+    `mac_for(vm_id)`. `console_log` defaults to `<run_dir>/console.log`.
+    """
+    if not vm_id:
+        raise InvalidInput("vm id must not be empty")
+    if not _HOSTNAME.match(name):
+        raise InvalidInput(
+            f"VM name {name!r} is not a valid hostname",
+            hint="use 1-63 letters, digits and inner hyphens",
+        )
+    if not 1 <= vcpus <= MAX_VCPUS:
+        raise InvalidInput(f"vcpus must be between 1 and {MAX_VCPUS}, got {vcpus}")
+    if memory_mib < MIN_MEMORY_MIB:
+        raise InvalidInput(f"memory must be at least {MIN_MEMORY_MIB} MiB, got {memory_mib}")
+    if len(str(run_dir).encode()) > MAX_RUN_DIR:
+        raise InvalidInput(
+            f"run dir {run_dir} is too long for UNIX socket paths (max {MAX_RUN_DIR} bytes)",
+            hint="set XDG_RUNTIME_DIR (or BANGER_HOME) to a shorter path",
+        )
+    if vsock_cid is not None and not 3 <= vsock_cid < 0xFFFFFFFF:
+        raise InvalidInput(f"vsock CID must be between 3 and 4294967294, got {vsock_cid}")
+
+    drives = [Drive("rootfs", _check_file("root drive", rootfs), is_root=True)]
+    if work_disk is not None:
+        drives.append(Drive("work", _check_file("work drive", work_disk)))
+
+    parts = [BASE_CMDLINE]
+    nics: tuple[NetIface, ...] = ()
+    if (ip, gateway, tap) != (None, None, None):
+        if ip is None or gateway is None or tap is None:
+            raise InvalidInput("guest networking needs ip, gateway and tap together")
+        if not _TAP.match(tap):
+            raise InvalidInput(f"TAP name {tap!r} is not a valid interface name")
+        mac = (mac or mac_for(vm_id)).lower()
+        if not _MAC.match(mac) or int(mac[:2], 16) & 1:
+            raise InvalidInput(f"MAC {mac!r} is not a unicast MAC address")
+        parts.append(_ip_param(ip, prefix, gateway, name, dns))
+        nics = (NetIface("eth0", tap, mac),)
+    parts.append(f"systemd.hostname={name}")
+    for frag in extra_cmdline:
+        if not frag.strip() or any(c in frag for c in "\n\r\0"):
+            raise InvalidInput(f"invalid kernel command-line fragment {frag!r}")
+        parts.append(frag.strip())
+    cmdline = " ".join(parts)
+    if len(cmdline) > MAX_CMDLINE:
+        raise InvalidInput(f"kernel command line is {len(cmdline)} bytes, over {MAX_CMDLINE}")
+
+    return GuestConfig(
+        vm_id=vm_id,
+        name=name,
+        kernel=_check_file("kernel", kernel),
+        initrd=_check_file("initrd", initrd) if initrd is not None else None,
+        cmdline=cmdline,
+        vcpus=vcpus,
+        memory_mib=memory_mib,
+        drives=tuple(drives),
+        nics=nics,
+        run_dir=run_dir,
+        console_log=console_log or run_dir / "console.log",
+        vsock_cid=vsock_cid,
+    )

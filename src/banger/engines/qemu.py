@@ -1,0 +1,273 @@
+"""The QEMU `microvm` engine: direct kernel boot, virtio-mmio, QMP control.
+
+The process is spawned detached through `engines.process` (not `-daemonize`: that
+needs `-display none` instead of a console and throws away QEMU's late stderr) and
+controlled over a QMP socket with the `qemu.qmp` library. QMP takes one client at
+a time, so every exchange connects, talks and disconnects.
+
+With KVM the guest gets `-cpu host` and no PIT/PIC (kvmclock calibrates the TSC).
+Under TCG the guest must calibrate its TSC against the emulated PIT, which fails
+whenever the host is busy (measured: 4 of 6 boots hung at "tsc: Unable to
+calibrate against PIT" on a loaded 2-core host). TCG's guest TSC *is* the host TSC,
+so we hand the guest the host's TSC frequency (`tsc_early_khz=`) and keep the PIT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from qemu.qmp import QMPClient, QMPError
+
+from banger.engines import process
+from banger.engines.base import Availability, EngineHandle, GuestConfig
+from banger.engines.kvm import probe_kvm
+from banger.errors import BangerError, CommandFailed, ToolMissing
+from banger.system import find_tool, run
+
+log = logging.getLogger(__name__)
+
+Accel = Literal["kvm", "tcg"]
+QMP_SOCKET = "qmp.sock"
+AGENT_SOCKET = "agent.sock"
+AGENT_PORT_NAME = "banger.agent"  # virtio-serial port name the guest agent opens
+QEMU_LOG = "qemu.log"
+VHOST_VSOCK = "/dev/vhost-vsock"
+
+
+def _esc(value: object) -> str:
+    """QEMU option values escape a literal comma by doubling it."""
+    return str(value).replace(",", ",,")
+
+
+def host_tsc_khz(cpuinfo: str | None = None) -> int | None:
+    """The host TSC frequency when the kernel knows it (constant, known-frequency TSC)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    flags = re.search(r"^flags\s*:(.*)$", cpuinfo, re.MULTILINE)
+    mhz = re.search(r"^cpu MHz\s*:\s*([0-9.]+)", cpuinfo, re.MULTILINE)
+    if not flags or not mhz or "constant_tsc" not in flags.group(1).split():
+        return None
+    return round(float(mhz.group(1)) * 1000) or None
+
+
+def build_argv(
+    config: GuestConfig,
+    *,
+    qemu_bin: str,
+    accel: Accel,
+    vhost_vsock: bool,
+    tsc_khz: int | None = None,
+) -> list[str]:
+    """The full QEMU command line for `config` (pure; unit-tested)."""
+    machine = "microvm,acpi=on,isa-serial=on,rtc=on"
+    cmdline = config.cmdline
+    if accel == "kvm":
+        machine += ",pit=off,pic=off"
+    elif tsc_khz:
+        cmdline += f" tsc_early_khz={tsc_khz}"
+    run_dir = config.run_dir
+    argv = [
+        qemu_bin,
+        *("-name", f"guest={_esc(config.name)}"),
+        *("-M", machine),
+        *("-accel", accel),
+        *("-cpu", "host" if accel == "kvm" else "max"),
+        *("-smp", str(config.vcpus)),
+        *("-m", f"{config.memory_mib}M"),
+        *("-nodefaults", "-no-user-config", "-nographic"),
+        # A guest reboot ends the process, as with Firecracker: the VM is "stopped".
+        "-no-reboot",
+        *("-kernel", str(config.kernel)),
+    ]
+    if config.initrd is not None:
+        argv += ["-initrd", str(config.initrd)]
+    argv += ["-append", cmdline]
+    # Drive order is device order: the first virtio-blk-device becomes vda.
+    for d in config.drives:
+        opts = f"id={_esc(d.drive_id)},file={_esc(d.path)},format=raw,if=none"
+        opts += ",cache=writeback,discard=unmap" + (",readonly=on" if d.read_only else "")
+        argv += ["-drive", opts]
+        argv += ["-device", f"virtio-blk-device,drive={_esc(d.drive_id)},serial={d.drive_id}"]
+    for n in config.nics:
+        argv += ["-netdev", f"tap,id={n.iface_id},ifname={n.tap},script=no,downscript=no"]
+        argv += ["-device", f"virtio-net-device,netdev={n.iface_id},mac={n.mac}"]
+    argv += ["-chardev", f"file,id=console,path={_esc(config.console_log)},append=on"]
+    argv += ["-serial", "chardev:console"]
+    argv += ["-chardev", f"socket,id=qmp,path={_esc(run_dir / QMP_SOCKET)},server=on,wait=off"]
+    argv += ["-mon", "chardev=qmp,mode=control"]
+    if vhost_vsock and config.vsock_cid is not None:
+        argv += ["-device", f"vhost-vsock-device,guest-cid={config.vsock_cid}"]
+    else:
+        # No vsock on this host: the agent speaks over a virtio-serial port instead.
+        agent = _esc(run_dir / AGENT_SOCKET)
+        argv += ["-device", "virtio-serial-device"]
+        argv += ["-chardev", f"socket,id=agent,path={agent},server=on,wait=off"]
+        argv += ["-device", f"virtserialport,chardev=agent,name={AGENT_PORT_NAME}"]
+    return argv
+
+
+async def qmp_execute(
+    socket: Path, command: str, args: dict[str, Any] | None = None, timeout: float = 5.0
+) -> Any:
+    """One QMP command on a fresh connection (QEMU serves one QMP client at a time)."""
+    client = QMPClient()
+    await asyncio.wait_for(client.connect(str(socket)), timeout)
+    try:
+        return await asyncio.wait_for(client.execute(command, args), timeout)
+    finally:
+        await client.disconnect()
+
+
+class QemuEngine:
+    name = "qemu"
+
+    def __init__(
+        self,
+        qemu_bin: str | None = None,
+        *,
+        accel: Literal["auto", "kvm", "tcg"] = "auto",
+        kvm_cache: Path | None = None,
+        vhost_vsock: bool | None = None,
+        start_timeout: float = 10.0,
+    ) -> None:
+        self._qemu_bin = qemu_bin
+        self._accel = accel
+        self._kvm_cache = kvm_cache
+        self._vhost_vsock = vhost_vsock
+        self._start_timeout = start_timeout
+
+    @functools.cached_property
+    def qemu_bin(self) -> str | None:
+        return self._qemu_bin or find_tool("qemu-system-x86_64")
+
+    def _require_bin(self) -> str:
+        if self.qemu_bin is None or not os.access(self.qemu_bin, os.X_OK):
+            raise ToolMissing(
+                "QEMU (`qemu-system-x86_64`) is not installed",
+                hint="sudo apt-get install qemu-system-x86",
+            )
+        return self.qemu_bin
+
+    @functools.cached_property
+    def _kvm(self) -> tuple[bool, str]:
+        status = probe_kvm(self._kvm_cache, qemu_bin=self.qemu_bin)
+        return status.usable, status.reason
+
+    def accel(self) -> Accel:
+        """The accelerator guests will get: KVM when it can run a guest, else TCG."""
+        if self._accel != "auto":
+            return self._accel
+        return "kvm" if self._kvm[0] else "tcg"
+
+    def uses_vhost_vsock(self) -> bool:
+        if self._vhost_vsock is not None:
+            return self._vhost_vsock
+        return os.access(VHOST_VSOCK, os.R_OK | os.W_OK)
+
+    @functools.cached_property
+    def version(self) -> str:
+        res = run([self._require_bin(), "--version"], check=False, timeout=10)
+        first = res.out.splitlines()[0] if res.out else ""
+        return first.split("version", 1)[-1].split()[0] if "version" in first else "unknown"
+
+    def availability(self) -> Availability:
+        try:
+            self._require_bin()
+            version = self.version
+        except BangerError as exc:
+            return Availability(False, exc.message)
+        accel = self.accel()
+        kvm_ok, reason = self._kvm
+        if accel == "kvm" and not kvm_ok:
+            return Availability(False, f"qemu {version}: accel=kvm requested but {reason}")
+        detail = f"qemu {version}, accel={accel}"
+        if not kvm_ok:
+            detail += f" (kvm: {reason})"
+        agent = "vhost-vsock" if self.uses_vhost_vsock() else "virtio-serial"
+        return Availability(True, f"{detail}, agent channel={agent}")
+
+    async def start(self, config: GuestConfig) -> EngineHandle:
+        qemu_bin = self._require_bin()
+        accel = self.accel()
+        vsock = self.uses_vhost_vsock() and config.vsock_cid is not None
+        run_dir = config.run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        qmp_sock = run_dir / QMP_SOCKET
+        for stale in (qmp_sock, run_dir / AGENT_SOCKET):
+            stale.unlink(missing_ok=True)
+        tsc = host_tsc_khz() if accel == "tcg" else None
+        argv = build_argv(config, qemu_bin=qemu_bin, accel=accel, vhost_vsock=vsock, tsc_khz=tsc)
+        qemu_log = run_dir / QEMU_LOG
+        log.info("starting %s: %s", config.name, " ".join(argv))
+        spawned = process.spawn(argv, log=qemu_log, cwd=run_dir)
+        agent: dict[str, Any] = (
+            {"transport": "vsock", "cid": config.vsock_cid}
+            if vsock
+            else {"transport": "virtio-serial", "path": str(run_dir / AGENT_SOCKET)}
+        )
+        handle = EngineHandle(
+            engine=self.name,
+            pid=spawned.pid,
+            start_time=spawned.start_time,
+            control_socket=str(qmp_sock),
+            extra={"accel": accel, "log": str(qemu_log), "agent": agent},
+        )
+        try:
+            await self._confirm_running(handle, qmp_sock, qemu_log)
+        except BaseException:
+            await process.terminate(handle.pid, handle.start_time, grace=0.5)
+            raise
+        return handle
+
+    async def _confirm_running(self, handle: EngineHandle, sock: Path, qemu_log: Path) -> None:
+        deadline = time.monotonic() + self._start_timeout
+        while True:
+            if not self.is_running(handle):
+                raise CommandFailed(
+                    f"qemu exited during start: {process.log_tail(qemu_log) or 'no output'}",
+                    hint=f"see {qemu_log}",
+                )
+            if sock.exists():
+                try:
+                    status = await qmp_execute(sock, "query-status")
+                except (QMPError, OSError, TimeoutError):
+                    status = None
+                if isinstance(status, dict) and status.get("status") == "running":
+                    return
+                if isinstance(status, dict):
+                    raise CommandFailed(f"qemu is {status.get('status')!r}, not running")
+            if time.monotonic() > deadline:
+                raise CommandFailed(
+                    f"qemu did not answer on {sock} within {self._start_timeout:.0f}s",
+                    hint=f"see {qemu_log}",
+                )
+            await asyncio.sleep(0.02)
+
+    async def stop(self, handle: EngineHandle, timeout: float) -> None:
+        if not self.is_running(handle):
+            return
+        try:
+            # ACPI power button: a systemd guest shuts down cleanly and QEMU exits.
+            await qmp_execute(Path(handle.control_socket), "system_powerdown")
+        except (QMPError, OSError, TimeoutError) as exc:
+            log.warning("qmp system_powerdown failed for pid %d: %s", handle.pid, exc)
+        else:
+            if await process.wait_gone(handle.pid, handle.start_time, timeout):
+                return
+        await process.terminate(handle.pid, handle.start_time)
+
+    async def kill(self, handle: EngineHandle) -> None:
+        await process.terminate(handle.pid, handle.start_time, grace=0.0)
+
+    def is_running(self, handle: EngineHandle) -> bool:
+        return process.is_alive(handle.pid, handle.start_time)
