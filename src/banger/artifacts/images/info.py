@@ -1,0 +1,206 @@
+"""What an image is: its files, provenance, and `image.json`.
+
+A managed image is a directory images_dir/<name>/:
+
+  rootfs.ext4        the root filesystem (sparse); each VM boots a clone of it
+  work-seed.ext4     the image's /root, cloned and grown into each VM's work disk
+  packages.manifest  "name<TAB>version<TAB>arch" of every installed package
+  vmlinux, initrd.img  only for images that bring their own kernel (promoted ones)
+  image.json         ImageManifest: provenance plus size and sha256 of every file
+
+A registered (unmanaged) image is an ImageInfo whose files are absolute paths that
+stay where the user keeps them; the daemon stores it in its database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from banger.errors import InvalidInput
+
+IMAGE_JSON = "image.json"
+FORMAT = 1
+
+# Role -> file name inside a managed image directory.
+ROOTFS = "rootfs"
+WORK_SEED = "work_seed"
+VMLINUX = "vmlinux"
+INITRD = "initrd"
+MANIFEST = "manifest"
+FILE_NAMES = {
+    ROOTFS: "rootfs.ext4",
+    WORK_SEED: "work-seed.ext4",
+    VMLINUX: "vmlinux",
+    INITRD: "initrd.img",
+    MANIFEST: "packages.manifest",
+}
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+class FileInfo(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    path: str  # a name inside the image directory, or an absolute path (registered)
+    size: int
+    sha256: str | None = None  # None for registered images: we never read them whole
+
+
+class ImageManifest(BaseModel):
+    """The content of image.json."""
+
+    model_config = ConfigDict(frozen=True)
+
+    format: int = FORMAT
+    name: str
+    kernel: str | None = None  # kernel catalog reference, e.g. "debian-6.1"
+    files: dict[str, FileInfo]  # role -> file
+    created: datetime
+    banger_version: str
+    source: str  # "recipe:debian-bookworm", "promoted", "registered"
+    suite: str | None = None
+    mirror: str | None = None
+    apt_sources: tuple[str, ...] = ()
+
+
+class ImageInfo(ImageManifest):
+    """A manifest plus where it lives: what the daemon and engines use."""
+
+    managed: bool
+    directory: Path | None  # images_dir/<name> for managed images
+
+    def file(self, role: str) -> Path | None:
+        entry = self.files.get(role)
+        if entry is None:
+            return None
+        p = Path(entry.path)
+        if p.is_absolute() or self.directory is None:
+            return p
+        return self.directory / p
+
+    @property
+    def rootfs(self) -> Path:
+        path = self.file(ROOTFS)
+        assert path is not None, "every image has a rootfs"
+        return path
+
+    @property
+    def work_seed(self) -> Path | None:
+        return self.file(WORK_SEED)
+
+    @property
+    def vmlinux(self) -> Path | None:
+        return self.file(VMLINUX)
+
+    @property
+    def initrd(self) -> Path | None:
+        return self.file(INITRD)
+
+    @property
+    def packages_manifest(self) -> Path | None:
+        return self.file(MANIFEST)
+
+    @property
+    def created_at(self) -> float:
+        return self.created.timestamp()
+
+    @property
+    def size_bytes(self) -> int:
+        """Apparent size of all files (sparse images use less on disk)."""
+        return sum(f.size for f in self.files.values())
+
+    def summary(self) -> dict[str, Any]:
+        """Provenance for `image show`: JSON-able, without the paths."""
+        return self.model_dump(
+            mode="json",
+            include={"source", "suite", "mirror", "apt_sources", "banger_version", "files"},
+        )
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise InvalidInput(
+            f"image name {name!r} is not valid",
+            hint="use 1-63 characters: lower-case letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit",
+        )
+    return name
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of the whole file; holes read as zeros, so it is the content's hash."""
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(4 * 1024 * 1024)
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+def describe_files(directory: Path, roles: list[str]) -> dict[str, FileInfo]:
+    """FileInfo (name, size, sha256) of the standard file of each role in `directory`."""
+    out = {}
+    for role in roles:
+        path = directory / FILE_NAMES[role]
+        out[role] = FileInfo(path=path.name, size=path.stat().st_size, sha256=sha256_file(path))
+    return out
+
+
+def write_manifest(directory: Path, manifest: ImageManifest) -> None:
+    """Write image.json durably: temp file, fsync, rename."""
+    tmp = directory / f".{IMAGE_JSON}.tmp"
+    with open(tmp, "w") as f:
+        f.write(manifest.model_dump_json(indent=2) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, directory / IMAGE_JSON)
+
+
+def read_info(directory: Path) -> ImageInfo | None:
+    """The image in `directory`, or None when image.json is missing or unreadable."""
+    try:
+        data = json.loads((directory / IMAGE_JSON).read_text())
+        manifest = ImageManifest.model_validate(data)
+    except (OSError, ValueError, ValidationError):
+        return None
+    if manifest.format != FORMAT:
+        return None
+    return ImageInfo(**manifest.model_dump(), managed=True, directory=directory)
+
+
+def quick_check(info: ImageInfo) -> list[str]:
+    """Problems found without reading file contents: missing files, wrong sizes."""
+    problems = []
+    for role, entry in info.files.items():
+        path = info.file(role)
+        assert path is not None
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            problems.append(f"{role}: {path}: {exc.strerror}")
+            continue
+        if size != entry.size:
+            problems.append(f"{role}: {path} is {size} bytes, expected {entry.size}")
+    return problems
+
+
+def verify(info: ImageInfo) -> list[str]:
+    """quick_check plus a re-hash of every file that has a recorded sha256."""
+    problems = quick_check(info)
+    if problems:
+        return problems
+    for role, entry in info.files.items():
+        path = info.file(role)
+        assert path is not None
+        if entry.sha256 and sha256_file(path) != entry.sha256:
+            problems.append(f"{role}: {path} does not match its sha256")
+    return problems
