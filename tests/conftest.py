@@ -29,7 +29,9 @@ def banger_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Paths:
     return default_paths()
 
 
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """Run the real `banger` CLI as a user would."""
     return subprocess.run(
         [sys.executable, "-m", "banger.cli", *args],

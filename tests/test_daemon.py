@@ -17,7 +17,7 @@ import pytest
 from banger.client import Client
 from banger.errors import DaemonUnavailable
 from banger.paths import Paths
-from tests.conftest import RunningDaemon, cli, start_daemon
+from tests.conftest import RunningDaemon, cli
 
 
 def test_socket_is_private(daemon: RunningDaemon) -> None:

@@ -29,7 +29,9 @@ def offenders(root: Path) -> list[str]:
                 and (node.value.id, node.attr) in FORBIDDEN_CALLS
             ):
                 names = [f"{node.value.id}.{node.attr}"]
-            found += [f"{rel}:{node.lineno} uses {n}" for n in names if n in FORBIDDEN_MODULES or "." in n]
+            found += [
+                f"{rel}:{node.lineno} uses {n}" for n in names if n in FORBIDDEN_MODULES or "." in n
+            ]
     return found
 
 

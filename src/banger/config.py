@@ -30,7 +30,7 @@ class Config(BaseModel):
     ssh_key_path: str | None = None
     default_image: str = "debian-bookworm"
     default_kernel: str = "debian-6.1"
-    default_vcpus: int = Field(default=2, ge=1, le=64)
+    default_vcpus: int = Field(default=2, ge=1, le=32)
     default_memory: str = "1G"
     default_disk_size: str = "4G"
     default_work_size: str = "2G"

@@ -85,8 +85,11 @@ def _runtime_dir() -> Path:
 def default_paths() -> Paths:
     home = os.environ.get("BANGER_HOME")
     if home:
+        # One root for everything (tests, benchmarks); BANGER_DATA_DIR lets several
+        # such roots share the pulled artifacts.
         root = Path(home)
-        return Paths(root / "config", root / "state", root / "data", root / "run")
+        data = Path(os.environ.get("BANGER_DATA_DIR") or root / "data")
+        return Paths(root / "config", root / "state", data, root / "run")
     return Paths(
         config_dir=Path(platformdirs.user_config_dir("banger")),
         state_dir=Path(platformdirs.user_state_dir("banger")),

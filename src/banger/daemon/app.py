@@ -1,21 +1,32 @@
 """The composition root: builds every service and hands each what it needs.
 
 Nothing else constructs services. Adding a host feature means writing a
-capability (banger.capabilities) and listing it in `build_capabilities` here.
+capability (banger.capabilities) and listing it in `build_capabilities` here;
+the create path never changes for it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
+from banger.capabilities.base import Capability
+from banger.capabilities.dns import DnsCapability, DnsService
+from banger.capabilities.nat import NatCapability
+from banger.capabilities.network import NetworkCapability
+from banger.capabilities.workdisk import WorkDiskCapability
 from banger.config import Config, LoadedConfig
 from banger.daemon.operations import OperationManager
+from banger.engines.registry import EngineRegistry
+from banger.net import addresses
+from banger.net.pool import TapPool
 from banger.paths import Paths
+from banger.services.artifacts import ArtifactService
+from banger.services.ssh import ensure_key, public_key
+from banger.services.vms import VMService
 from banger.store import Store
 
 log = logging.getLogger("banger.daemon")
@@ -27,30 +38,119 @@ class Daemon:
     loaded: LoadedConfig
     store: Store
     ops: OperationManager
+    artifacts: ArtifactService
+    engines: EngineRegistry
+    pool: TapPool
+    network: NetworkCapability
+    nat: NatCapability
+    dns: DnsService
+    vms: VMService
     started_at: float = field(default_factory=time.time)
-    services: dict[str, Any] = field(default_factory=dict)
-    startup_hooks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    shutdown_hooks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    _background: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
     def config(self) -> Config:
         return self.loaded.config
 
     async def startup(self) -> None:
-        """Reclaim what a previous daemon left: temp dirs, VMs, TAPs, rules."""
-        for hook in self.startup_hooks:
-            await hook()
+        """Reclaim what a previous daemon left: temp dirs, VMs, TAPs."""
+        await asyncio.to_thread(self.artifacts.sweep)
+        in_use = await self.vms.reconcile()
+        self.dns.sync()
+        # The network (bridge, warm TAPs, NAT table) is set up on first use, not on
+        # every daemon start: a daemon that never ran a VM leaves the host untouched.
+        if self.store.all("vms"):
+            nat_ips = {vm.ip for vm in self.vms.all() if vm.state == "running" and vm.nat and vm.ip}
+            try:
+                log.info("NAT reclaim: %s", await self.nat.reclaim(nat_ips))
+            except Exception as exc:
+                log.warning("NAT reclaim failed: %s", exc)
+            self.warm_network(in_use)
+
+    def warm_network(self, in_use: set[str] | None = None) -> None:
+        async def warm() -> None:
+            try:
+                await asyncio.to_thread(self.network.ensure_bridge)
+                await self.dns.ensure_started()
+                if in_use is not None:
+                    report = await asyncio.to_thread(self.pool.reclaim, in_use)
+                    log.info("TAP pool reclaim: %s", report)
+                await self.pool.arefill()
+            except Exception as exc:
+                log.warning("could not warm the network: %s", exc)
+
+        task = asyncio.create_task(warm())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def shutdown(self) -> None:
         await self.ops.shutdown()
-        for hook in reversed(self.shutdown_hooks):
-            await hook()
+        for task in list(self._background):
+            task.cancel()
+        self.dns.close()
+        # NAT rules of VMs that outlive the daemon stay (re-adopted on next start).
+        if self.store.all("vms") and not any(vm.state == "running" for vm in self.vms.all()):
+            try:
+                await self.nat.cleanup_all()
+            except Exception as exc:
+                log.warning("NAT cleanup failed: %s", exc)
         self.store.close()
 
 
+def build_capabilities(
+    paths: Paths,
+    network: NetworkCapability,
+    nat: NatCapability,
+    dns: DnsService,
+    authorized_key: str,
+) -> list[Capability]:
+    """The lifecycle plug-ins, in the order they prepare and attach."""
+    return [
+        WorkDiskCapability(paths.vms_dir, authorized_key),
+        network,
+        nat,  # needs vm.ip from network.prepare
+        DnsCapability(dns),  # after network.attach: the bridge address exists
+    ]
+
+
 def build_daemon(paths: Paths, loaded: LoadedConfig) -> Daemon:
+    config = loaded.config
     store = Store(paths.database)
     ops = OperationManager(store)
-    daemon = Daemon(paths=paths, loaded=loaded, store=store, ops=ops)
+    artifacts = ArtifactService(paths, config, store, ops)
+    engines = EngineRegistry(config, cache_dir=paths.state_dir)
+    pool = TapPool(config.bridge_name, size=config.tap_pool_size)
+    network = NetworkCapability(store, pool, config.bridge_name, config.subnet)
+    nat = NatCapability(config.bridge_name, config.subnet)
+    vms_ref: list[VMService] = []
+    dns = DnsService(
+        addresses.gateway(config.subnet),
+        config.dns_port,
+        running=lambda: vms_ref[0].all() if vms_ref else [],
+    )
+    key = ensure_key(paths, config.ssh_key_path)
+    vms = VMService(
+        store=store,
+        paths=paths,
+        config=config,
+        artifacts=artifacts,
+        engine_for=engines.get,
+        resolve_engine=engines.resolve,
+        capabilities=build_capabilities(paths, network, nat, dns, public_key(key)),
+        ssh_key=key,
+    )
+    vms_ref.append(vms)
     log.info("daemon built: pid %s, state %s", os.getpid(), paths.state_dir)
-    return daemon
+    return Daemon(
+        paths=paths,
+        loaded=loaded,
+        store=store,
+        ops=ops,
+        artifacts=artifacts,
+        engines=engines,
+        pool=pool,
+        network=network,
+        nat=nat,
+        dns=dns,
+        vms=vms,
+    )

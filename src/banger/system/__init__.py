@@ -6,7 +6,15 @@ when sudo would prompt, `PrivilegeError` says exactly what to configure.
 `tools` maps every host program banger uses to the Debian package that ships it.
 """
 
-from banger.system.run import Result, arun, is_root, run, spawn_detached, sudo_ready
+from banger.system.run import (
+    Result,
+    arun,
+    is_root,
+    run,
+    run_interactive,
+    spawn_detached,
+    sudo_ready,
+)
 from banger.system.tools import TOOLS, Tool, find_tool, require_tool
 
 __all__ = [
@@ -18,6 +26,7 @@ __all__ = [
     "is_root",
     "require_tool",
     "run",
+    "run_interactive",
     "spawn_detached",
     "sudo_ready",
 ]

@@ -144,3 +144,11 @@ def spawn_detached(argv: Sequence[str], *, log_path: os.PathLike[str] | str) -> 
             close_fds=True,
         )
     return proc.pid
+
+
+def run_interactive(argv: Sequence[str]) -> int:
+    """Run a program attached to our terminal (e.g. `ssh`) and return its exit code."""
+    cmd = [str(a) for a in argv]
+    if "/" not in cmd[0]:
+        cmd[0] = require_tool(cmd[0])
+    return subprocess.call(cmd)

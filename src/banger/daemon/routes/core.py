@@ -119,5 +119,14 @@ async def debug_ticker(request: web.Request) -> web.Response:
     return ok(d.ops.start("debug.ticker", "ticker", work), status=202)
 
 
+@routes.post("/v1/debug/fail-at")
+async def debug_fail_at(request: web.Request) -> web.Response:
+    """Test-only: make creates fail right after the named stage (empty: never)."""
+    if not testhooks.enabled():
+        raise web.HTTPNotFound()
+    testhooks.set_fail_at(request.query.get("stage"))
+    return ok({"fail_at": request.query.get("stage") or None})
+
+
 def setup(app: web.Application) -> None:
     app.add_routes(routes)

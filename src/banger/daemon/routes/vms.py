@@ -1,10 +1,110 @@
-"""VM lifecycle."""
+"""VM lifecycle. Mutations run as operations; reads answer at once."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from banger.api.models import CreateVM, SetVM
+from banger.daemon.routes.common import body, daemon_of, flag, ok
+from banger.progress import Progress
+
 routes = web.RouteTableDef()
+
+
+def _vm_json(request: web.Request, name: str) -> web.Response:
+    d = daemon_of(request)
+    vm = d.vms.get(name)
+    return ok(vm.to_api(str(d.vms.vm_dir(vm))))
+
+
+@routes.get("/v1/vms")
+async def list_vms(request: web.Request) -> web.Response:
+    d = daemon_of(request)
+    return ok([vm.to_api(str(d.vms.vm_dir(vm))) for vm in d.vms.all()])
+
+
+@routes.post("/v1/vms")
+async def create_vm(request: web.Request) -> web.Response:
+    d = daemon_of(request)
+    req = await body(request, CreateVM)
+    # Validate before starting the operation, so bad input fails the request itself.
+    probe = d.vms._new_record(req)
+    req = req.model_copy(update={"name": probe.name})
+
+    async def work(progress: Progress) -> dict[str, str]:
+        vm = await d.vms.create(req, progress)
+        return {"name": vm.name, "id": vm.id, "ip": vm.ip or ""}
+
+    return ok(d.ops.start("vm.create", probe.name, work, key=f"vm:{probe.name}"), status=202)
+
+
+@routes.get("/v1/vms/{name}")
+async def get_vm(request: web.Request) -> web.Response:
+    return _vm_json(request, request.match_info["name"])
+
+
+@routes.patch("/v1/vms/{name}")
+async def set_vm(request: web.Request) -> web.Response:
+    d = daemon_of(request)
+    req = await body(request, SetVM)
+    vm = await d.vms.update(request.match_info["name"], req)
+    return ok(vm.to_api(str(d.vms.vm_dir(vm))))
+
+
+@routes.post("/v1/vms/{name}/{action:start|stop|restart}")
+async def vm_action(request: web.Request) -> web.Response:
+    d = daemon_of(request)
+    vm = d.vms.get(request.match_info["name"])
+    action = request.match_info["action"]
+    force = flag(request, "force")
+
+    async def work(progress: Progress) -> dict[str, str]:
+        if action == "start":
+            rec = await d.vms.start(vm.id, progress)
+        elif action == "stop":
+            rec = await d.vms.stop(vm.id, progress, force=force)
+        else:
+            rec = await d.vms.restart(vm.id, progress)
+        return {"name": rec.name, "state": rec.state}
+
+    return ok(d.ops.start(f"vm.{action}", vm.name, work), status=202)
+
+
+@routes.delete("/v1/vms/{name}")
+async def delete_vm(request: web.Request) -> web.Response:
+    d = daemon_of(request)
+    vm = d.vms.get(request.match_info["name"])
+    force = flag(request, "force")
+    if vm.state == "running" and not force:
+        await d.vms.delete(vm.id, lambda *a, **k: None, force=False)  # raises Conflict
+
+    async def work(progress: Progress) -> dict[str, str]:
+        return {"deleted": await d.vms.delete(vm.id, progress, force=force)}
+
+    return ok(d.ops.start("vm.delete", vm.name, work), status=202)
+
+
+@routes.get("/v1/vms/{name}/ssh")
+async def ssh_info(request: web.Request) -> web.Response:
+    d = daemon_of(request)
+    vm = d.vms.get(request.match_info["name"])
+    return ok(
+        {
+            "name": vm.name,
+            "state": vm.state,
+            "ip": vm.ip,
+            "user": "root",
+            "key": str(d.vms.ssh_key),
+            "known_hosts": str(d.paths.known_hosts),
+        }
+    )
+
+
+@routes.get("/v1/vms/{name}/logs")
+async def logs(request: web.Request) -> web.Response:
+    d = daemon_of(request)
+    vm = d.vms.get(request.match_info["name"])
+    return ok({"path": str(d.vms.vm_dir(vm) / "console.log")})
 
 
 def setup(app: web.Application) -> None:

@@ -1,0 +1,84 @@
+"""Network: an address lease (persistent, per VM) and a TAP (per boot, from the pool)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+
+from banger.capabilities.base import BootContributions, PrepareContext
+from banger.engines.base import NetIface
+from banger.errors import Conflict
+from banger.net import addresses
+from banger.net.bridge import ensure_bridge
+from banger.net.pool import TapPool
+from banger.services.records import VMRecord
+from banger.store import Store
+
+log = logging.getLogger("banger.network")
+
+
+class NetworkCapability:
+    name = "network"
+    stage = "network"
+
+    def __init__(self, store: Store, pool: TapPool, bridge: str, subnet: str) -> None:
+        self.store = store
+        self.pool = pool
+        self.bridge = bridge
+        self.subnet = subnet
+        self._bridge_ready = False
+        self._lease_lock = threading.Lock()
+        self._refill: asyncio.Task[None] | None = None
+
+    def ensure_bridge(self) -> None:
+        if not self._bridge_ready:
+            ensure_bridge(self.bridge, self.subnet)
+            self._bridge_ready = True
+
+    async def prepare(self, vm: VMRecord, ctx: PrepareContext) -> None:
+        with self._lease_lock:
+            used = {r["ip"] for r in self.store.all("leases")}
+            try:
+                ip = addresses.allocate(used, self.subnet)
+            except Exception as exc:
+                raise Conflict(
+                    f"no free address left in {self.subnet}",
+                    hint="delete unused VMs or set a larger `subnet` in config.toml",
+                ) from exc
+            self.store.insert("leases", {"ip": ip, "vm_id": vm.id, "created_at": time.time()})
+        vm.ip = ip
+        ctx.progress("network", f"address {ip}")
+
+    async def attach(self, vm: VMRecord, boot: BootContributions) -> None:
+        await asyncio.to_thread(self.ensure_bridge)
+        lease = await asyncio.to_thread(self.pool.lease)
+        vm.tap = lease.name
+        self._refill_later()
+        log.info("vm %s tap %s (%s)", vm.name, lease.name, "cold" if lease.cold else "warm")
+        boot.nics.append(NetIface("eth0", lease.name, vm.mac))
+        assert vm.ip is not None
+        boot.ip = vm.ip
+        boot.gateway = addresses.gateway(self.subnet)
+        boot.prefix = addresses.prefixlen(self.subnet)
+
+    def _refill_later(self) -> None:
+        """Top the warm pool back up off the create path."""
+        if self._refill is None or self._refill.done():
+            self._refill = asyncio.create_task(self._refill_quietly())
+
+    async def _refill_quietly(self) -> None:
+        try:
+            await self.pool.arefill()
+        except Exception as exc:
+            log.warning("TAP pool refill failed: %s", exc)
+
+    async def detach(self, vm: VMRecord) -> None:
+        if vm.tap:
+            await asyncio.to_thread(self.pool.release, vm.tap)
+            vm.tap = None
+
+    async def destroy(self, vm: VMRecord) -> None:
+        self.store.delete("leases", "vm_id", vm.id)
+        vm.ip = None

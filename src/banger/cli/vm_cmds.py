@@ -1,0 +1,306 @@
+"""`banger vm …`: the VM lifecycle."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.table import Table
+
+from banger.api.models import VM, CreateVM, SetVM
+from banger.cli.common import client, follow, json_option
+from banger.cli.output import err, out, print_json
+from banger.client import Client
+from banger.errors import BangerError
+from banger.units import format_size
+
+ENGINES = click.Choice(["auto", "qemu", "firecracker"])
+
+
+@click.group()
+def vm() -> None:
+    """Create, run and manage microVMs."""
+
+
+def _uptime(v: VM) -> str:
+    if v.state != "running" or not v.started_at:
+        return "-"
+    s = int(time.time() - v.started_at)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+@vm.command("list")
+@json_option
+def list_(as_json: bool) -> None:
+    """List VMs."""
+    vms = client().vms()
+    if as_json:
+        print_json(vms)
+        return
+    if not vms:
+        out.print("no VMs yet: `banger vm run` creates one and opens a shell")
+        return
+    t = Table("name", "state", "ip", "image", "engine", "cpu", "mem", "uptime")
+    colors = {"running": "green", "stopped": "dim", "error": "red", "creating": "yellow"}
+    for v in vms:
+        t.add_row(
+            v.name,
+            f"[{colors.get(v.state, '')}]{v.state}[/]",
+            v.ip or "-",
+            v.image,
+            v.engine,
+            str(v.vcpus),
+            format_size(v.memory_mib * 1024**2),
+            _uptime(v),
+        )
+    out.print(t)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _create_options(f: F) -> F:
+    for opt in reversed(
+        [
+            click.option("--name", help="VM name (DNS label; default: generated)."),
+            click.option("--image", help="Image (default: debian-bookworm)."),
+            click.option("--kernel", help="Kernel (default: the image's)."),
+            click.option("--vcpus", type=int, help="Virtual CPUs."),
+            click.option("--memory", help="Memory, e.g. 1G, 512M."),
+            click.option("--disk-size", help="Root disk size, e.g. 4G."),
+            click.option("--work-size", help="/root work disk size, e.g. 2G."),
+            click.option("--engine", type=ENGINES, help="Hypervisor (default from config)."),
+            click.option("--nat", is_flag=True, help="Give the VM internet access."),
+        ]
+    ):
+        f = opt(f)
+    return f
+
+
+def _create(c: Client, quiet: bool, **kw: object) -> VM:
+    req = CreateVM.model_validate({k: v for k, v in kw.items() if v is not None})
+    op = c.create_vm(req)
+    final = follow(op, f"creating {op.target}", quiet=quiet)
+    vm_ = c.vm(final.result["name"])
+    return vm_
+
+
+@vm.command()
+@_create_options
+@json_option
+def create(as_json: bool, **kw: object) -> None:
+    """Create and boot a VM; returns when SSH is ready."""
+    v = _create(client(), as_json, **kw)
+    if as_json:
+        print_json(v)
+        return
+    total = v.timings.get("total", 0.0)
+    out.print(f"[green]✓[/] {v.name} is running at {v.ip} (ready in {total:.1f}s)")
+    out.print(f"  connect: banger vm ssh {v.name}")
+
+
+def _fan_out(names: tuple[str, ...], action: str, verb: str, **params: object) -> None:
+    """Run one action on several VMs concurrently; report each; exit 1 if any failed."""
+    c = client()
+
+    def one(name: str) -> tuple[str, str | None]:
+        try:
+            with Client(c.paths) as own:
+                if action == "delete":
+                    op = own.delete_vm(name, force=bool(params.get("force")))
+                else:
+                    op = own.vm_action(name, action, **params)
+                own.wait(op)
+            return name, None
+        except BangerError as exc:
+            return name, exc.message + (f" ({exc.hint})" if exc.hint else "")
+
+    with ThreadPoolExecutor(max_workers=min(16, len(names))) as pool:
+        results = list(pool.map(one, names))
+    failed = 0
+    for name, error in results:
+        if error is None:
+            out.print(f"[green]✓[/] {name} {verb}")
+        else:
+            failed += 1
+            err.print(f"[red]✗[/] {name}: {error}")
+    if failed:
+        sys.exit(1)
+
+
+@vm.command()
+@click.argument("names", nargs=-1, required=True)
+def start(names: tuple[str, ...]) -> None:
+    """Start stopped VMs (same disks)."""
+    if len(names) == 1:
+        c = client()
+        follow(c.vm_action(names[0], "start"), f"starting {names[0]}")
+        out.print(f"[green]✓[/] {names[0]} started")
+        return
+    _fan_out(names, "start", "started")
+
+
+@vm.command()
+@click.argument("names", nargs=-1, required=True)
+@click.option("--force", is_flag=True, help="Kill instead of a graceful shutdown.")
+def stop(names: tuple[str, ...], force: bool) -> None:
+    """Shut VMs down gracefully, keeping their disks."""
+    _fan_out(names, "stop", "stopped", force=force)
+
+
+@vm.command()
+@click.argument("names", nargs=-1, required=True)
+def restart(names: tuple[str, ...]) -> None:
+    """Stop and start VMs."""
+    _fan_out(names, "restart", "restarted")
+
+
+@vm.command()
+@click.argument("names", nargs=-1, required=True)
+@click.option("--force", is_flag=True, help="Delete even if running.")
+def delete(names: tuple[str, ...], force: bool) -> None:
+    """Delete VMs and everything they own (disks, address, TAP)."""
+    _fan_out(names, "delete", "deleted", force=force)
+
+
+@vm.command()
+@click.argument("name")
+@json_option
+def show(name: str, as_json: bool) -> None:
+    """Show a VM's details and its last create/start stage timings."""
+    v = client().vm(name)
+    if as_json:
+        print_json(v)
+        return
+    for key, val in v.model_dump(exclude={"timings"}).items():
+        out.print(f"{key:<11} {val}")
+    if v.timings:
+        out.print("timings    " + "  ".join(f"{k}={s:.2f}s" for k, s in v.timings.items()))
+
+
+@vm.command("set")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--vcpus", type=int)
+@click.option("--memory")
+@click.option("--nat/--no-nat", default=None)
+def set_(names: tuple[str, ...], vcpus: int | None, memory: str | None, nat: bool | None) -> None:
+    """Change VM settings (vcpus/memory only while stopped)."""
+    c = client()
+    req = SetVM(vcpus=vcpus, memory=memory, nat=nat)
+    failed = 0
+    for n in names:
+        try:
+            c.set_vm(n, req)
+            out.print(f"[green]✓[/] {n} updated")
+        except BangerError as exc:
+            failed += 1
+            err.print(f"[red]✗[/] {n}: {exc.message}")
+    if failed:
+        sys.exit(1)
+
+
+def _ssh_argv(info: dict[str, object], command: tuple[str, ...], tty: bool) -> list[str]:
+    argv = [
+        "ssh",
+        "-i",
+        str(info["key"]),
+        "-o",
+        f"UserKnownHostsFile={info['known_hosts']}",
+        "-o",
+        "StrictHostKeyChecking=accept-new",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "ConnectTimeout=10",
+    ]
+    if tty:
+        argv.append("-t")
+    argv.append(f"root@{info['ip']}")
+    if command:
+        argv += ["--", *command]
+    return argv
+
+
+def _ssh(c: Client, name: str, command: tuple[str, ...]) -> int:
+    from banger.system import run_interactive
+
+    info = c.ssh_info(name)
+    if info["state"] != "running":
+        raise BangerError(
+            f"VM `{name}` is {info['state']}", hint=f"start it with `banger vm start {name}`"
+        )
+    interactive = not command
+    rc = run_interactive(_ssh_argv(info, command, tty=interactive and sys.stdin.isatty()))
+    if interactive:
+        try:
+            if c.vm(name).state == "running":
+                err.print(
+                    f"[dim]{name} is still running; `banger vm stop {name}` stops it "
+                    "(its disks are kept)[/]"
+                )
+        except BangerError:
+            pass
+    return rc
+
+
+@vm.command(context_settings={"ignore_unknown_options": True})
+@click.argument("name")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def ssh(name: str, command: tuple[str, ...]) -> None:
+    """Open a shell in a VM, or run `-- CMD`."""
+    sys.exit(_ssh(client(), name, command))
+
+
+@vm.command()
+@click.argument("name")
+@click.option("-f", "--follow", "follow_", is_flag=True, help="Keep printing new output.")
+def logs(name: str, follow_: bool) -> None:
+    """Print a VM's serial console."""
+    path = Path(client()._request("GET", f"/v1/vms/{name}/logs")["path"])
+    if not path.exists():
+        raise BangerError(f"no console log for `{name}` yet", hint="it appears when the VM boots")
+    with path.open("rb") as f:
+        while True:
+            chunk = f.read(65536)
+            if chunk:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+                continue
+            if not follow_:
+                return
+            time.sleep(0.2)
+
+
+@vm.command(context_settings={"ignore_unknown_options": True})
+@click.argument("image", required=False)
+@click.option("--name", help="VM name (default: generated).")
+@click.option("--rm", "remove", is_flag=True, help="Delete the VM when the session ends.")
+@click.option("--nat", is_flag=True, help="Give the VM internet access.")
+@click.option("--engine", type=ENGINES)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def run(
+    image: str | None,
+    name: str | None,
+    remove: bool,
+    nat: bool,
+    engine: str | None,
+    command: tuple[str, ...],
+) -> None:
+    """Pull what is missing, create a VM, and open a shell in it (or run `-- CMD`)."""
+    c = client()
+    v = _create(c, False, name=name, image=image, nat=nat or None, engine=engine)
+    out.print(f"[green]✓[/] {v.name} is running at {v.ip}")
+    try:
+        rc = _ssh(c, v.name, command)
+    finally:
+        if remove:
+            c.wait(c.delete_vm(v.name, force=True))
+            err.print(f"[dim]deleted {v.name}[/]")
+    sys.exit(rc)

@@ -1,0 +1,301 @@
+"""Kernels and images as the daemon sees them: listing, pulls as shared operations,
+registration, promotion, and safe removal.
+
+Managed artifacts live on disk under $XDG_DATA_HOME/banger (their manifests are
+the truth); registered images are rows in the store pointing at files that stay
+where the user keeps them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from banger.api.models import Image, Kernel, RegisterImage
+from banger.artifacts import images as image_lib
+from banger.artifacts import kernels as kernel_lib
+from banger.config import Config
+from banger.daemon.operations import OperationManager
+from banger.errors import Conflict, InvalidInput, NotFound
+from banger.paths import Paths
+from banger.progress import Progress
+from banger.store import Store
+
+log = logging.getLogger("banger.artifacts")
+
+
+@dataclass(frozen=True)
+class BootKernel:
+    name: str
+    vmlinux: Path
+    initrd: Path | None
+
+
+@dataclass(frozen=True)
+class BootImage:
+    name: str
+    rootfs: Path
+    work_seed: Path | None
+    kernel: str | None
+    vmlinux: Path | None
+    initrd: Path | None
+
+
+class ArtifactService:
+    def __init__(self, paths: Paths, config: Config, store: Store, ops: OperationManager) -> None:
+        self.paths = paths
+        self.config = config
+        self.store = store
+        self.ops = ops
+
+    def sweep(self) -> None:
+        """Remove half-written pulls left by a daemon that died mid-way."""
+        for swept in kernel_lib.sweep_tmp(self.paths.tmp_dir) + image_lib.sweep_tmp(
+            self.paths.tmp_dir
+        ):
+            log.info("removed leftover %s", swept)
+
+    # -- kernels -------------------------------------------------------------------
+
+    def kernels(self) -> list[Kernel]:
+        return [self._kernel_api(k) for k in kernel_lib.list_kernels(self.paths.kernels_dir)]
+
+    def kernel(self, name: str) -> Kernel:
+        info = kernel_lib.load_kernel(self.paths.kernels_dir, name)
+        if info is None:
+            known = ", ".join(kernel_lib.catalog())
+            raise NotFound(
+                f"kernel `{name}` is not pulled",
+                hint=f"`banger kernel pull {name}` (catalog: {known})",
+            )
+        return self._kernel_api(info)
+
+    @staticmethod
+    def _kernel_api(info: Any) -> Kernel:
+        return Kernel(
+            name=info.name,
+            path=str(info.path),
+            vmlinux=str(info.vmlinux),
+            initrd=str(info.initrd) if info.initrd.exists() else None,
+            package=info.package,
+            version=info.version,
+            created_at=info.created_at,
+            size_bytes=info.size_bytes,
+        )
+
+    def pull_kernel(self, name: str) -> Any:
+        kernel_lib.get_spec(name)  # unknown names fail the request, not the operation
+
+        async def work(progress: Progress) -> dict[str, str]:
+            info = await asyncio.to_thread(
+                kernel_lib.pull_kernel, name, self.paths.kernels_dir, self.paths.tmp_dir, progress
+            )
+            return {"name": info.name, "version": info.version}
+
+        return self.ops.start("kernel.pull", name, work, key=f"kernel:{name}")
+
+    def remove_kernel(self, name: str, force: bool) -> list[str]:
+        self.kernel(name)
+        users = [
+            r["name"] for r in self.store.query("SELECT name FROM vms WHERE kernel=?", (name,))
+        ]
+        users += [
+            f"image {r['name']}"
+            for r in self.store.query("SELECT name FROM images WHERE kernel=?", (name,))
+        ]
+        if users and not force:
+            raise Conflict(
+                f"kernel `{name}` is used by {', '.join(users)}",
+                hint="delete those first, or pass --force (they will not boot until it is "
+                "pulled again)",
+            )
+        kernel_lib.remove_kernel(self.paths.kernels_dir, name, self.paths.tmp_dir)
+        return users
+
+    # -- images --------------------------------------------------------------------
+
+    def images(self) -> list[Image]:
+        managed = [self._image_api(i) for i in image_lib.list_images(self.paths.images_dir)]
+        names = {i.name for i in managed}
+        registered = [self._registered_api(r) for r in self.store.all("images", order="name")]
+        return managed + [r for r in registered if r.name not in names]
+
+    def image(self, name: str) -> Image:
+        info = image_lib.load_image(self.paths.images_dir, name)
+        if info is not None:
+            return self._image_api(info)
+        row = self.store.get("images", "name", name)
+        if row is not None:
+            return self._registered_api(row)
+        raise NotFound(
+            f"image `{name}` does not exist",
+            hint=f"`banger image pull {name}` for a catalog image, or `banger image register`",
+        )
+
+    @staticmethod
+    def _image_api(info: Any) -> Image:
+        return Image(
+            name=info.name,
+            managed=True,
+            rootfs=str(info.rootfs),
+            work_seed=str(info.work_seed) if info.work_seed else None,
+            kernel=info.kernel,
+            vmlinux=str(info.vmlinux) if info.vmlinux else None,
+            initrd=str(info.initrd) if info.initrd else None,
+            size_bytes=info.size_bytes,
+            created_at=info.created_at,
+            info=info.summary(),
+        )
+
+    @staticmethod
+    def _registered_api(row: dict[str, Any]) -> Image:
+        rootfs = Path(row["rootfs"])
+        return Image(
+            name=row["name"],
+            managed=False,
+            rootfs=row["rootfs"],
+            work_seed=row["work_seed"],
+            kernel=row["kernel"],
+            vmlinux=row["vmlinux"],
+            initrd=row["initrd"],
+            size_bytes=rootfs.stat().st_size if rootfs.exists() else 0,
+            created_at=row["created_at"],
+            info=row["info"],
+        )
+
+    def pull_image(self, name: str) -> Any:
+        image_lib.get_spec(name)
+
+        async def work(progress: Progress) -> dict[str, str]:
+            info = await asyncio.to_thread(
+                image_lib.pull_image,
+                name,
+                self.paths.images_dir,
+                self.paths.tmp_dir,
+                progress,
+                debian_mirror=self.config.debian_mirror,
+            )
+            return {"name": info.name}
+
+        return self.ops.start("image.pull", name, work, key=f"image:{name}")
+
+    def register_image(self, req: RegisterImage) -> Image:
+        if image_lib.load_image(self.paths.images_dir, req.name) or self.store.get(
+            "images", "name", req.name
+        ):
+            raise Conflict(f"image `{req.name}` already exists", hint="pick another --name")
+        if req.kernel and (req.vmlinux or req.initrd):
+            raise InvalidInput("give --kernel or --vmlinux/--initrd, not both")
+        info = self._validate_registration(req)
+        self.store.insert(
+            "images",
+            {
+                "name": info.name,
+                "managed": 0,
+                "rootfs": str(info.rootfs),
+                "work_seed": str(info.work_seed) if info.work_seed else None,
+                "kernel": info.kernel,
+                "vmlinux": str(info.vmlinux) if info.vmlinux else None,
+                "initrd": str(info.initrd) if info.initrd else None,
+                "info": {},
+                "created_at": time.time(),
+            },
+        )
+        return self.image(req.name)
+
+    @staticmethod
+    def _validate_registration(req: RegisterImage) -> Any:
+        def p(v: str | None) -> Path | None:
+            return Path(v) if v else None
+
+        return image_lib.register_image(
+            req.name, Path(req.rootfs), p(req.work_seed), req.kernel, p(req.vmlinux), p(req.initrd)
+        )
+
+    def promote_image(self, name: str) -> Any:
+        img = self.image(name)
+        if img.managed:
+            raise Conflict(f"image `{name}` is already managed")
+
+        info = self._validate_registration(
+            RegisterImage(
+                name=img.name,
+                rootfs=img.rootfs,
+                work_seed=img.work_seed,
+                kernel=img.kernel,
+                vmlinux=img.vmlinux,
+                initrd=img.initrd,
+            )
+        )
+
+        async def work(progress: Progress) -> dict[str, str]:
+            await asyncio.to_thread(
+                image_lib.promote_image, info, self.paths.images_dir, self.paths.tmp_dir, progress
+            )
+            self.store.delete("images", "name", name)
+            return {"name": name}
+
+        return self.ops.start("image.promote", name, work, key=f"image:{name}")
+
+    def remove_image(self, name: str, force: bool) -> list[str]:
+        img = self.image(name)
+        users = [r["name"] for r in self.store.query("SELECT name FROM vms WHERE image=?", (name,))]
+        if users and not force:
+            raise Conflict(
+                f"image `{name}` is used by VMs: {', '.join(users)}",
+                hint="delete those VMs first, or pass --force (they will not start again)",
+            )
+        if img.managed:
+            image_lib.remove_image(self.paths.images_dir, name, self.paths.tmp_dir)
+        else:
+            self.store.delete("images", "name", name)
+        return users
+
+    # -- what a VM boots with; pulls missing catalog artifacts ---------------------
+
+    async def _await_pull(self, op: Any, progress: Progress) -> None:
+        """Follow a (possibly shared) pull operation, relaying its stages."""
+        async for item in self.ops.events(op.id):
+            if hasattr(item, "stage") and not hasattr(item, "state"):
+                progress(item.stage, item.detail, item.fraction)
+        final = self.ops.get(op.id)
+        if final.state != "succeeded":
+            from banger.errors import from_dict
+
+            raise from_dict(final.error.model_dump() if final.error else {"message": "pull failed"})
+
+    async def ensure_image(self, name: str, progress: Progress) -> BootImage:
+        try:
+            img = self.image(name)
+        except NotFound:
+            if name not in image_lib.catalog():  # only catalog images can be pulled
+                raise
+            progress("image", f"pulling {name} (first use)")
+            await self._await_pull(self.pull_image(name), progress)
+            img = self.image(name)
+        return BootImage(
+            name=img.name,
+            rootfs=Path(img.rootfs),
+            work_seed=Path(img.work_seed) if img.work_seed else None,
+            kernel=img.kernel,
+            vmlinux=Path(img.vmlinux) if img.vmlinux else None,
+            initrd=Path(img.initrd) if img.initrd else None,
+        )
+
+    async def ensure_kernel_for(
+        self, image: BootImage, override: str | None, progress: Progress
+    ) -> BootKernel:
+        if not override and image.vmlinux is not None:
+            return BootKernel(f"{image.name}:vmlinux", image.vmlinux, image.initrd)
+        name = override or image.kernel or self.config.default_kernel
+        try:
+            k = self.kernel(name)
+        except NotFound:
+            progress("image", f"pulling kernel {name} (first use)")
+            await self._await_pull(self.pull_kernel(name), progress)
+            k = self.kernel(name)
+        return BootKernel(k.name, Path(k.vmlinux), Path(k.initrd) if k.initrd else None)

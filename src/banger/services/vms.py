@@ -1,0 +1,380 @@
+"""The VM lifecycle: create, start, stop, restart, delete, set, and re-adoption.
+
+One path for create: resolve artifacts (pulling what is missing) → capabilities
+prepare (disks, lease) → capabilities attach (TAP, …) → guest config → engine
+start → SSH ready. A failure at any step undoes, in reverse, whatever ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+from banger.api.models import CreateVM, SetVM
+from banger.capabilities.base import BootContributions, Capability, PrepareContext
+from banger.config import Config
+from banger.daemon import testhooks
+from banger.engines.base import Engine, EngineHandle
+from banger.engines.guest_config import MAX_VCPUS, build_guest_config, mac_for
+from banger.errors import Conflict, InvalidInput, NotFound
+from banger.paths import Paths
+from banger.progress import Progress
+from banger.services.artifacts import ArtifactService, BootKernel
+from banger.services.records import VMRecord
+from banger.services.ssh import forget_host, wait_for_ssh
+from banger.store import Store
+from banger.units import check_vm_name, parse_size
+
+log = logging.getLogger("banger.vms")
+
+EngineFactory = Callable[[str], Engine]
+SSH_TIMEOUT = 180.0
+
+
+class VMService:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        paths: Paths,
+        config: Config,
+        artifacts: ArtifactService,
+        engine_for: EngineFactory,
+        resolve_engine: Callable[[str | None], str],
+        capabilities: list[Capability],
+        ssh_key: Path,
+    ) -> None:
+        self.store = store
+        self.paths = paths
+        self.config = config
+        self.artifacts = artifacts
+        self.engine_for = engine_for
+        self.resolve_engine = resolve_engine
+        self.capabilities = capabilities
+        self.ssh_key = ssh_key
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # -- queries -------------------------------------------------------------------
+
+    def all(self) -> list[VMRecord]:
+        return [VMRecord.from_row(r) for r in self.store.all("vms", order="created_at")]
+
+    def get(self, name: str) -> VMRecord:
+        row = self.store.get("vms", "name", name) or self.store.get("vms", "id", name)
+        if row is None:
+            raise NotFound(f"no VM named `{name}`", hint="`banger vm list` shows your VMs")
+        return VMRecord.from_row(row)
+
+    def vm_dir(self, vm: VMRecord) -> Path:
+        return self.paths.vm_dir(vm.id)
+
+    def lock(self, vm_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(vm_id, asyncio.Lock())
+
+    # -- create --------------------------------------------------------------------
+
+    def _new_record(self, req: CreateVM) -> VMRecord:
+        name = check_vm_name(req.name) if req.name else self._generate_name()
+        if self.store.get("vms", "name", name):
+            raise Conflict(
+                f"a VM named `{name}` already exists",
+                hint=f"pick another --name, or `banger vm delete {name}`",
+            )
+        vcpus = req.vcpus or self.config.default_vcpus
+        if not 1 <= vcpus <= MAX_VCPUS:
+            raise InvalidInput(f"--vcpus {vcpus} is out of range", hint=f"use 1 to {MAX_VCPUS}")
+        memory_mib = parse_size(req.memory or self.config.default_memory) // 1024**2
+        if memory_mib < 128:
+            raise InvalidInput(f"--memory {req.memory} is too small", hint="use at least 128M")
+        disk = parse_size(req.disk_size or self.config.default_disk_size)
+        work = parse_size(req.work_size or self.config.default_work_size)
+        if work < 16 * 1024**2:
+            raise InvalidInput(f"--work-size {req.work_size} is too small", hint="use at least 16M")
+        vm_id = secrets.token_hex(6)
+        return VMRecord(
+            id=vm_id,
+            name=name,
+            state="creating",
+            image=req.image or self.config.default_image,
+            kernel=req.kernel or "",
+            engine=self.resolve_engine(req.engine),
+            vcpus=vcpus,
+            memory_mib=memory_mib,
+            disk_bytes=disk,
+            work_bytes=work,
+            mac=mac_for(vm_id),
+            nat=req.nat,
+        )
+
+    def _generate_name(self) -> str:
+        taken = {vm.name for vm in self.all()}
+        for _ in range(100):
+            name = f"vm-{secrets.token_hex(2)}"
+            if name not in taken:
+                return name
+        raise Conflict("could not generate a free VM name", hint="pass --name")
+
+    async def create(self, req: CreateVM, progress: Progress) -> VMRecord:
+        vm = self._new_record(req)
+        timings: dict[str, float] = {}
+        t0 = time.monotonic()
+        progress("image", vm.image)
+        image = await self.artifacts.ensure_image(vm.image, progress)
+        kernel = await self.artifacts.ensure_kernel_for(image, req.kernel, progress)
+        vm.kernel = kernel.name
+        timings["image"] = time.monotonic() - t0
+        vm.save(self.store)  # state "creating": reconciliation removes it if we crash
+        log.info("creating vm %s (%s) image=%s engine=%s", vm.name, vm.id, vm.image, vm.engine)
+        async with self.lock(vm.id), AsyncExitStack() as undo:
+            try:
+                ctx = PrepareContext(self.vm_dir(vm), image.rootfs, image.work_seed, progress)
+                for cap in self.capabilities:
+                    t = time.monotonic()
+                    stage = getattr(cap, "stage", cap.name)
+                    progress(stage, "")
+                    undo.push_async_callback(cap.destroy, vm)
+                    await cap.prepare(vm, ctx)
+                    timings[stage] = timings.get(stage, 0.0) + time.monotonic() - t
+                    testhooks.maybe_fail(stage)
+                await self._boot(vm, kernel, progress, timings, undo)
+            except BaseException as exc:
+                log.warning("create of %s failed (%s); rolling back", vm.name, exc)
+                vm.state = "error"
+                raise
+            else:
+                undo.pop_all()
+            finally:
+                if vm.state == "error":
+                    self.store.delete("vms", "id", vm.id)
+        vm.timings = {k: round(v, 3) for k, v in timings.items()}
+        vm.timings["total"] = round(time.monotonic() - t0, 3)
+        vm.save(self.store)
+        log.info("vm %s ready in %.2fs: %s", vm.name, vm.timings["total"], vm.timings)
+        return vm
+
+    async def _boot(
+        self,
+        vm: VMRecord,
+        kernel: BootKernel,
+        progress: Progress,
+        timings: dict[str, float],
+        undo: AsyncExitStack,
+    ) -> None:
+        """Attach runtime resources, start the engine, wait for SSH. Pushes undo steps."""
+        boot = BootContributions()
+        t = time.monotonic()
+        progress("network", "")
+        for cap in self.capabilities:
+            undo.push_async_callback(cap.detach, vm)
+            await cap.attach(vm, boot)
+        timings["network"] = timings.get("network", 0.0) + time.monotonic() - t
+        testhooks.maybe_fail("network")
+
+        t = time.monotonic()
+        progress("boot", vm.engine)
+        engine = self.engine_for(vm.engine)
+        run_dir = self.vm_dir(vm) / "run"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        drives = {d.drive_id: d.path for d in boot.drives}
+        nic = boot.nics[0] if boot.nics else None
+        cfg = build_guest_config(
+            vm_id=vm.id,
+            name=vm.name,
+            kernel=kernel.vmlinux,
+            initrd=kernel.initrd,
+            rootfs=drives["rootfs"],
+            work_disk=drives.get("work"),
+            vcpus=vm.vcpus,
+            memory_mib=vm.memory_mib,
+            run_dir=run_dir,
+            ip=boot.ip,
+            prefix=boot.prefix or 24,
+            gateway=boot.gateway,
+            dns=boot.dns,
+            tap=nic.tap if nic else None,
+            mac=nic.mac if nic else vm.mac,
+            extra_cmdline=boot.cmdline,
+            console_log=self.vm_dir(vm) / "console.log",
+        )
+        handle = await engine.start(cfg)
+        undo.push_async_callback(engine.kill, handle)
+        vm.handle = handle.to_dict()
+        vm.state = "running"
+        vm.started_at = time.time()
+        vm.save(self.store)
+        timings["boot"] = time.monotonic() - t
+        testhooks.maybe_fail("boot")
+
+        t = time.monotonic()
+        progress("ssh", f"{vm.ip}:22")
+        assert vm.ip is not None
+        await wait_for_ssh(
+            vm.ip,
+            self.ssh_key,
+            self.paths.known_hosts,
+            [vm.name, f"{vm.name}.vm"],
+            SSH_TIMEOUT,
+            is_alive=lambda: engine.is_running(handle),
+        )
+        timings["ssh"] = time.monotonic() - t
+        testhooks.maybe_fail("ssh")
+
+    # -- start / stop / restart ----------------------------------------------------
+
+    async def start(self, name: str, progress: Progress) -> VMRecord:
+        vm = self.get(name)
+        async with self.lock(vm.id):
+            vm = self.get(vm.id)
+            if vm.state == "running":
+                return vm
+            if vm.state not in ("stopped", "error"):
+                raise Conflict(f"VM `{vm.name}` is {vm.state}", hint="wait for it to finish")
+            image = await self.artifacts.ensure_image(vm.image, progress)
+            kernel = await self.artifacts.ensure_kernel_for(image, vm.kernel or None, progress)
+            timings: dict[str, float] = {}
+            t0 = time.monotonic()
+            async with AsyncExitStack() as undo:
+                try:
+                    await self._boot(vm, kernel, progress, timings, undo)
+                except BaseException as exc:
+                    vm.state = "stopped"
+                    vm.handle = None
+                    vm.last_error = str(exc)
+                    raise
+                else:
+                    undo.pop_all()
+                finally:
+                    vm.save(self.store)
+            vm.timings = {k: round(v, 3) for k, v in timings.items()}
+            vm.timings["total"] = round(time.monotonic() - t0, 3)
+            vm.last_error = None
+            vm.save(self.store)
+            return vm
+
+    async def stop(self, name: str, progress: Progress, *, force: bool = False) -> VMRecord:
+        vm = self.get(name)
+        async with self.lock(vm.id):
+            vm = self.get(vm.id)
+            if vm.state != "running":
+                return vm
+            handle = vm.engine_handle
+            if handle is not None:
+                engine = self.engine_for(vm.engine)
+                progress("shutdown", "kill" if force else "graceful")
+                if force:
+                    await engine.kill(handle)
+                else:
+                    await engine.stop(handle, self.config.stop_timeout)
+            await self._release_runtime(vm)
+            progress("stopped", vm.name)
+            return vm
+
+    async def _release_runtime(self, vm: VMRecord) -> None:
+        for cap in reversed(self.capabilities):
+            try:
+                await cap.detach(vm)
+            except Exception:
+                log.exception("detach %s for %s failed", cap.name, vm.name)
+        vm.state = "stopped"
+        vm.handle = None
+        vm.save(self.store)
+
+    async def restart(self, name: str, progress: Progress) -> VMRecord:
+        await self.stop(name, progress)
+        return await self.start(name, progress)
+
+    async def delete(self, name: str, progress: Progress, *, force: bool = False) -> str:
+        vm = self.get(name)
+        if vm.state == "running" and not force:
+            raise Conflict(
+                f"VM `{vm.name}` is running",
+                hint=f"stop it first (`banger vm stop {vm.name}`) or pass --force",
+            )
+        if vm.state == "running":
+            await self.stop(name, progress, force=True)
+        async with self.lock(vm.id):
+            vm = self.get(vm.id)
+            progress("delete", vm.name)
+            for cap in reversed(self.capabilities):
+                await cap.destroy(vm)
+            if vm.ip:
+                forget_host(self.paths.known_hosts, [vm.ip])
+            forget_host(self.paths.known_hosts, [vm.name, f"{vm.name}.vm"])
+            self.store.delete("vms", "id", vm.id)
+        self._locks.pop(vm.id, None)
+        return vm.name
+
+    async def update(self, name: str, req: SetVM) -> VMRecord:
+        vm = self.get(name)
+        async with self.lock(vm.id):
+            vm = self.get(vm.id)
+            if (req.vcpus is not None or req.memory is not None) and vm.state == "running":
+                raise Conflict(
+                    f"VM `{vm.name}` is running; vcpus and memory change only when stopped",
+                    hint=f"`banger vm stop {vm.name}` first",
+                )
+            if req.vcpus is not None:
+                if not 1 <= req.vcpus <= MAX_VCPUS:
+                    raise InvalidInput(
+                        f"--vcpus {req.vcpus} is out of range", hint=f"use 1 to {MAX_VCPUS}"
+                    )
+                vm.vcpus = req.vcpus
+            if req.memory is not None:
+                mib = parse_size(req.memory) // 1024**2
+                if mib < 128:
+                    raise InvalidInput(
+                        f"--memory {req.memory} is too small", hint="use at least 128M"
+                    )
+                vm.memory_mib = mib
+            if req.nat is not None and req.nat != vm.nat:
+                vm.nat = req.nat
+                if vm.state == "running":
+                    # Live settings (NAT) apply now; the record is saved only if they did.
+                    for cap in self.capabilities:
+                        apply = getattr(cap, "apply", None)
+                        if apply is not None:
+                            await apply(vm)
+            vm.save(self.store)
+            return vm
+
+    # -- daemon start: re-adopt what survived, reclaim what did not ---------------
+
+    async def reconcile(self) -> set[str]:
+        """Returns the TAP names held by VMs that are still running."""
+        in_use: set[str] = set()
+        for vm in self.all():
+            if vm.state == "creating":
+                log.warning("vm %s was mid-create when the daemon died; removing it", vm.name)
+                handle = vm.engine_handle
+                if handle is not None:
+                    await self.engine_for(vm.engine).kill(handle)
+                for cap in reversed(self.capabilities):
+                    await _quietly(cap.detach(vm))
+                    await _quietly(cap.destroy(vm))
+                self.store.delete("vms", "id", vm.id)
+            elif vm.state == "running":
+                handle = vm.engine_handle
+                engine = self.engine_for(vm.engine)
+                if handle is not None and engine.is_running(handle):
+                    log.info("re-adopted running vm %s (pid %s)", vm.name, handle.pid)
+                    if vm.tap:
+                        in_use.add(vm.tap)
+                else:
+                    log.warning("vm %s died while the daemon was away; marking stopped", vm.name)
+                    await self._release_runtime(vm)
+        return in_use
+
+    def running_handles(self) -> list[tuple[VMRecord, EngineHandle]]:
+        return [(vm, h) for vm in self.all() if vm.state == "running" and (h := vm.engine_handle)]
+
+
+async def _quietly(aw: Awaitable[None]) -> None:
+    try:
+        await aw
+    except Exception:
+        log.exception("cleanup step failed")

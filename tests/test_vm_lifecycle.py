@@ -1,0 +1,108 @@
+"""End to end through the CLI: real kernel, real image, real QEMU guest (TCG here),
+real bridge/TAP inside a test-made network namespace, real OpenSSH.
+
+One boot-heavy test walks the whole lifecycle a user cares about; the rollback test
+injects a failure at each create stage and checks nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import netns
+from tests.vmkit import NsBanger, banger_in_netns, ensure_artifacts
+
+pytestmark = [pytest.mark.boot, netns.skip_unless_netns()]
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> None:
+    ensure_artifacts(tmp_path_factory.mktemp("pull"))
+
+
+@pytest.fixture
+def b(artifacts: None, tmp_path: Path) -> Iterator[NsBanger]:
+    # A short home: QEMU's sockets live under it and UNIX socket paths are limited.
+    home = Path(f"/tmp/bgt-{os.getpid()}-{time.monotonic_ns() % 10**6}")
+    home.mkdir()
+    try:
+        with banger_in_netns(home) as b:
+            yield b
+    finally:
+        import shutil
+
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def leases(b: NsBanger) -> list[str]:
+    db = sqlite3.connect(b.home / "state" / "banger.db")
+    try:
+        return [r[0] for r in db.execute("SELECT ip FROM leases")]
+    finally:
+        db.close()
+
+
+def assert_nothing_left(b: NsBanger) -> None:
+    assert b.qemu_pids() == []
+    assert [t for t in b.taps() if not t.startswith("tap-pool-")] == []
+    assert leases(b) == []
+    vms_dir = b.home / "state" / "vms"
+    assert not vms_dir.exists() or list(vms_dir.iterdir()) == []
+
+
+def test_lifecycle_persists_disks_survives_daemon_kill_and_cleans_up(b: NsBanger) -> None:
+    vm = b.json("vm", "create", "--name", "a", "--memory", "512M")
+    assert vm["state"] == "running" and vm["ip"].startswith("172.30.0.")
+    assert set(vm["timings"]) >= {"image", "disks", "network", "boot", "ssh", "total"}
+
+    b.run("vm", "ssh", "a", "--", "echo hi > /root/f")
+    assert b.run("vm", "ssh", "a", "--", "hostname").stdout.strip() == "a"
+
+    b.run("vm", "stop", "a")
+    assert b.json("vm", "show", "a")["state"] == "stopped"
+    assert b.qemu_pids() == []
+    b.run("vm", "start", "a")
+    assert b.run("vm", "ssh", "a", "--", "cat /root/f").stdout.strip() == "hi"
+
+    # The guest outlives the daemon; a new daemon re-adopts it.
+    pid = b.daemon_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    listed = {v["name"]: v for v in b.json("vm", "list")}
+    assert listed["a"]["state"] == "running"
+    assert b.daemon_pid() != pid
+    assert b.run("vm", "ssh", "a", "--", "cat /root/f").stdout.strip() == "hi"
+
+    refused = b.run("vm", "delete", "a", check=False)
+    assert refused.returncode != 0 and "--force" in refused.stderr
+    b.run("vm", "delete", "--force", "a")
+    assert b.json("vm", "list") == []
+    assert_nothing_left(b)
+
+
+@pytest.mark.parametrize("stage", ["disks", "network", "boot"])
+def test_failed_create_rolls_back_everything(b: NsBanger, stage: str) -> None:
+    b.run("daemon", "start")
+    sock = b.home / "run" / "bangerd.sock"
+    assert sock.exists()
+    from banger.client import Client
+    from banger.paths import Paths
+
+    paths = Paths(b.home / "config", b.home / "state", b.home / "data", b.home / "run")
+    with Client(paths) as c:
+        c._request("POST", "/v1/debug/fail-at", params={"stage": stage})
+    res = b.run("vm", "create", "--name", "doomed", check=False)
+    assert res.returncode != 0
+    assert f"injected failure at stage `{stage}`" in res.stderr
+    assert b.json("vm", "list") == []
+    time.sleep(0.5)  # the killed QEMU is reaped by init
+    assert_nothing_left(b)
+    assert json.loads(b.run("daemon", "status", "--json").stdout)["running"] is True
