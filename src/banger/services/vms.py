@@ -85,7 +85,7 @@ class VMService:
                 f"a VM named `{name}` already exists",
                 hint=f"pick another --name, or `banger vm delete {name}`",
             )
-        vcpus = req.vcpus or self.config.default_vcpus
+        vcpus = req.vcpus if req.vcpus is not None else self.config.default_vcpus
         if not 1 <= vcpus <= MAX_VCPUS:
             raise InvalidInput(f"--vcpus {vcpus} is out of range", hint=f"use 1 to {MAX_VCPUS}")
         memory_mib = parse_size(req.memory or self.config.default_memory) // 1024**2
