@@ -28,6 +28,7 @@ EngineName = Literal["qemu", "firecracker", "auto"]
 KVM_CACHE_FILE = "kvm-probe.json"
 
 __all__ = [
+    "KVM_CACHE_FILE",
     "Availability",
     "Drive",
     "Engine",

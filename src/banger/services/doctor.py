@@ -45,62 +45,59 @@ def check_tools() -> list[CheckResult]:
     return out
 
 
-def check_kvm(paths: Paths) -> list[CheckResult]:
+def check_kvm(paths: Paths, config: Config) -> list[CheckResult]:
+    """The same probe the QEMU engine runs before choosing KVM or TCG (cached)."""
+    from banger.engines import KVM_CACHE_FILE, probe_kvm
+
     if not os.path.exists("/dev/kvm"):
         return [
             CheckResult(
                 group="virtualization",
                 name="kvm",
                 status="warn",
-                detail="/dev/kvm is missing: VMs run under slow TCG emulation",
-                fix="enable virtualization in firmware and load kvm_intel/kvm_amd",
+                detail="/dev/kvm is missing: VMs run under TCG software emulation (slow)",
+                fix="enable virtualization in firmware and load kvm_intel or kvm_amd",
             )
         ]
-    try:
-        from banger.engines.kvm import probe_kvm
-    except ImportError:
-        usable = os.access("/dev/kvm", os.R_OK | os.W_OK)
-        return [
-            CheckResult(
-                group="virtualization",
-                name="kvm",
-                status="ok" if usable else "warn",
-                detail="/dev/kvm present" + ("" if usable else " but not accessible"),
-                fix="" if usable else "add yourself to the `kvm` group",
-            )
-        ]
-    probe = probe_kvm(paths.state_dir / "kvm-probe.json")
+    qemu = config.qemu_bin or find_tool("qemu-system-x86_64")
+    probe = probe_kvm(paths.state_dir / KVM_CACHE_FILE, qemu_bin=qemu)
     return [
         CheckResult(
             group="virtualization",
             name="kvm",
             status="ok" if probe.usable else "warn",
-            detail=probe.reason,
+            detail=(probe.reason if probe.usable else f"cannot run a guest: {probe.reason}")
+            + (" (cached probe)" if probe.cached else ""),
             fix=""
             if probe.usable
-            else "VMs fall back to TCG software emulation (about 15x slower boots); "
-            "on a nested host enable nested virtualization",
+            else "VMs fall back to TCG software emulation (boots take ~15 s instead of ~1 s); "
+            "on a nested host enable nested virtualization, or check `kvm` group access",
         )
     ]
 
 
-def check_engines(config: Config) -> list[CheckResult]:
-    qemu = config.qemu_bin or find_tool("qemu-system-x86_64")
-    fc = config.firecracker_bin or find_tool("firecracker")
+def check_engines(paths: Paths, config: Config) -> list[CheckResult]:
+    """Each engine's own availability report: what `engine = "auto"` will pick from."""
+    from banger.engines import KVM_CACHE_FILE, FirecrackerEngine, QemuEngine
+
+    cache = paths.state_dir / KVM_CACHE_FILE
+    qemu = QemuEngine(config.qemu_bin, kvm_cache=cache).availability()
+    fc = FirecrackerEngine(config.firecracker_bin, kvm_cache=cache).availability()
     return [
         CheckResult(
             group="engines",
             name="qemu",
-            status="ok" if qemu else "fail",
-            detail=qemu or "qemu-system-x86_64 not found",
-            fix="" if qemu else "apt-get install qemu-system-x86",
+            status="ok" if qemu.ok else "fail",
+            detail=qemu.detail,
+            fix="" if qemu.ok else "apt-get install qemu-system-x86",
         ),
         CheckResult(
             group="engines",
             name="firecracker",
-            status="ok" if fc else "warn",
-            detail=fc or "not installed (optional; QEMU microvm is used instead)",
-            fix="" if fc else "install a Firecracker release binary on PATH or set firecracker_bin",
+            status="ok" if fc.ok else "warn",
+            detail=fc.detail if fc.ok else f"not usable (optional; QEMU is used): {fc.detail}",
+            fix="" if fc.ok else "install a Firecracker release on PATH (or set firecracker_bin) "
+            "on a host where KVM works",
         ),
     ]
 
@@ -184,8 +181,8 @@ def check_artifacts(paths: Paths, config: Config) -> list[CheckResult]:
 def run_doctor(paths: Paths, config: Config) -> DoctorReport:
     checks: list[Callable[[], list[CheckResult]]] = [
         check_tools,
-        lambda: check_kvm(paths),
-        lambda: check_engines(config),
+        lambda: check_kvm(paths, config),
+        lambda: check_engines(paths, config),
         check_privileges,
         lambda: check_dirs(paths),
         lambda: check_artifacts(paths, config),
