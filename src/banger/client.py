@@ -7,11 +7,13 @@ with Client.connect() as c:
 
 from __future__ import annotations
 
+import http.client
 import json
+import socket
+import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-import httpx
 from pydantic import BaseModel
 
 from banger.api.models import (
@@ -33,15 +35,32 @@ M = TypeVar("M", bound=BaseModel)
 EventCallback = Callable[[OperationEvent], None]
 
 
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP/1.1 over the daemon's UNIX socket. The stdlib client is enough for a
+    local JSON API, and it keeps `banger vm list` well under 150 ms (httpx alone
+    costs ~100 ms to import)."""
+
+    def __init__(self, path: str, timeout: float | None) -> None:
+        super().__init__("bangerd", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(2.0)  # connecting to a local socket is instant or broken
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        sock.settimeout(self.timeout)
+        self.sock = sock
+
+
 class Client:
     def __init__(self, paths: Paths, timeout: float = 60.0) -> None:
         self.paths = paths
+        self.timeout = timeout
         self.started_daemon_pid: int | None = None
-        self._http = httpx.Client(
-            transport=httpx.HTTPTransport(uds=str(paths.socket)),
-            base_url="http://bangerd",
-            timeout=httpx.Timeout(timeout, connect=2.0),
-        )
 
     @classmethod
     def connect(cls, paths: Paths | None = None, *, autostart: bool = True) -> Client:
@@ -64,7 +83,7 @@ class Client:
         return cls(paths)
 
     def close(self) -> None:
-        self._http.close()
+        return None  # one connection per request: nothing is held open
 
     def __enter__(self) -> Client:
         return self
@@ -74,23 +93,55 @@ class Client:
 
     # -- transport -----------------------------------------------------------------
 
-    def _request(self, method: str, path: str, **kw: Any) -> Any:
+    def _open(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+        timeout: float | None = -1.0,
+    ) -> tuple[_UnixConnection, http.client.HTTPResponse]:
+        if params:
+            query = {k: str(v).lower() if isinstance(v, bool) else v for k, v in params.items()}
+            path = f"{path}?{urllib.parse.urlencode(query)}"
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        conn = _UnixConnection(str(self.paths.socket), self.timeout if timeout == -1.0 else timeout)
         try:
-            resp = self._http.request(method, path, **kw)
-        except httpx.TransportError as exc:
+            conn.request(method, path, body=data, headers=headers)
+            return conn, conn.getresponse()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
             raise DaemonUnavailable(
                 f"lost contact with the banger daemon ({exc})",
                 hint=f"check `banger daemon status`; the log is {self.paths.daemon_log}",
             ) from exc
-        if resp.status_code >= 400:
-            try:
-                err = resp.json()["error"]
-            except (ValueError, KeyError):
-                raise BangerError(
-                    f"daemon answered {resp.status_code}: {resp.text[:200]}"
-                ) from None
-            raise from_dict(err)
-        return resp.json()
+
+    @staticmethod
+    def _raise_for(status: int, data: bytes) -> None:
+        try:
+            err = json.loads(data)["error"]
+        except (ValueError, KeyError, TypeError):
+            raise BangerError(f"daemon answered {status}: {data[:200]!r}") from None
+        raise from_dict(err)
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+    ) -> Any:
+        conn, resp = self._open(method, path, params, body)
+        try:
+            data = resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise DaemonUnavailable(f"lost contact with the banger daemon ({exc})") from exc
+        finally:
+            conn.close()
+        if resp.status >= 400:
+            self._raise_for(resp.status, data)
+        return json.loads(data)
 
     def _get(self, path: str, model: type[M], **kw: Any) -> M:
         return model.model_validate(self._request("GET", path, **kw))
@@ -127,26 +178,27 @@ class Client:
         return self._op("POST", f"/v1/operations/{op_id}/cancel")
 
     def stream(self, op_id: str, since: int = 0) -> Iterator[OperationEvent | Operation]:
+        conn, resp = self._open(
+            "GET", f"/v1/operations/{op_id}/events", {"since": since}, timeout=None
+        )
         try:
-            with self._http.stream(
-                "GET", f"/v1/operations/{op_id}/events", params={"since": since}, timeout=None
-            ) as resp:
-                if resp.status_code >= 400:
-                    resp.read()
-                    raise from_dict(resp.json()["error"])
-                for line in resp.iter_lines():
-                    if not line:
-                        continue
-                    item = json.loads(line)
-                    if "event" in item:
-                        yield OperationEvent.model_validate(item["event"])
-                    else:
-                        yield Operation.model_validate(item["operation"])
-        except httpx.TransportError as exc:
+            if resp.status >= 400:
+                self._raise_for(resp.status, resp.read())
+            for line in resp:
+                if not line.strip():
+                    continue
+                item = json.loads(line)
+                if "event" in item:
+                    yield OperationEvent.model_validate(item["event"])
+                else:
+                    yield Operation.model_validate(item["operation"])
+        except (OSError, http.client.HTTPException) as exc:
             raise DaemonUnavailable(
                 f"lost contact with the banger daemon while following operation {op_id}",
                 hint="the work may still be running: `banger daemon status`",
             ) from exc
+        finally:
+            conn.close()
 
     def wait(self, op: Operation, on_event: EventCallback | None = None) -> Operation:
         """Follow an operation to the end; raise its error if it failed."""
@@ -192,7 +244,7 @@ class Client:
 
     def register_image(self, req: RegisterImage) -> Image:
         return Image.model_validate(
-            self._request("POST", "/v1/images", json=req.model_dump(mode="json"))
+            self._request("POST", "/v1/images", body=req.model_dump(mode="json"))
         )
 
     def promote_image(self, name: str) -> Operation:
@@ -207,7 +259,7 @@ class Client:
         return self._get(f"/v1/vms/{name}", VM)
 
     def create_vm(self, req: CreateVM) -> Operation:
-        return self._op("POST", "/v1/vms", json=req.model_dump(mode="json"))
+        return self._op("POST", "/v1/vms", body=req.model_dump(mode="json"))
 
     def vm_action(self, name: str, action: str, **params: Any) -> Operation:
         return self._op("POST", f"/v1/vms/{name}/{action}", params=params)
@@ -217,7 +269,7 @@ class Client:
 
     def set_vm(self, name: str, req: SetVM) -> VM:
         return VM.model_validate(
-            self._request("PATCH", f"/v1/vms/{name}", json=req.model_dump(exclude_none=True))
+            self._request("PATCH", f"/v1/vms/{name}", body=req.model_dump(exclude_none=True))
         )
 
     def ssh_info(self, name: str) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import click
-from rich.table import Table
 
 from banger.cli.common import json_option
 from banger.cli.output import out, print_json
@@ -25,6 +24,8 @@ def show(as_json: bool) -> None:
     if as_json:
         print_json({"path": str(loaded.path), "values": rows})
         return
+    from rich.table import Table
+
     table = Table(title=f"config ({loaded.path})", title_justify="left")
     table.add_column("key")
     table.add_column("value")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import click
-from rich.table import Table
 
 from banger.api.models import RegisterImage
 from banger.cli.common import client, follow, json_option
@@ -28,6 +27,8 @@ def list_(as_json: bool) -> None:
     if not images:
         out.print("no images yet: `banger image pull debian-bookworm`")
         return
+    from rich.table import Table
+
     t = Table("name", "managed", "kernel", "work-seed", "size", "created")
     for i in images:
         t.add_row(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 
 import click
-from rich.table import Table
 
 from banger.cli.common import client, follow, json_option
 from banger.cli.output import out, print_json
@@ -32,6 +31,8 @@ def list_(as_json: bool) -> None:
     if not kernels:
         out.print("no kernels yet: `banger kernel pull debian-6.1`")
         return
+    from rich.table import Table
+
     t = Table("name", "package", "version", "size", "pulled")
     for k in kernels:
         t.add_row(k.name, k.package, k.version, format_size(k.size_bytes), _when(k.created_at))

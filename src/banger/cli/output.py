@@ -5,22 +5,38 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
-from rich.console import Console
+if TYPE_CHECKING:
+    from rich.console import Console
 
-from banger.api.models import Operation, OperationEvent
+    from banger.api.models import Operation, OperationEvent
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+class _LazyConsole:
+    """A rich Console made on first use: `--json` paths never import rich (~60 ms)."""
+
+    def __init__(self, stderr: bool) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=self._stderr, highlight=False, soft_wrap=True)
+        return getattr(self._console, name)
+
+
+out: Console = _LazyConsole(stderr=False)  # type: ignore[assignment]
+err: Console = _LazyConsole(stderr=True)  # type: ignore[assignment]
 
 
 def print_json(data: Any) -> None:
-    if isinstance(data, BaseModel):
+    if hasattr(data, "model_dump"):
         data = data.model_dump(mode="json")
     elif isinstance(data, list):
-        data = [d.model_dump(mode="json") if isinstance(d, BaseModel) else d for d in data]
+        data = [d.model_dump(mode="json") if hasattr(d, "model_dump") else d for d in data]
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 

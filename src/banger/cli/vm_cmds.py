@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from rich.table import Table
 
 from banger.api.models import VM, CreateVM, SetVM
 from banger.cli.common import client, follow, json_option
@@ -45,6 +44,8 @@ def list_(as_json: bool) -> None:
     if not vms:
         out.print("no VMs yet: `banger vm run` creates one and opens a shell")
         return
+    from rich.table import Table
+
     t = Table("name", "state", "ip", "image", "engine", "cpu", "mem", "uptime")
     colors = {"running": "green", "stopped": "dim", "error": "red", "creating": "yellow"}
     for v in vms:
