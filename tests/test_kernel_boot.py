@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from banger.artifacts.kernels import KernelInfo, pull_kernel
+from banger.engines.qemu import host_tsc_khz
 from banger.system import find_tool, run
 from tests.test_kernel_pull import NAME, apt_knows_the_kernel
 
@@ -78,7 +79,10 @@ def _alive(pid: int) -> bool:
 def run_guest(kernel: KernelInfo, rootfs: Path, cmdline: str, work: Path) -> str:
     """Boot QEMU, wait for the guest to power off (or panic), return the console."""
     console, pidfile = work / "console.log", work / "qemu.pid"
-    append = f"console=ttyS0 panic=-1 {cmdline}"
+    # Same TSC hint the QEMU engine gives TCG guests: without it, calibration against
+    # the PIT fails on a busy host and the boot hangs after "Marking TSC unstable".
+    tsc = host_tsc_khz()
+    append = f"console=ttyS0 panic=-1 {cmdline}" + (f" tsc_early_khz={tsc}" if tsc else "")
     pid = 0
     try:
         run(

@@ -81,6 +81,11 @@ def test_lifecycle_persists_disks_survives_daemon_kill_and_cleans_up(b: NsBanger
     assert b.daemon_pid() != pid
     assert b.run("vm", "ssh", "a", "--", "cat /root/f").stdout.strip() == "hi"
 
+    # Artifacts in use are not removed behind a VM's back.
+    for kind, name in (("image", "debian-bookworm"), ("kernel", "debian-6.1")):
+        kept = b.run(kind, "rm", name, check=False)
+        assert kept.returncode != 0 and "used by" in kept.stderr and "--force" in kept.stderr
+
     refused = b.run("vm", "delete", "a", check=False)
     assert refused.returncode != 0 and "--force" in refused.stderr
     b.run("vm", "delete", "--force", "a")
