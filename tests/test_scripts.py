@@ -135,6 +135,12 @@ def test_overhead() -> None:
         bc.overhead(1.0, 0.0)
 
 
+def test_host_side_excludes_the_guest_boot() -> None:
+    t = {"image": 0.01, "disks": 0.3, "network": 0.02, "boot": 0.1, "ssh": 9.0, "total": 9.5}
+    assert bc.host_side(t) == pytest.approx(0.43)
+    assert bc.host_side({}) == 0
+
+
 def test_format_table_aligns_columns() -> None:
     text = bc.format_table(["stage", "p50 s"], [("disks", "0.120"), ("total", "12.345")])
     lines = text.splitlines()
@@ -281,6 +287,26 @@ def test_report_and_render_meet_target(tmp_path: Path) -> None:
     assert "+0.500 s (+5.0 % of raw)" in text
     assert ": met (1.050x)" in text
     assert "argv parity: identical" in text
+    # host-side stages: image 0 + disks 0.1 + network 0.01 + boot 0.05 = 0.16 s of 10 s raw
+    assert report["overhead"]["host_side"]["seconds"] == pytest.approx(0.16)
+    assert "p50 = 0.160 s (1.6 % of raw)" in text
+    assert report["overhead"]["paired_diff"]["p50"] == pytest.approx(0.5)
+    assert "varies" not in text  # the raw runs were all alike
+
+
+def test_report_poller_slack(tmp_path: Path) -> None:
+    rounds = _rounds([10.0, 11.0], [9.0, 9.5])
+    rounds[0].raw[0].banger_poll = 9.4
+    rounds[1].raw[0].banger_poll = 10.1
+    report = bc.build_report(_args(), _spec(tmp_path), rounds, [])
+    assert report["raw"]["poller_slack"]["p50"] == pytest.approx(0.5)
+    assert "poller on the raw guests got in +0.500 s after the tight poll" in bc.render(report)
+
+
+def test_report_warns_about_noisy_raw_boots(tmp_path: Path) -> None:
+    report = bc.build_report(_args(), _spec(tmp_path), _rounds([10.0, 16.0], [8.0, 16.0]), [])
+    assert report["overhead"]["raw_spread"] == pytest.approx(2.0)
+    assert "varies 2.0x between runs" in bc.render(report)
 
 
 def test_report_flags_missed_target_and_parity(tmp_path: Path) -> None:
