@@ -37,6 +37,7 @@ class Config(BaseModel):
     bridge_name: str = Field(default="banger0", max_length=15)
     subnet: str = "172.30.0.0/24"
     tap_pool_size: int = Field(default=4, ge=0, le=64)
+    disk_pool_size: int = Field(default=1, ge=0, le=16)
     dns_port: int = Field(default=53, ge=0, le=65535)
     debian_mirror: str | None = None
     stop_timeout: float = Field(default=30.0, gt=0)

@@ -16,7 +16,9 @@ from pathlib import Path
 
 from banger.artifacts import ext4
 from banger.capabilities.base import BootContributions, PrepareContext
+from banger.capabilities.diskpool import DiskPool, DiskSpec
 from banger.engines.base import Drive
+from banger.progress import Progress, null_progress
 from banger.services.records import VMRecord
 from banger.system import run
 
@@ -27,9 +29,11 @@ class WorkDiskCapability:
     name = "disks"
     stage = "disks"
 
-    def __init__(self, vms_dir: Path, authorized_key: str) -> None:
+    def __init__(self, vms_dir: Path, authorized_key: str, pool_size: int = 1) -> None:
         self.vms_dir = vms_dir
         self.authorized_key = authorized_key
+        self.pool = DiskPool(vms_dir.parent / "disk-pool", pool_size, self._build)
+        self._refill: asyncio.Task[None] | None = None
 
     def rootfs(self, vm: VMRecord) -> Path:
         return self.vms_dir / vm.id / "rootfs.ext4"
@@ -37,29 +41,59 @@ class WorkDiskCapability:
     def work(self, vm: VMRecord) -> Path:
         return self.vms_dir / vm.id / "work.ext4"
 
-    async def prepare(self, vm: VMRecord, ctx: PrepareContext) -> None:
-        await asyncio.to_thread(self._prepare, vm, ctx)
+    def _spec(self, vm: VMRecord, ctx: PrepareContext) -> DiskSpec:
+        seed = ctx.image_work_seed if ctx.image_work_seed and ctx.image_work_seed.exists() else None
+        return DiskSpec(ctx.image_rootfs, seed, vm.disk_bytes, vm.work_bytes, self.authorized_key)
 
-    def _prepare(self, vm: VMRecord, ctx: PrepareContext) -> None:
+    async def prepare(self, vm: VMRecord, ctx: PrepareContext) -> None:
+        spec = self._spec(vm, ctx)
+        await asyncio.to_thread(self._prepare, vm, spec, ctx)
+        self._refill_later(spec)
+
+    def _prepare(self, vm: VMRecord, spec: DiskSpec, ctx: PrepareContext) -> None:
         root, work = self.rootfs(vm), self.work(vm)
         root.parent.mkdir(parents=True, exist_ok=True)
-        how = ext4.clone_file(ctx.image_rootfs, root)
-        if vm.disk_bytes > root.stat().st_size:
-            ext4.grow(root, vm.disk_bytes)
-        ctx.progress("disks", f"rootfs {how}")
-        if ctx.image_work_seed is not None and ctx.image_work_seed.exists():
-            ext4.clone_file(ctx.image_work_seed, work)
-            if vm.work_bytes > work.stat().st_size:
-                ext4.grow(work, vm.work_bytes)
+        if self.pool.take(spec, root, work):
+            ctx.progress("disks", "ready-made disks from the warm pool")
+            log.info("vm %s disks: taken from the warm pool", vm.name)
+            return
+        self._build(spec, root, work, ctx.progress)
+
+    def _build(
+        self, spec: DiskSpec, root: Path, work: Path, progress: Progress = null_progress
+    ) -> None:
+        """Clone and grow the rootfs, make the work disk, inject the SSH key."""
+        how = ext4.clone_file(spec.rootfs, root)
+        if spec.disk_bytes > root.stat().st_size:
+            ext4.grow(root, spec.disk_bytes)
+        progress("disks", f"rootfs {how}")
+        if spec.work_seed is not None:
+            ext4.clone_file(spec.work_seed, work)
+            if spec.work_bytes > work.stat().st_size:
+                ext4.grow(work, spec.work_bytes)
             path = "work-seed (fast path)"
         else:
-            self._work_from_rootfs(ctx.image_rootfs, work, vm.work_bytes)
+            self._work_from_rootfs(spec.rootfs, work, spec.work_bytes)
             path = "rebuilt /root from the rootfs (slow path: image has no work-seed)"
-        log.info("vm %s work disk: %s", vm.name, path)
-        ctx.progress("disks", path)
+        log.info("work disk %s: %s", work, path)
+        progress("disks", path)
         ext4.write_file_into(
-            work, "/.ssh/authorized_keys", (self.authorized_key + "\n").encode(), 0o600
+            work, "/.ssh/authorized_keys", (spec.authorized_key + "\n").encode(), 0o600
         )
+
+    def _refill_later(self, spec: DiskSpec) -> None:
+        """Build the next VM's disks off the create path."""
+        if self.pool.size <= 0 or (self._refill is not None and not self._refill.done()):
+            return
+        self._refill = asyncio.create_task(self._refill_quietly(spec))
+
+    async def _refill_quietly(self, spec: DiskSpec) -> None:
+        try:
+            made = await asyncio.to_thread(self.pool.fill, spec)
+            if made:
+                log.info("disk pool: built %d ready-made disk pair(s)", made)
+        except Exception as exc:
+            log.warning("disk pool refill failed: %s", exc)
 
     @staticmethod
     def _work_from_rootfs(rootfs: Path, work: Path, size: int) -> None:
@@ -67,6 +101,7 @@ class WorkDiskCapability:
             tree = Path(tmp) / "root"
             # debugfs copies the directory out of the image without mounting it.
             run(["debugfs", "-R", f"rdump /root {tmp}", str(rootfs)], timeout=600)
+            tree.mkdir(mode=0o700, exist_ok=True)  # an image without /root: start empty
             ext4.mkfs_from_dir(tree, work, size, label="work", root_mode=0o700)
 
     async def attach(self, vm: VMRecord, boot: BootContributions) -> None:

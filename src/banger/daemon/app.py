@@ -99,6 +99,7 @@ class Daemon:
 
 def build_capabilities(
     paths: Paths,
+    config: Config,
     network: NetworkCapability,
     nat: NatCapability,
     dns: DnsService,
@@ -106,7 +107,7 @@ def build_capabilities(
 ) -> list[Capability]:
     """The lifecycle plug-ins, in the order they prepare and attach."""
     return [
-        WorkDiskCapability(paths.vms_dir, authorized_key),
+        WorkDiskCapability(paths.vms_dir, authorized_key, config.disk_pool_size),
         network,
         nat,  # needs vm.ip from network.prepare
         DnsCapability(dns),  # after network.attach: the bridge address exists
@@ -136,7 +137,7 @@ def build_daemon(paths: Paths, loaded: LoadedConfig) -> Daemon:
         artifacts=artifacts,
         engine_for=engines.get,
         resolve_engine=engines.resolve,
-        capabilities=build_capabilities(paths, network, nat, dns, public_key(key)),
+        capabilities=build_capabilities(paths, config, network, nat, dns, public_key(key)),
         ssh_key=key,
     )
     vms_ref.append(vms)
