@@ -88,9 +88,12 @@ def test_lifecycle_persists_disks_survives_daemon_kill_and_cleans_up(b: NsBanger
 
     refused = b.run("vm", "delete", "a", check=False)
     assert refused.returncode != 0 and "--force" in refused.stderr
+    known_hosts = b.home / "state" / "known_hosts"
+    assert vm["ip"] in known_hosts.read_text()  # recorded on first contact
     b.run("vm", "delete", "--force", "a")
     assert b.json("vm", "list") == []
     assert_nothing_left(b)
+    assert known_hosts.read_text() == ""  # a reused address must not trip a key warning
 
 
 @pytest.mark.parametrize("stage", ["disks", "network", "boot"])

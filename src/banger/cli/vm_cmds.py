@@ -206,23 +206,10 @@ def set_(names: tuple[str, ...], vcpus: int | None, memory: str | None, nat: boo
 
 
 def _ssh_argv(info: dict[str, object], command: tuple[str, ...], tty: bool) -> list[str]:
-    argv = [
-        "ssh",
-        "-i",
-        str(info["key"]),
-        "-o",
-        f"UserKnownHostsFile={info['known_hosts']}",
-        "-o",
-        "StrictHostKeyChecking=accept-new",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "LogLevel=ERROR",
-        "-o",
-        "ConnectTimeout=10",
-    ]
-    if tty:
-        argv.append("-t")
+    from banger.services.ssh import ssh_options
+
+    argv = ["ssh", *ssh_options(Path(str(info["key"])), Path(str(info["known_hosts"])))]
+    argv += ["-o", "ConnectTimeout=10"] + (["-t"] if tty else [])
     argv.append(f"root@{info['ip']}")
     if command:
         argv += ["--", *command]

@@ -1,9 +1,12 @@
 """The managed SSH key, banger's known_hosts, and waiting for a guest's sshd.
 
-The key is generated with asyncssh (no ssh-keygen shell-out). known_hosts is
-banger's own file: each VM's host key is recorded on first contact (trust on
-first use, when we just created the VM ourselves) and removed on delete so a
-reused address never trips a host-key warning.
+Readiness means what a user needs: OpenSSH itself logs in with the managed key and
+runs a command. The first contact records the VM's host key in banger's own
+known_hosts (trust on first use, right after we created the VM ourselves); later
+boots must present the same key. Entries are removed on delete so a reused
+address never trips a host-key warning. Using the system `ssh` here, instead of
+an SSH library in the daemon, keeps the daemon small and checks exactly the path
+`banger vm ssh` takes.
 """
 
 from __future__ import annotations
@@ -12,12 +15,12 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-
-import asyncssh
 
 from banger.errors import BangerError, InvalidInput
 from banger.paths import Paths
+from banger.system import arun, run
 
 log = logging.getLogger("banger.ssh")
 
@@ -38,12 +41,12 @@ def ensure_key(paths: Paths, configured: str | None) -> Path:
             "managed key",
         )
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    key = asyncssh.generate_private_key("ssh-ed25519", comment="banger")
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(key.export_private_key())
-    os.chmod(tmp, 0o600)
-    Path(f"{path}.pub").write_bytes(key.export_public_key())
-    os.rename(tmp, path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    for leftover in (tmp, Path(f"{tmp}.pub")):
+        leftover.unlink(missing_ok=True)
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "banger", "-f", str(tmp)])
+    os.rename(f"{tmp}.pub", f"{path}.pub")
+    os.rename(tmp, path)  # last: a present private key means a complete pair
     log.info("created the managed SSH key %s", path)
     return path
 
@@ -52,27 +55,58 @@ def public_key(private: Path) -> str:
     pub = Path(f"{private}.pub")
     if pub.exists():
         return pub.read_text().strip()
-    key = asyncssh.read_private_key(private)
-    return key.export_public_key().decode().strip()
+    return run(["ssh-keygen", "-y", "-f", str(private)]).out.strip()
+
+
+def _entries(known_hosts: Path) -> list[str]:
+    return known_hosts.read_text().splitlines() if known_hosts.exists() else []
 
 
 def forget_host(known_hosts: Path, hosts: list[str]) -> None:
-    if not known_hosts.exists():
+    keep = [
+        line
+        for line in _entries(known_hosts)
+        if not any(h in line.split(" ", 1)[0].split(",") for h in hosts)
+    ]
+    if known_hosts.exists():
+        known_hosts.write_text("".join(f"{line}\n" for line in keep))
+
+
+def _alias(known_hosts: Path, host: str, names: list[str]) -> None:
+    """Give the host key ssh recorded for `host` the VM's names too."""
+    lines = _entries(known_hosts)
+    key = next((ln.split(" ", 1)[1] for ln in lines if ln.split(" ", 1)[0] == host), None)
+    if key is None or not names:
         return
-    keep = []
-    for line in known_hosts.read_text().splitlines():
-        names = line.split(" ", 1)[0].split(",")
-        if not any(h in names for h in hosts):
-            keep.append(line)
-    known_hosts.write_text("".join(f"{line}\n" for line in keep))
-
-
-def remember_host(known_hosts: Path, hosts: list[str], host_key: asyncssh.SSHKey) -> None:
-    forget_host(known_hosts, hosts)
-    known_hosts.parent.mkdir(parents=True, exist_ok=True)
-    entry = host_key.export_public_key().decode().strip()
+    forget_host(known_hosts, names)
     with known_hosts.open("a") as f:
-        f.write(f"{','.join(hosts)} {entry}\n")
+        f.write(f"{','.join(names)} {key}\n")
+
+
+def ssh_options(key: Path, known_hosts: Path) -> list[str]:
+    return [
+        "-i", str(key),
+        "-o", "IdentitiesOnly=yes",
+        "-o", "BatchMode=yes",
+        "-o", f"UserKnownHostsFile={known_hosts}",
+        "-o", "StrictHostKeyChecking=accept-new",
+        "-o", "HashKnownHosts=no",
+        "-o", "LogLevel=ERROR",
+    ]  # fmt: skip
+
+
+async def _sshd_banner(host: str) -> bool:
+    """A cheap probe before a full login: sshd answers with its version banner."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, 22), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        return (await asyncio.wait_for(reader.readline(), 2.0)).startswith(b"SSH-")
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
 
 
 async def wait_for_ssh(
@@ -81,40 +115,39 @@ async def wait_for_ssh(
     known_hosts: Path,
     names: list[str],
     timeout: float,
-    is_alive: object = None,
+    is_alive: Callable[[], bool] | None = None,
 ) -> float:
-    """Poll until sshd accepts our key and runs a command; record the host key.
+    """Poll until OpenSSH logs in with `key` and runs `true`; returns seconds waited.
 
-    Returns the seconds waited. `is_alive`, when given, is a zero-arg callable that
-    returns False once the VM process has died, which ends the wait early.
+    `is_alive` returns False once the VM process has died, which ends the wait early.
     """
     start = time.monotonic()
     deadline = start + timeout
-    last: Exception | None = None
-    client_key = asyncssh.read_private_key(key)
+    last = "sshd never answered"
+    known_hosts.parent.mkdir(parents=True, exist_ok=True)
     while time.monotonic() < deadline:
-        if callable(is_alive) and not is_alive():
+        if is_alive is not None and not is_alive():
             raise BangerError(
                 "the VM process exited while waiting for SSH",
                 hint="see `banger vm logs` for the console output",
             )
-        try:
-            async with asyncssh.connect(
-                host,
-                username="root",
-                client_keys=[client_key],
-                known_hosts=None,
-                connect_timeout=2,
-                login_timeout=5,
-            ) as conn:
-                await conn.run("true", check=True, timeout=5)
-                server_key = conn.get_server_host_key()
-                if server_key is not None:
-                    remember_host(known_hosts, [host, *names], server_key)
+        if await _sshd_banner(host):
+            res = await arun(
+                ["ssh", *ssh_options(key, known_hosts), "-o", "ConnectTimeout=5",
+                 f"root@{host}", "true"],
+                check=False,
+                timeout=30,
+            )  # fmt: skip
+            if res.returncode == 0:
+                _alias(known_hosts, host, names)
                 return time.monotonic() - start
-        except (OSError, asyncssh.Error, TimeoutError) as exc:
-            last = exc
-            await asyncio.sleep(0.1)
+            last = res.stderr.decode(errors="replace").strip() or f"ssh exited {res.returncode}"
+            if "REMOTE HOST IDENTIFICATION HAS CHANGED" in last:
+                raise BangerError(
+                    f"the VM at {host} presented a different SSH host key than recorded",
+                    hint=f"if that is expected, remove {host} from {known_hosts}",
+                )
+        await asyncio.sleep(0.1)
     raise BangerError(
         f"SSH on {host} did not accept the key within {timeout:.0f}s ({last})",
         hint="see `banger vm logs` for the console; under TCG emulation boots are slow",

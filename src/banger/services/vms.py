@@ -300,11 +300,10 @@ class VMService:
         async with self.lock(vm.id):
             vm = self.get(vm.id)
             progress("delete", vm.name)
+            hosts = [h for h in (vm.ip, vm.name, f"{vm.name}.vm") if h]
             for cap in reversed(self.capabilities):
                 await cap.destroy(vm)
-            if vm.ip:
-                forget_host(self.paths.known_hosts, [vm.ip])
-            forget_host(self.paths.known_hosts, [vm.name, f"{vm.name}.vm"])
+            forget_host(self.paths.known_hosts, hosts)
             self.store.delete("vms", "id", vm.id)
         self._locks.pop(vm.id, None)
         return vm.name
