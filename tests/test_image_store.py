@@ -20,7 +20,7 @@ from banger.artifacts.images import (
     sweep_tmp,
     verify,
 )
-from banger.artifacts.images.store import remove_tree
+from banger.artifacts.publish import remove_tree
 from banger.errors import BangerError, Conflict, InvalidInput, NotFound
 from banger.system import find_tool, is_root, run
 

@@ -141,6 +141,11 @@ class VMService:
                     await cap.prepare(vm, ctx)
                     timings[stage] = timings.get(stage, 0.0) + time.monotonic() - t
                     testhooks.maybe_fail(stage)
+                # A new VM has a new identity: whatever was recorded for its address
+                # or name belonged to a VM that is gone.
+                forget_host(
+                    self.paths.known_hosts, [h for h in (vm.ip, vm.name, f"{vm.name}.vm") if h]
+                )
                 await self._boot(vm, kernel, progress, timings, undo)
             except BaseException as exc:
                 log.warning("create of %s failed (%s); rolling back", vm.name, exc)

@@ -43,20 +43,17 @@ from banger.artifacts.images.info import (
     ImageManifest,
     check_name,
     describe_files,
-    write_manifest,
 )
 from banger.artifacts.images.recipe import Recipe, load_recipe
 from banger.artifacts.images.store import (
     build_lock,
-    fsync_tree,
     intact_image,
     list_images,
     load_image,
-    new_work_dir,
     publish,
     remove_image,
-    remove_tree,
     sweep_tmp,
+    work_dir,
 )
 from banger.artifacts.mirror import Mirror, discover_mirror
 from banger.errors import CommandFailed, PrivilegeError
@@ -102,20 +99,18 @@ def pull_image(
         if (existing := intact_image(images_dir, name)) is not None:
             progress("finalize", f"{name} was pulled meanwhile", 1.0)
             return existing
-        work = new_work_dir(tmp_dir, f"build-{name}")
-        try:
-            out = _build(spec, recipe, work, progress, debian_mirror)
+        with work_dir(tmp_dir, f"build-{name}") as work:
+            out, manifest = _build(spec, recipe, work, progress, debian_mirror)
             progress("finalize", f"publishing {name}", 0.97)
-            info = publish(out, images_dir, name, work)
-        finally:
-            remove_tree(work)
+            info = publish(out, manifest, images_dir, work)
     progress("finalize", f"{name} ready", 1.0)
     return info
 
 
 def _build(
     spec: ImageSpec, recipe: Recipe, work: Path, progress: Progress, override: str | None
-) -> Path:
+) -> tuple[Path, ImageManifest]:
+    """Build the image's files into work/out; returns it and the manifest to publish."""
     progress("mirror", "reading the host's apt sources", 0.0)
     mirror = discover_mirror(spec.suite, override=override)
     progress("mirror", f"{mirror.uri} (from {mirror.source})", 0.01)
@@ -156,9 +151,7 @@ def _build(
         mirror=mirror.uri,
         apt_sources=tuple(mirror.apt_lines(recipe.components)),
     )
-    write_manifest(out, manifest)
-    fsync_tree(out)
-    return out
+    return out, manifest
 
 
 def _debootstrap(recipe: Recipe, mirror: Mirror, tree: Path, work: Path) -> None:

@@ -14,9 +14,7 @@ stay where the user keeps them; the daemon stores it in its database.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
 from datetime import datetime
 from pathlib import Path
@@ -24,6 +22,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from banger.artifacts.manifest import (
+    FileRecord,
+    hash_problems,
+    sha256_file,
+    size_problems,
+    write_durably,
+)
 from banger.errors import InvalidInput
 
 IMAGE_JSON = "image.json"
@@ -135,17 +140,6 @@ def check_name(name: str) -> str:
     return name
 
 
-def sha256_file(path: Path) -> str:
-    """sha256 of the whole file; holes read as zeros, so it is the content's hash."""
-    h = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
-        buf = bytearray(4 * 1024 * 1024)
-        view = memoryview(buf)
-        while n := f.readinto(buf):
-            h.update(view[:n])
-    return h.hexdigest()
-
-
 def describe_files(directory: Path, roles: list[str]) -> dict[str, FileInfo]:
     """FileInfo (name, size, sha256) of the standard file of each role in `directory`."""
     out = {}
@@ -156,13 +150,7 @@ def describe_files(directory: Path, roles: list[str]) -> dict[str, FileInfo]:
 
 
 def write_manifest(directory: Path, manifest: ImageManifest) -> None:
-    """Write image.json durably: temp file, fsync, rename."""
-    tmp = directory / f".{IMAGE_JSON}.tmp"
-    with open(tmp, "w") as f:
-        f.write(manifest.model_dump_json(indent=2) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, directory / IMAGE_JSON)
+    write_durably(directory / IMAGE_JSON, manifest.model_dump_json(indent=2) + "\n")
 
 
 def read_info(directory: Path) -> ImageInfo | None:
@@ -177,30 +165,20 @@ def read_info(directory: Path) -> ImageInfo | None:
     return ImageInfo(**manifest.model_dump(), managed=True, directory=directory)
 
 
-def quick_check(info: ImageInfo) -> list[str]:
-    """Problems found without reading file contents: missing files, wrong sizes."""
-    problems = []
+def _records(info: ImageInfo) -> list[FileRecord]:
+    records: list[FileRecord] = []
     for role, entry in info.files.items():
         path = info.file(role)
-        assert path is not None
-        try:
-            size = path.stat().st_size
-        except OSError as exc:
-            problems.append(f"{role}: {path}: {exc.strerror}")
-            continue
-        if size != entry.size:
-            problems.append(f"{role}: {path} is {size} bytes, expected {entry.size}")
-    return problems
+        assert path is not None  # every role in `files` has a path
+        records.append((f"{role} ({path})", path, entry.size, entry.sha256))
+    return records
+
+
+def quick_check(info: ImageInfo) -> list[str]:
+    """Problems found without reading file contents: missing files, wrong sizes."""
+    return size_problems(_records(info))
 
 
 def verify(info: ImageInfo) -> list[str]:
     """quick_check plus a re-hash of every file that has a recorded sha256."""
-    problems = quick_check(info)
-    if problems:
-        return problems
-    for role, entry in info.files.items():
-        path = info.file(role)
-        assert path is not None
-        if entry.sha256 and sha256_file(path) != entry.sha256:
-            problems.append(f"{role}: {path} does not match its sha256")
-    return problems
+    return quick_check(info) or hash_problems(_records(info))

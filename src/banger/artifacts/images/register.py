@@ -21,16 +21,8 @@ from banger.artifacts.images.info import (
     ImageManifest,
     check_name,
     describe_files,
-    write_manifest,
 )
-from banger.artifacts.images.store import (
-    build_lock,
-    fsync_tree,
-    load_image,
-    new_work_dir,
-    publish,
-    remove_tree,
-)
+from banger.artifacts.images.store import build_lock, load_image, publish, work_dir
 from banger.errors import Conflict, InvalidInput
 from banger.progress import Progress, null_progress
 
@@ -130,8 +122,7 @@ def promote_image(
                 f"a managed image named {name} already exists",
                 hint=f"remove it first (banger image rm {name}) or register under another name",
             )
-        work = new_work_dir(tmp_dir, f"promote-{name}")
-        try:
+        with work_dir(tmp_dir, f"promote-{name}") as work:
             out = work / "out"
             out.mkdir()
             roles = [r for r in (ROOTFS, WORK_SEED, VMLINUX, INITRD, MANIFEST) if info.file(r)]
@@ -156,10 +147,6 @@ def promote_image(
                 mirror=info.mirror,
                 apt_sources=info.apt_sources,
             )
-            write_manifest(out, manifest)
-            fsync_tree(out)
-            result = publish(out, images_dir, name, work)
-        finally:
-            remove_tree(work)
+            result = publish(out, manifest, images_dir, work)
     progress("finalize", f"{name} is now managed", 1.0)
     return result

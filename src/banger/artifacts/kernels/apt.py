@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from banger.artifacts.kernels.catalog import KernelSpec
-from banger.artifacts.kernels.info import sha256_file
+from banger.artifacts.manifest import sha256_file
 from banger.errors import BangerError, CommandFailed, NotFound
 from banger.system import run
 

@@ -10,12 +10,19 @@ kernels_dir/<name>/
 
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import datetime
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+from banger.artifacts.manifest import (
+    FileRecord,
+    hash_problems,
+    sha256_file,
+    size_problems,
+    write_durably,
+)
 
 MANIFEST = "manifest.json"
 VMLINUX = "vmlinux"
@@ -81,14 +88,6 @@ class KernelInfo(KernelManifest):
         return sum(f.size for f in self.files.values())
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def digest_files(directory: Path, names: list[str]) -> dict[str, FileDigest]:
     return {
         n: FileDigest(sha256=sha256_file(directory / n), size=(directory / n).stat().st_size)
@@ -98,7 +97,7 @@ def digest_files(directory: Path, names: list[str]) -> dict[str, FileDigest]:
 
 def write_manifest(directory: Path, manifest: KernelManifest) -> None:
     text = json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
-    (directory / MANIFEST).write_text(text)
+    write_durably(directory / MANIFEST, text)
 
 
 def read_info(directory: Path) -> KernelInfo | None:
@@ -110,15 +109,13 @@ def read_info(directory: Path) -> KernelInfo | None:
         return None
 
 
+def _records(info: KernelInfo) -> list[FileRecord]:
+    return [(n, info.path / n, d.size, d.sha256) for n, d in info.files.items()]
+
+
 def quick_check(info: KernelInfo) -> list[str]:
     """Cheap consistency check (presence and sizes), for the pull no-op path."""
-    problems = []
-    for name, digest in info.files.items():
-        p = info.path / name
-        if not p.is_file():
-            problems.append(f"{name} is missing")
-        elif p.stat().st_size != digest.size:
-            problems.append(f"{name} has size {p.stat().st_size}, expected {digest.size}")
+    problems = size_problems(_records(info))
     for required in (VMLINUX, INITRD):
         if required not in info.files:
             problems.append(f"the manifest does not list {required}")
@@ -127,11 +124,4 @@ def quick_check(info: KernelInfo) -> list[str]:
 
 def verify(info: KernelInfo) -> list[str]:
     """Full check: every listed file is present with the recorded size and sha256."""
-    problems = quick_check(info)
-    if problems:
-        return problems
-    for name, digest in info.files.items():
-        actual = sha256_file(info.path / name)
-        if actual != digest.sha256:
-            problems.append(f"{name} has sha256 {actual}, expected {digest.sha256}")
-    return problems
+    return quick_check(info) or hash_problems(_records(info))

@@ -1,23 +1,21 @@
 """Pull, list, load, verify and remove kernels.
 
 A pull works only inside a fresh directory under `tmp_dir` and publishes with a
-single `os.rename` into `kernels_dir/<name>`, so an interrupted or failed pull
-leaves nothing half-written where the daemon looks; `sweep_tmp` clears what a
-crash left in `tmp_dir`. Everything here is synchronous (the daemon runs it in
-a thread); the progress callback may raise `Cancelled`, and cleanup still runs.
+single `os.rename` into `kernels_dir/<name>` (see banger.artifacts.publish), so an
+interrupted or failed pull leaves nothing half-written where the daemon looks.
+Everything here is synchronous (the daemon runs it in a thread); the progress
+callback may raise `Cancelled`, and cleanup still runs.
 """
 
 from __future__ import annotations
 
-import errno
-import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import banger
+from banger.artifacts import publish as pub
 from banger.artifacts.kernels import apt
 from banger.artifacts.kernels.bzimage import extract_vmlinux_file
 from banger.artifacts.kernels.catalog import KernelSpec, get_spec
@@ -52,7 +50,7 @@ class KernelPackageError(BangerError):
 
 def load_kernel(kernels_dir: Path, name: str) -> KernelInfo | None:
     """The pulled kernel `name`, or None if it is absent or has no valid manifest."""
-    if not name or name.startswith(".") or "/" in name:
+    if not pub.is_plain_name(name):
         return None
     info = read_info(kernels_dir / name)
     return info if info is not None and info.name == name else None
@@ -71,15 +69,10 @@ def verify_kernel(info: KernelInfo) -> list[str]:
 
 
 def remove_kernel(kernels_dir: Path, name: str, tmp_dir: Path) -> None:
-    """Delete a pulled kernel. It vanishes from kernels_dir atomically (a rename into
-    tmp_dir), then is deleted; an interrupted delete is finished by sweep_tmp."""
-    src = kernels_dir / name
-    if not name or name.startswith(".") or "/" in name or not src.is_dir():
+    """Delete a pulled kernel (atomically gone from kernels_dir, then deleted)."""
+    if not pub.is_plain_name(name) or not (kernels_dir / name).is_dir():
         raise NotFound(f"kernel {name!r} is not pulled", hint="see `banger kernel list`")
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    trash = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}rm-{name}-", dir=tmp_dir))
-    _publish_rename(src, trash / name)
-    shutil.rmtree(trash, ignore_errors=True)
+    pub.discard(kernels_dir / name, tmp_dir, f"{_TMP_PREFIX}rm-{name}-")
 
 
 def sweep_tmp(tmp_dir: Path) -> list[Path]:
@@ -87,17 +80,7 @@ def sweep_tmp(tmp_dir: Path) -> list[Path]:
 
     Only call it when no pull is running (the daemon does, at start).
     """
-    if not tmp_dir.is_dir():
-        return []
-    removed = []
-    for entry in tmp_dir.iterdir():
-        if entry.name.startswith(_TMP_PREFIX):
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
-            removed.append(entry)
-    return removed
+    return pub.sweep_tmp(tmp_dir, _TMP_PREFIX)
 
 
 def pull_kernel(
@@ -119,30 +102,10 @@ def pull_kernel(
         return existing
 
     kernels_dir.mkdir(parents=True, exist_ok=True)
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}pull-{name}-", dir=tmp_dir))
-    try:
+    with pub.work_dir(tmp_dir, f"{_TMP_PREFIX}pull-{name}-") as work:
         out = _build(spec, work, progress, apt_options)
         progress("finalize", f"publishing {name}", 0.98)
-        dest = kernels_dir / name
-        if dest.exists():
-            # Either a racing pull won (use its result) or a broken leftover that
-            # failed quick_check above (move it aside; it is deleted with `work`).
-            if (won := _intact(kernels_dir, name)) is not None:
-                return won
-            _publish_rename(dest, work / "stale")
-        try:
-            _publish_rename(out, dest)
-        except OSError as exc:
-            won = _intact(kernels_dir, name)
-            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY) and won is not None:
-                return won
-            raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    info = load_kernel(kernels_dir, name)
-    if info is None:
-        raise BangerError(f"kernel {name} was published but its manifest cannot be read")
+        info = pub.publish(out, kernels_dir / name, work, lambda: _intact(kernels_dir, name))
     progress("finalize", f"{name} ready ({info.package} {info.version})", 1.0)
     return info
 
@@ -215,15 +178,3 @@ def _locate(root: Path, package: str) -> tuple[Path, Path, Path]:
         if (root / base / release).is_dir():
             return images[0], config, root / base / release
     raise KernelPackageError(f"{package} has no module directory for {release}")
-
-
-def _publish_rename(src: Path, dst: Path) -> None:
-    try:
-        os.rename(src, dst)
-    except OSError as exc:
-        if exc.errno == errno.EXDEV:
-            raise BangerError(
-                f"cannot move {src} to {dst}: they are on different filesystems",
-                hint="keep banger's tmp and kernels directories on one filesystem",
-            ) from exc
-        raise
