@@ -37,5 +37,7 @@ if ! command -v uv >/dev/null 2>&1; then
   export PATH="$HOME/.local/bin:$PATH"
 fi
 echo "setup: syncing the Python environment (uv sync --frozen)"
-uv sync --frozen --quiet
+# Precompiled bytecode keeps CLI start-up fast even where PYTHONDONTWRITEBYTECODE is set.
+uv sync --frozen --quiet --compile-bytecode
+uv run --frozen python -m compileall -q src/banger >/dev/null
 echo "setup: done. Try: uv run banger doctor"

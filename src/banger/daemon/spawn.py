@@ -8,7 +8,6 @@ import time
 
 from banger.errors import DaemonUnavailable
 from banger.paths import Paths
-from banger.system import spawn_detached
 
 
 def socket_answers(paths: Paths) -> bool:
@@ -23,6 +22,8 @@ def socket_answers(paths: Paths) -> bool:
 
 
 def start_detached(paths: Paths, timeout: float = 15.0) -> int:
+    from banger.system import spawn_detached  # only when a daemon must be started
+
     paths.log_dir.mkdir(parents=True, exist_ok=True)
     log_path = paths.log_dir / "bangerd.out"
     pid = spawn_detached([sys.executable, "-m", "banger.daemon", "--foreground"], log_path=log_path)
