@@ -2,12 +2,12 @@
 
 The kernel comes from $BANGER_TEST_KERNEL, the host's /boot/vmlinuz-*, or Debian's
 cloud kernel package fetched with the host's apt configuration (`apt-get download`,
-verified by apt) into a per-user cache, so the test needs nothing from banger's
-own artifact code. QEMU boots the bzImage directly.
+verified by apt) into a per-user cache, not through banger's kernel pull, which
+these engine tests do not depend on. QEMU boots the bzImage directly.
 
-The initramfs is written here in cpio "newc" format (no cpio tool needed): static
-busybox, an /init script, and the few virtio/ACPI modules the Debian kernel builds
-as modules, so the guest can show which disks and ports it sees.
+The initramfs is a cpio "newc" archive written with banger's own writer (no cpio
+tool needed): static busybox, an /init script, and the few virtio/ACPI modules the
+Debian kernel builds as modules, so the guest can show which disks and ports it sees.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
-import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from banger.artifacts.kernels.cpio import CpioWriter
+from banger.artifacts.kernels.initrd import host_busybox
 from banger.errors import BangerError
 from banger.system import find_tool, is_root, run
 
@@ -127,60 +128,25 @@ def find_test_kernel() -> GuestKernel:
     return _fetch_debian_cloud_kernel(cached)
 
 
-def _is_static_elf(path: Path) -> bool:
-    data = path.read_bytes()
-    if data[:4] != b"\x7fELF" or data[4] != 2:
-        return False
-    phoff = struct.unpack_from("<Q", data, 0x20)[0]
-    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
-    # PT_INTERP (3) means it needs a dynamic loader the initramfs does not have.
-    return all(struct.unpack_from("<I", data, phoff + i * phentsize)[0] != 3 for i in range(phnum))
-
-
-def static_busybox() -> Path:
-    path = find_tool("busybox")
-    if path is None or not _is_static_elf(Path(path)):
-        raise BangerError("a static busybox is needed (apt-get install busybox-static)")
-    return Path(path)
-
-
-class _Cpio:
-    """Minimal writer for the kernel's initramfs format (cpio newc)."""
-
-    def __init__(self) -> None:
-        self.buf = bytearray()
-        self.ino = 1
-
-    def add(self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)) -> None:
-        encoded = name.encode() + b"\0"
-        fields = (self.ino, mode, 0, 0, 1, 0, len(data), 0, 0, *rdev, len(encoded), 0)
-        self.buf += b"070701" + b"".join(b"%08X" % f for f in fields) + encoded
-        self.buf += b"\0" * (-len(self.buf) % 4) + data
-        self.buf += b"\0" * (-len(self.buf) % 4)
-        self.ino += 1
-
-    def finish(self) -> bytes:
-        self.add("TRAILER!!!", 0)
-        return bytes(self.buf)
-
-
 def build_initramfs(dest: Path, modules: Path | None) -> Path:
     """Write a gzip'd initramfs with busybox, /init and whatever modules exist."""
-    cpio = _Cpio()
-    for d in ("bin", "dev", "proc", "sys", "mods", "etc", "etc/acpi"):
-        cpio.add(d, 0o040755)
-    cpio.add("dev/console", 0o020600, rdev=(5, 1))
-    cpio.add("bin/busybox", 0o100755, static_busybox().read_bytes())
-    names = []
-    for rel in MODULES:
-        if modules is not None and (modules / rel).exists():
-            name = Path(rel).stem
-            cpio.add(f"mods/{name}.ko", 0o100644, (modules / rel).read_bytes())
-            names.append(name)
-    init = INIT.format(marker=MARKER, modules=" ".join(names))
-    cpio.add("init", 0o100755, init.encode())
-    # busybox acpid runs an action as a file relative to its config dir (/etc/acpi).
-    cpio.add("etc/acpid.conf", 0o100644, b"PWRF power\n")
-    cpio.add("etc/acpi/power", 0o100755, b"#!/bin/sh\necho GUEST-ACPI-POWEROFF\npoweroff -f\n")
-    dest.write_bytes(gzip.compress(cpio.finish(), compresslevel=1))
+    with gzip.GzipFile(dest, "wb", compresslevel=1, mtime=0) as gz:
+        cpio = CpioWriter(gz)
+        for d in ("bin", "dev", "proc", "sys", "mods", "etc", "etc/acpi"):
+            cpio.dir(d)
+        cpio.chardev("dev/console", 5, 1)
+        # host_busybox refuses a dynamically linked one: it would not run in the initramfs.
+        cpio.file("bin/busybox", host_busybox()[0].read_bytes(), 0o755)
+        names = []
+        for rel in MODULES:
+            if modules is not None and (modules / rel).exists():
+                name = Path(rel).stem
+                cpio.file(f"mods/{name}.ko", (modules / rel).read_bytes())
+                names.append(name)
+        init = INIT.format(marker=MARKER, modules=" ".join(names))
+        cpio.file("init", init.encode(), 0o755)
+        # busybox acpid runs an action as a file relative to its config dir (/etc/acpi).
+        cpio.file("etc/acpid.conf", b"PWRF power\n")
+        cpio.file("etc/acpi/power", b"#!/bin/sh\necho GUEST-ACPI-POWEROFF\npoweroff -f\n", 0o755)
+        cpio.close()
     return dest

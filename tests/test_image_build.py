@@ -11,7 +11,6 @@ scratch in pytest's temporary directory.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ import pytest
 
 from banger.artifacts import ext4
 from banger.artifacts.images import ImageInfo, pull_image, verify
+from banger.engines import process
 from banger.system import find_tool, is_root, run
 
 NAME = "debian-bookworm"
@@ -158,14 +158,6 @@ def host_tsc_khz() -> int:
     return 2_000_000
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 @pytest.fixture
 def guest(
     built: Built, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
@@ -234,7 +226,7 @@ def guest(
         while True:
             if run([*ssh, "true"], check=False, timeout=30).returncode == 0:
                 break
-            if not _alive(pid) or time.monotonic() > deadline:
+            if process.pid_start_time(pid) is None or time.monotonic() > deadline:
                 raise AssertionError(
                     f"no SSH login:\n{console.read_text(errors='replace')[-4000:]}"
                 )
@@ -243,8 +235,7 @@ def guest(
     finally:
         if not pid and pidfile.exists():
             pid = int(pidfile.read_text() or 0)
-        if pid and _alive(pid):
-            os.kill(pid, signal.SIGKILL)
+        process.kill(pid)  # SIGKILL, if it still runs
 
 
 @pytest.mark.boot

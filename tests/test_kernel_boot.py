@@ -13,14 +13,13 @@ TCG is used so the test also runs where KVM is missing or nested KVM is broken
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from pathlib import Path
 
 import pytest
 
 from banger.artifacts.kernels import KernelInfo, pull_kernel
+from banger.engines import process
 from banger.engines.qemu import host_tsc_khz
 from banger.system import find_tool, run
 from tests.test_kernel_pull import NAME, apt_knows_the_kernel
@@ -68,14 +67,6 @@ def rootfs(tmp_path_factory: pytest.TempPathFactory, kernel: KernelInfo) -> Path
     return image
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def run_guest(kernel: KernelInfo, rootfs: Path, cmdline: str, work: Path) -> str:
     """Boot QEMU, wait for the guest to power off (or panic), return the console."""
     console, pidfile = work / "console.log", work / "qemu.pid"
@@ -113,7 +104,7 @@ def run_guest(kernel: KernelInfo, rootfs: Path, cmdline: str, work: Path) -> str
         pid = int(pidfile.read_text())
         deadline = time.monotonic() + BOOT_TIMEOUT
         while time.monotonic() < deadline:
-            if not _alive(pid):
+            if process.pid_start_time(pid) is None:  # gone (zombies too)
                 return console.read_text(errors="replace")
             time.sleep(0.2)
         raise AssertionError(
@@ -122,8 +113,7 @@ def run_guest(kernel: KernelInfo, rootfs: Path, cmdline: str, work: Path) -> str
     finally:
         if not pid and pidfile.exists():  # run() failed after QEMU daemonized
             pid = int(pidfile.read_text() or 0)
-        if pid and _alive(pid):
-            os.kill(pid, signal.SIGKILL)
+        process.kill(pid)  # SIGKILL, if it still runs
 
 
 def test_boots_through_initramfs_to_the_root_init(

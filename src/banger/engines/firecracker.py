@@ -15,7 +15,6 @@ import functools
 import logging
 import os
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,7 +109,7 @@ class ApiClient:
             )
 
 
-class FirecrackerEngine:
+class FirecrackerEngine(process.DetachedEngine):
     name = "firecracker"
 
     def __init__(
@@ -179,7 +178,7 @@ class FirecrackerEngine:
             }
         handle = EngineHandle(self.name, spawned.pid, spawned.start_time, str(api_sock), extra)
         try:
-            await self._wait_socket(handle, api_sock, fc_log)
+            await self._wait_ready(handle, lambda: _accepts(api_sock), fc_log, 0.005)
             async with ApiClient(api_sock) as api:
                 for req in build_requests(config, log_path=fc_log):
                     await api.send(req)
@@ -188,41 +187,21 @@ class FirecrackerEngine:
             raise
         return handle
 
-    async def _wait_socket(self, handle: EngineHandle, sock: Path, fc_log: Path) -> None:
-        """Until the API socket accepts connections (it exists a moment before)."""
-        deadline = time.monotonic() + self._start_timeout
-        while True:
-            if not self.is_running(handle):
-                raise CommandFailed(
-                    f"firecracker exited during start: {process.log_tail(fc_log) or 'no output'}",
-                    hint=f"see {fc_log}",
-                )
-            try:
-                _, writer = await asyncio.open_unix_connection(str(sock))
-            except OSError:
-                pass
-            else:
-                writer.close()
-                return
-            if time.monotonic() > deadline:
-                raise CommandFailed(f"firecracker did not listen on {sock} in time")
-            await asyncio.sleep(0.005)
-
-    async def stop(self, handle: EngineHandle, timeout: float) -> None:
-        if not self.is_running(handle):
-            return
+    async def _request_shutdown(self, handle: EngineHandle) -> bool:
         try:
             async with ApiClient(Path(handle.control_socket)) as api:
                 await api.send(ApiRequest("PUT", "/actions", {"action_type": "SendCtrlAltDel"}))
         except (httpx.HTTPError, OSError, CommandFailed) as exc:
             log.warning("SendCtrlAltDel failed for pid %d: %s", handle.pid, exc)
-        else:
-            if await process.wait_gone(handle.pid, handle.start_time, timeout):
-                return
-        await process.terminate(handle.pid, handle.start_time)
+            return False
+        return True
 
-    async def kill(self, handle: EngineHandle) -> None:
-        await process.terminate(handle.pid, handle.start_time, grace=0.0)
 
-    def is_running(self, handle: EngineHandle) -> bool:
-        return process.is_alive(handle.pid, handle.start_time)
+async def _accepts(sock: Path) -> bool:
+    """Whether the API socket accepts connections (it exists a moment before)."""
+    try:
+        _, writer = await asyncio.open_unix_connection(str(sock))
+    except OSError:
+        return False
+    writer.close()
+    return True

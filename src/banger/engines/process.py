@@ -19,10 +19,11 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from banger.engines.base import EngineHandle
 from banger.errors import CommandFailed
 
 # $1 = stdout file, $2 = stderr file, then the argv. `echo $!` is the only output,
@@ -155,3 +156,51 @@ def log_tail(path: Path, lines: int = 5, max_bytes: int = 8192) -> str:
     except OSError:
         return ""
     return " | ".join(line for line in data.strip().splitlines()[-lines:] if line.strip())
+
+
+class DetachedEngine:
+    """What both engines do alike with their hypervisor process. An engine adds how
+    it talks to it: a readiness probe for `_wait_ready`, and `_request_shutdown`."""
+
+    name: str
+    _start_timeout: float
+
+    async def _wait_ready(
+        self, handle: EngineHandle, ready: Callable[[], Awaitable[bool]], log: Path, poll: float
+    ) -> None:
+        """Poll `ready` until True; fail with the log's tail if the process exits."""
+        deadline = time.monotonic() + self._start_timeout
+        while True:
+            if not self.is_running(handle):
+                raise CommandFailed(
+                    f"{self.name} exited during start: {log_tail(log) or 'no output'}",
+                    hint=f"see {log}",
+                )
+            if await ready():
+                return
+            if time.monotonic() > deadline:
+                raise CommandFailed(
+                    f"{self.name} did not answer on {handle.control_socket} "
+                    f"within {self._start_timeout:.0f}s",
+                    hint=f"see {log}",
+                )
+            await asyncio.sleep(poll)
+
+    async def _request_shutdown(self, handle: EngineHandle) -> bool:
+        """Ask the guest to shut down; False when the request could not be sent."""
+        raise NotImplementedError
+
+    async def stop(self, handle: EngineHandle, timeout: float) -> None:
+        if not self.is_running(handle):
+            return
+        if await self._request_shutdown(handle) and await wait_gone(
+            handle.pid, handle.start_time, timeout
+        ):
+            return
+        await terminate(handle.pid, handle.start_time)
+
+    async def kill(self, handle: EngineHandle) -> None:
+        await terminate(handle.pid, handle.start_time, grace=0.0)
+
+    def is_running(self, handle: EngineHandle) -> bool:
+        return is_alive(handle.pid, handle.start_time)

@@ -19,7 +19,6 @@ import functools
 import logging
 import os
 import re
-import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -128,7 +127,7 @@ async def qmp_execute(
         await client.disconnect()
 
 
-class QemuEngine:
+class QemuEngine(process.DetachedEngine):
     name = "qemu"
 
     def __init__(
@@ -208,13 +207,13 @@ class QemuEngine:
         tsc = host_tsc_khz() if accel == "tcg" else None
         argv = build_argv(config, qemu_bin=qemu_bin, accel=accel, vhost_vsock=vsock, tsc_khz=tsc)
         qemu_log = run_dir / QEMU_LOG
-        log.info("starting %s: %s", config.name, " ".join(argv))
-        spawned = process.spawn(argv, log=qemu_log, cwd=run_dir)
         agent: dict[str, Any] = (
             {"transport": "vsock", "cid": config.vsock_cid}
             if vsock
             else {"transport": "virtio-serial", "path": str(run_dir / AGENT_SOCKET)}
         )
+        log.info("starting %s: %s", config.name, " ".join(argv))
+        spawned = process.spawn(argv, log=qemu_log, cwd=run_dir)
         handle = EngineHandle(
             engine=self.name,
             pid=spawned.pid,
@@ -223,51 +222,32 @@ class QemuEngine:
             extra={"accel": accel, "log": str(qemu_log), "agent": agent},
         )
         try:
-            await self._confirm_running(handle, qmp_sock, qemu_log)
+            await self._wait_ready(handle, lambda: _is_running(qmp_sock), qemu_log, 0.02)
         except BaseException:
             await process.terminate(handle.pid, handle.start_time, grace=0.5)
             raise
         return handle
 
-    async def _confirm_running(self, handle: EngineHandle, sock: Path, qemu_log: Path) -> None:
-        deadline = time.monotonic() + self._start_timeout
-        while True:
-            if not self.is_running(handle):
-                raise CommandFailed(
-                    f"qemu exited during start: {process.log_tail(qemu_log) or 'no output'}",
-                    hint=f"see {qemu_log}",
-                )
-            if sock.exists():
-                try:
-                    status = await qmp_execute(sock, "query-status")
-                except (QMPError, OSError, TimeoutError):
-                    status = None
-                if isinstance(status, dict) and status.get("status") == "running":
-                    return
-                if isinstance(status, dict):
-                    raise CommandFailed(f"qemu is {status.get('status')!r}, not running")
-            if time.monotonic() > deadline:
-                raise CommandFailed(
-                    f"qemu did not answer on {sock} within {self._start_timeout:.0f}s",
-                    hint=f"see {qemu_log}",
-                )
-            await asyncio.sleep(0.02)
-
-    async def stop(self, handle: EngineHandle, timeout: float) -> None:
-        if not self.is_running(handle):
-            return
+    async def _request_shutdown(self, handle: EngineHandle) -> bool:
         try:
             # ACPI power button: a systemd guest shuts down cleanly and QEMU exits.
             await qmp_execute(Path(handle.control_socket), "system_powerdown")
         except (QMPError, OSError, TimeoutError) as exc:
             log.warning("qmp system_powerdown failed for pid %d: %s", handle.pid, exc)
-        else:
-            if await process.wait_gone(handle.pid, handle.start_time, timeout):
-                return
-        await process.terminate(handle.pid, handle.start_time)
+            return False
+        return True
 
-    async def kill(self, handle: EngineHandle) -> None:
-        await process.terminate(handle.pid, handle.start_time, grace=0.0)
 
-    def is_running(self, handle: EngineHandle) -> bool:
-        return process.is_alive(handle.pid, handle.start_time)
+async def _is_running(sock: Path) -> bool:
+    """Whether QMP answers with status "running"; fails on any other status."""
+    if not sock.exists():
+        return False
+    try:
+        status = await qmp_execute(sock, "query-status")
+    except (QMPError, OSError, TimeoutError):
+        return False
+    if not isinstance(status, dict):
+        return False
+    if status.get("status") != "running":
+        raise CommandFailed(f"qemu is {status.get('status')!r}, not running")
+    return True

@@ -96,7 +96,9 @@ def check_engines(paths: Paths, config: Config) -> list[CheckResult]:
             name="firecracker",
             status="ok" if fc.ok else "warn",
             detail=fc.detail if fc.ok else f"not usable (optional; QEMU is used): {fc.detail}",
-            fix="" if fc.ok else "install a Firecracker release on PATH (or set firecracker_bin) "
+            fix=""
+            if fc.ok
+            else "install a Firecracker release on PATH (or set firecracker_bin) "
             "on a host where KVM works",
         ),
     ]
