@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from banger.engines import process
 from banger.engines.base import Availability, EngineHandle, GuestConfig
 from banger.engines.kvm import probe_kvm
@@ -85,6 +83,10 @@ class ApiClient:
     """A tiny client for Firecracker's HTTP-over-UNIX-socket API."""
 
     def __init__(self, socket: Path, timeout: float = 5.0) -> None:
+        # Imported here: httpx (and the rich it pulls in) costs the daemon ~10 MB
+        # of memory, which only a host that really runs Firecracker should pay.
+        import httpx
+
         self._client = httpx.AsyncClient(
             transport=httpx.AsyncHTTPTransport(uds=str(socket)),
             base_url="http://localhost",
@@ -98,7 +100,12 @@ class ApiClient:
         await self._client.aclose()
 
     async def send(self, req: ApiRequest) -> None:
-        resp = await self._client.request(req.method, req.path, json=req.body)
+        import httpx
+
+        try:
+            resp = await self._client.request(req.method, req.path, json=req.body)
+        except httpx.HTTPError as exc:
+            raise CommandFailed(f"firecracker API {req.method} {req.path} failed: {exc}") from exc
         if resp.status_code >= 300:
             try:
                 fault = str(resp.json().get("fault_message", resp.text))
@@ -191,7 +198,7 @@ class FirecrackerEngine(process.DetachedEngine):
         try:
             async with ApiClient(Path(handle.control_socket)) as api:
                 await api.send(ApiRequest("PUT", "/actions", {"action_type": "SendCtrlAltDel"}))
-        except (httpx.HTTPError, OSError, CommandFailed) as exc:
+        except (OSError, CommandFailed) as exc:
             log.warning("SendCtrlAltDel failed for pid %d: %s", handle.pid, exc)
             return False
         return True
