@@ -182,3 +182,23 @@ def test_unknown_package_hint_says_apt_get_update() -> None:
     with pytest.raises(NotFound) as info:
         kapt.resolve(spec)
     assert "apt-get update" in info.value.hint
+
+
+def test_a_changed_catalog_recipe_makes_the_kernel_outdated(
+    pulled: tuple[KernelInfo, Recorder], tmp_path: Path
+) -> None:
+    from banger.artifacts.kernels import is_outdated
+
+    kernels = tmp_path / "kernels"
+    shutil.copytree(pulled[0].path, kernels / NAME)
+    current = load_kernel(kernels, NAME)
+    assert current is not None and not is_outdated(current)
+    # A kernel pulled when the catalog asked for fewer modules (an older banger).
+    manifest = kernels / NAME / "manifest.json"
+    manifest.write_text(
+        current.model_copy(update={"catalog_modules": ("virtio_blk",)}).model_dump_json(
+            exclude={"path"}
+        )
+    )
+    old = load_kernel(kernels, NAME)
+    assert old is not None and is_outdated(old)

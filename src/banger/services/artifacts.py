@@ -292,10 +292,10 @@ class ArtifactService:
         if not override and image.vmlinux is not None:
             return BootKernel(f"{image.name}:vmlinux", image.vmlinux, image.initrd)
         name = override or image.kernel or self.config.default_kernel
-        try:
-            k = self.kernel(name)
-        except NotFound:
-            progress("image", f"pulling kernel {name} (first use)")
+        info = kernel_lib.load_kernel(self.paths.kernels_dir, name)
+        if info is None or kernel_lib.is_outdated(info):
+            why = "first use" if info is None else "the catalog's kernel recipe changed"
+            progress("image", f"pulling kernel {name} ({why})")
             await self._await_pull(self.pull_kernel(name), progress)
-            k = self.kernel(name)
+        k = self.kernel(name)
         return BootKernel(k.name, Path(k.vmlinux), Path(k.initrd) if k.initrd else None)

@@ -7,6 +7,7 @@ from banger.artifacts.kernels.bzimage import Extracted, KernelImageError, extrac
 from banger.artifacts.kernels.catalog import KernelSpec, catalog, default_kernel, get_spec
 from banger.artifacts.kernels.info import KernelInfo, KernelManifest
 from banger.artifacts.kernels.pull import (
+    is_outdated,
     list_kernels,
     load_kernel,
     pull_kernel,
@@ -25,6 +26,7 @@ __all__ = [
     "default_kernel",
     "extract_vmlinux",
     "get_spec",
+    "is_outdated",
     "list_kernels",
     "load_kernel",
     "pull_kernel",

@@ -53,6 +53,9 @@ class KernelManifest(BaseModel):
     kernel_release: str  # `uname -r` inside the guest; the initramfs module dir
     compression: str = ""  # how vmlinux was packed inside the bzImage
     modules: tuple[str, ...] = ()
+    # The catalog's module request this initramfs was built for: when the catalog
+    # asks for different modules, a pull rebuilds instead of keeping a stale kernel.
+    catalog_modules: tuple[str, ...] = ()
     files: dict[str, FileDigest]
     created: datetime
     banger_version: str

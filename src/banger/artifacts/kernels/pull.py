@@ -18,7 +18,7 @@ import banger
 from banger.artifacts import publish as pub
 from banger.artifacts.kernels import apt
 from banger.artifacts.kernels.bzimage import extract_vmlinux_file
-from banger.artifacts.kernels.catalog import KernelSpec, get_spec
+from banger.artifacts.kernels.catalog import KernelSpec, catalog, get_spec
 from banger.artifacts.kernels.info import (
     CONFIG,
     INITRD,
@@ -111,8 +111,16 @@ def pull_kernel(
 
 
 def _intact(kernels_dir: Path, name: str) -> KernelInfo | None:
+    """A pulled kernel that is complete and built for the catalog's current recipe."""
     info = load_kernel(kernels_dir, name)
-    return info if info is not None and not quick_check(info) else None
+    if info is None or quick_check(info):
+        return None
+    return None if is_outdated(info) else info
+
+
+def is_outdated(info: KernelInfo) -> bool:
+    """True when the catalog now asks for different initramfs modules than `info` has."""
+    return info.name in catalog() and info.catalog_modules != tuple(get_spec(info.name).modules)
 
 
 def _build(spec: KernelSpec, work: Path, progress: Progress, apt_options: Sequence[str]) -> Path:
@@ -154,6 +162,7 @@ def _build(spec: KernelSpec, work: Path, progress: Progress, apt_options: Sequen
         kernel_release=release,
         compression=extracted.codec,
         modules=tuple(order),
+        catalog_modules=tuple(spec.modules),
         files=digest_files(out, [VMLINUX, INITRD, CONFIG, MODULES_TXT]),
         created=datetime.now(UTC),
         banger_version=banger.__version__,
