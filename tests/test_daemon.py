@@ -148,3 +148,13 @@ def test_unknown_endpoint_is_structured(daemon: RunningDaemon) -> None:
         r = h.get("/v1/nope")
     assert r.status_code == 404
     assert r.json()["error"]["code"] == "no_such_endpoint"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hand the directory to another uid")
+def test_runtime_dir_owned_by_someone_else_is_refused(banger_home: Paths) -> None:
+    banger_home.runtime_dir.mkdir(parents=True)
+    os.chown(banger_home.runtime_dir, 65534, 65534)
+    res = cli("daemon", "start")
+    assert res.returncode != 0
+    assert "owned by uid 65534" in res.stderr and "hint:" in res.stderr
+    assert not banger_home.socket.exists()

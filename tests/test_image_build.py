@@ -22,6 +22,8 @@ import pytest
 from banger.artifacts import ext4
 from banger.artifacts.images import ImageInfo, pull_image, verify
 from banger.engines import process
+from banger.paths import Paths
+from banger.services.ssh import ensure_key, public_key
 from banger.system import find_tool, is_root, run
 
 NAME = "debian-bookworm"
@@ -180,9 +182,10 @@ def guest(
     ext4.clone_file(built.info.rootfs, rootfs)
     ext4.clone_file(seed, work)
     ext4.grow(work, 1024 * ext4.MiB)
-    key = tmp_path / "id_ed25519"
-    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)])
-    pub = key.with_suffix(".pub").read_bytes()
+    # banger's managed key, made the way the daemon makes it on first use.
+    home = tmp_path / "bh"
+    key = ensure_key(Paths(home / "c", home / "s", home / "d", home / "r"), None)
+    pub = (public_key(key) + "\n").encode()
     ext4.write_file_into(work, "/.ssh/authorized_keys", pub, 0o600)
 
     port = free_port()
