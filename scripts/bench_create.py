@@ -525,7 +525,7 @@ def _environ(env: Mapping[str, str]) -> Iterator[None]:
 def missing_artifacts(env: Mapping[str, str], image: str | None, kernel: str | None) -> list[str]:
     """`banger … pull` arguments for what the sandbox's data dir lacks (image first)."""
     from banger.artifacts.images.store import load_image
-    from banger.artifacts.kernels.pull import load_kernel
+    from banger.artifacts.kernels.pull import is_outdated, load_kernel
     from banger.config import load_config
     from banger.paths import default_paths
 
@@ -538,7 +538,8 @@ def missing_artifacts(env: Mapping[str, str], image: str | None, kernel: str | N
         return ["image", image]  # its kernel is known (and checked) once it is pulled
     if kernel or info.vmlinux is None:
         kernel = kernel or info.kernel or cfg.default_kernel
-        if load_kernel(paths.kernels_dir, kernel) is None:
+        k = load_kernel(paths.kernels_dir, kernel)
+        if k is None or is_outdated(k):  # an outdated kernel would be re-pulled offline
             return ["kernel", kernel]
     return []
 

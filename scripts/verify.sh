@@ -194,7 +194,7 @@ missing_artifact() {
     "$PY" - "$IMAGE" <<'EOF'
 import sys
 from banger.artifacts.images.store import load_image
-from banger.artifacts.kernels.pull import load_kernel
+from banger.artifacts.kernels.pull import is_outdated, load_kernel
 from banger.config import load_config
 from banger.paths import default_paths
 
@@ -206,7 +206,8 @@ if info is None:
     print("image", image)
 elif info.vmlinux is None:
     kernel = info.kernel or cfg.default_kernel
-    if load_kernel(paths.kernels_dir, kernel) is None:
+    k = load_kernel(paths.kernels_dir, kernel)
+    if k is None or is_outdated(k):  # it would be re-pulled in the offline namespace
         print("kernel", kernel)
 EOF
 }
