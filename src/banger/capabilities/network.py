@@ -28,14 +28,25 @@ class NetworkCapability:
         self.pool = pool
         self.bridge = bridge
         self.subnet = subnet
-        self._bridge_ready = False
+        self._ready = False
+        self._ready_lock = threading.Lock()
         self._lease_lock = threading.Lock()
         self._refill: asyncio.Task[None] | None = None
 
-    def ensure_bridge(self) -> None:
-        if not self._bridge_ready:
+    def ensure_ready(self) -> None:
+        """Once per daemon life, on first use: the bridge, and the TAP pool adopting the
+        `tap-pool-N` devices an earlier daemon left warm (extras are deleted)."""
+        with self._ready_lock:
+            if self._ready:
+                return
             ensure_bridge(self.bridge, self.subnet)
-            self._bridge_ready = True
+            in_use = {
+                r["tap"] for r in self.store.all("vms") if r["state"] == "running" and r["tap"]
+            }
+            report = self.pool.reclaim(in_use)
+            if report.adopted or report.deleted:
+                log.info("TAP pool: adopted %s, deleted %s", report.adopted, report.deleted)
+            self._ready = True
 
     async def prepare(self, vm: VMRecord, ctx: PrepareContext) -> None:
         with self._lease_lock:
@@ -52,7 +63,7 @@ class NetworkCapability:
         ctx.progress("network", f"address {ip}")
 
     async def attach(self, vm: VMRecord, boot: BootContributions) -> None:
-        await asyncio.to_thread(self.ensure_bridge)
+        await asyncio.to_thread(self.ensure_ready)
         lease = await asyncio.to_thread(self.pool.lease)
         vm.tap = lease.name
         self._refill_later()

@@ -55,7 +55,7 @@ class Daemon:
     async def startup(self) -> None:
         """Reclaim what a previous daemon left: temp dirs, VMs, TAPs."""
         await asyncio.to_thread(self.artifacts.sweep)
-        in_use = await self.vms.reconcile()
+        await self.vms.reconcile()
         self.dns.sync()
         # The network (bridge, warm TAPs, NAT table) is set up on first use, not on
         # every daemon start: a daemon that never ran a VM leaves the host untouched.
@@ -65,16 +65,13 @@ class Daemon:
                 log.info("NAT reclaim: %s", await self.nat.reclaim(nat_ips))
             except Exception as exc:
                 log.warning("NAT reclaim failed: %s", exc)
-            self.warm_network(in_use)
+            self.warm_network()
 
-    def warm_network(self, in_use: set[str] | None = None) -> None:
+    def warm_network(self) -> None:
         async def warm() -> None:
             try:
-                await asyncio.to_thread(self.network.ensure_bridge)
+                await asyncio.to_thread(self.network.ensure_ready)
                 await self.dns.ensure_started()
-                if in_use is not None:
-                    report = await asyncio.to_thread(self.pool.reclaim, in_use)
-                    log.info("TAP pool reclaim: %s", report)
                 await self.pool.arefill()
             except Exception as exc:
                 log.warning("could not warm the network: %s", exc)

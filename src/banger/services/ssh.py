@@ -24,6 +24,9 @@ from banger.system import arun, run
 
 log = logging.getLogger("banger.ssh")
 
+# How long sshd may refuse the key before readiness gives up early.
+KEY_REFUSED_GRACE = 30.0
+
 
 def key_path(paths: Paths, configured: str | None) -> Path:
     return Path(os.path.expanduser(configured)) if configured else paths.ssh_dir / "id_ed25519"
@@ -124,6 +127,7 @@ async def wait_for_ssh(
     start = time.monotonic()
     deadline = start + timeout
     last = "sshd never answered"
+    denied_since: float | None = None
     known_hosts.parent.mkdir(parents=True, exist_ok=True)
     while time.monotonic() < deadline:
         if is_alive is not None and not is_alive():
@@ -142,6 +146,17 @@ async def wait_for_ssh(
                 _alias(known_hosts, host, names)
                 return time.monotonic() - start
             last = res.stderr.decode(errors="replace").strip() or f"ssh exited {res.returncode}"
+            if "Permission denied" in last:
+                # sshd runs but refuses the key. Once /root (the work disk holding
+                # authorized_keys) is mounted that does not change, so don't wait out
+                # the whole timeout.
+                denied_since = denied_since or time.monotonic()
+                if time.monotonic() - denied_since > KEY_REFUSED_GRACE:
+                    raise BangerError(
+                        f"sshd on {host} keeps refusing the managed key ({last})",
+                        hint="the guest's /root (work disk) may not have mounted; "
+                        "see `banger vm logs` for the console",
+                    )
             if "REMOTE HOST IDENTIFICATION HAS CHANGED" in last:
                 raise BangerError(
                     f"the VM at {host} presented a different SSH host key than recorded",

@@ -19,7 +19,7 @@ from banger.api.models import CreateVM, SetVM
 from banger.capabilities.base import BootContributions, Capability, PrepareContext
 from banger.config import Config
 from banger.daemon import testhooks
-from banger.engines.base import Engine, EngineHandle
+from banger.engines.base import Engine
 from banger.engines.guest_config import MAX_VCPUS, build_guest_config, mac_for
 from banger.errors import Conflict, InvalidInput, NotFound
 from banger.paths import Paths
@@ -348,9 +348,9 @@ class VMService:
 
     # -- daemon start: re-adopt what survived, reclaim what did not ---------------
 
-    async def reconcile(self) -> set[str]:
-        """Returns the TAP names held by VMs that are still running."""
-        in_use: set[str] = set()
+    async def reconcile(self) -> None:
+        """At daemon start: re-adopt running VMs, release what dead ones held, and
+        remove VMs that were mid-create (the TAP pool adopts devices on first use)."""
         for vm in self.all():
             if vm.state == "creating":
                 log.warning("vm %s was mid-create when the daemon died; removing it", vm.name)
@@ -366,15 +366,9 @@ class VMService:
                 engine = self.engine_for(vm.engine)
                 if handle is not None and engine.is_running(handle):
                     log.info("re-adopted running vm %s (pid %s)", vm.name, handle.pid)
-                    if vm.tap:
-                        in_use.add(vm.tap)
                 else:
                     log.warning("vm %s died while the daemon was away; marking stopped", vm.name)
                     await self._release_runtime(vm)
-        return in_use
-
-    def running_handles(self) -> list[tuple[VMRecord, EngineHandle]]:
-        return [(vm, h) for vm in self.all() if vm.state == "running" and (h := vm.engine_handle)]
 
 
 async def _quietly(aw: Awaitable[None]) -> None:
