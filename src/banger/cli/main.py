@@ -27,7 +27,6 @@ class LazyGroup(click.Group):
         "kernel": ("banger.cli.kernel_cmds", "kernel"),
         "image": ("banger.cli.image_cmds", "image"),
         "vm": ("banger.cli.vm_cmds", "vm"),
-        "tui": ("banger.cli.tui_cmd", "tui"),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -39,12 +38,7 @@ class LazyGroup(click.Group):
         import importlib
 
         module, attr = self.lazy[name]
-        try:
-            cmd = getattr(importlib.import_module(module), attr)
-        except ModuleNotFoundError as exc:
-            if exc.name == module:
-                return None
-            raise
+        cmd = getattr(importlib.import_module(module), attr)
         assert isinstance(cmd, click.Command)
         return cmd
 
