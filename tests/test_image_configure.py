@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from banger.agent import GUEST_PROGRAM
 from banger.artifacts.images.configure import (
     apply_recipe,
     guest_path,
@@ -73,7 +74,7 @@ def fake_debian(root: Path) -> None:
 def test_apply_recipe(tmp_path: Path) -> None:
     root = tmp_path / "tree"
     fake_debian(root)
-    apply_recipe(root, load_recipe("debian-bookworm"), null_progress)
+    assert apply_recipe(root, load_recipe("debian-bookworm"), null_progress) is True
     etc = root / "etc"
 
     # files, with modes and owners
@@ -98,6 +99,14 @@ def test_apply_recipe(tmp_path: Path) -> None:
     assert not (sysd / "getty.target.wants/getty@tty1.service").is_symlink()
     assert os.readlink(sysd / "default.target") == "/lib/systemd/system/multi-user.target"
     assert os.readlink(etc / "systemd/network/99-default.link") == "/dev/null"
+    # the guest agent: banger's own guest.py, executable, its unit enabled
+    agent = root / "usr/local/bin/banger-agent"
+    assert agent.read_bytes() == GUEST_PROGRAM.read_bytes()
+    assert agent.stat().st_mode & 0o7777 == 0o755 and agent.stat().st_uid == 0
+    assert (sysd / "banger-agent.service").stat().st_mode & 0o777 == 0o644
+    assert os.readlink(sysd / "multi-user.target.wants/banger-agent.service") == (
+        "/etc/systemd/system/banger-agent.service"
+    )
     # clean-up
     assert sorted(p.name for p in (etc / "ssh").iterdir()) == ["sshd_config.d"]
     assert (etc / "machine-id").read_text() == ""
@@ -124,3 +133,13 @@ def test_guest_path_never_leaves_the_tree(tmp_path: Path) -> None:
     assert guest_path(root, "/etc/up/etc/shadow") == root / "etc/shadow"
     assert guest_path(root, "/etc/abs") == root / "etc/abs"  # last component not followed
     assert guest_path(root, "/etc/abs", follow_last=True) == root / "etc"
+
+
+def test_agent_can_be_left_out(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    fake_debian(root)
+    recipe = load_recipe("debian-bookworm")
+    recipe = recipe.model_copy(update={"agent": recipe.agent.model_copy(update={"enabled": False})})
+    assert apply_recipe(root, recipe, null_progress) is False
+    assert not (root / "usr/local/bin/banger-agent").exists()
+    assert not (root / "etc/systemd/system/banger-agent.service").exists()

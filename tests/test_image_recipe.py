@@ -49,7 +49,7 @@ def test_packages() -> None:
 
 
 def test_every_shipped_file_is_installed_somewhere() -> None:
-    used = {f.src for f in RECIPE.files}
+    used = {f.src for f in RECIPE.files} | {RECIPE.agent.unit}  # install_guest_agent's
     assert used == {p.name for p in FILES.iterdir()}
     assert len({f.dest for f in RECIPE.files}) == len(RECIPE.files)
 
@@ -99,9 +99,13 @@ def test_fstab() -> None:
     assert "nofail" in rows[1][3].split(",")
 
 
-def test_agent_hook_is_declared_and_off() -> None:
+def test_agent_is_enabled_with_its_unit() -> None:
+    assert RECIPE.agent.enabled is True
+    assert RECIPE.agent.path == "/usr/local/bin/banger-agent"
     assert RECIPE.agent.unit == "banger-agent.service"
-    assert RECIPE.agent.enabled is False
+    unit = (FILES / RECIPE.agent.unit).read_text()
+    assert "ExecStart=/usr/bin/python3 -I /usr/local/bin/banger-agent" in unit
+    assert "Restart=always" in unit and "WantedBy=multi-user.target" in unit
 
 
 def test_invalid_recipes_are_refused(tmp_path: Path) -> None:

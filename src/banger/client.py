@@ -274,3 +274,14 @@ class Client:
 
     def ssh_info(self, name: str) -> dict[str, Any]:
         return dict(self._request("GET", f"/v1/vms/{name}/ssh"))
+
+    # -- guest agent -----------------------------------------------------------------
+
+    def vm_health(self, name: str) -> dict[str, Any]:
+        """The agent's view of a VM: `healthy`, `agent` (ok/absent/stopped/unreachable),
+        `detail`, and the agent's /healthz and /info answers when it is up."""
+        return dict(self._request("GET", f"/v1/vms/{name}/health"))
+
+    def vm_ports(self, name: str) -> dict[str, Any]:
+        """Listening TCP ports in the guest: {"name", "ip", "ports": [...]}."""
+        return dict(self._request("GET", f"/v1/vms/{name}/ports"))

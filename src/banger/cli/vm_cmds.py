@@ -292,3 +292,8 @@ def run(
             c.wait(c.delete_vm(v.name, force=True))
             err.print(f"[dim]deleted {v.name}[/]")
     sys.exit(rc)
+
+
+from banger.cli.agent_cmds import attach  # noqa: E402
+
+attach(vm)

@@ -120,7 +120,7 @@ def _build(
     _debootstrap(recipe, mirror, tree, work)
 
     progress("configure", f"applying recipe {recipe.name}", 0.55)
-    apply_recipe(tree, recipe, progress)
+    agent = apply_recipe(tree, recipe, progress)
 
     out = work / "out"
     out.mkdir()
@@ -150,6 +150,7 @@ def _build(
         suite=spec.suite,
         mirror=mirror.uri,
         apt_sources=tuple(mirror.apt_lines(recipe.components)),
+        agent=agent,
     )
     return out, manifest
 

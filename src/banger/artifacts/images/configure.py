@@ -14,6 +14,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
+from banger.agent import GUEST_PROGRAM
 from banger.artifacts.images.recipe import Recipe
 from banger.errors import BangerError
 from banger.progress import Progress
@@ -193,30 +194,49 @@ def set_hostname(root: Path, recipe: Recipe) -> None:
 
 
 def install_guest_agent(root: Path, recipe: Recipe, progress: Progress) -> bool:
-    """HOOK for banger-agent: install the guest agent and enable its unit.
+    """Install banger-agent (SPEC §1) and enable its unit; True when installed.
 
-    The agent (banger.agent, SPEC §1) does not ship a guest program yet, so this only
-    reports that it was skipped. When it does: copy the program to recipe.agent.path,
-    write recipe.agent.unit into /etc/systemd/system and enable_units() it.
+    The program is banger's own `banger/agent/guest.py` (stdlib only), copied to
+    recipe.agent.path with mode 0755; the unit comes from the recipe's files/ and
+    goes to /etc/systemd/system, enabled by its [Install] section.
     """
     if not recipe.agent.enabled:
-        progress("configure", f"guest agent: skipped ({recipe.agent.unit} is not shipped yet)")
+        progress("configure", "guest agent: disabled by the recipe")
         return False
-    raise RecipeApplyError(
-        f"recipe {recipe.name} enables the guest agent, but this banger cannot install it",
-        hint="set [agent] enabled = false in the recipe until install_guest_agent is done",
-    )
+    unit_src = recipe.directory / "files" / recipe.agent.unit
+    if not GUEST_PROGRAM.is_file() or not unit_src.is_file():
+        missing = GUEST_PROGRAM if not GUEST_PROGRAM.is_file() else unit_src
+        raise RecipeApplyError(
+            f"cannot install the guest agent: {missing} is missing",
+            hint="reinstall banger, or set [agent] enabled = false in the recipe",
+        )
+    for src, dest, mode in (
+        (GUEST_PROGRAM, recipe.agent.path, 0o755),
+        (unit_src, f"/etc/systemd/system/{recipe.agent.unit}", 0o644),
+    ):
+        _mkdirs(root, str(PurePosixPath(dest).parent))
+        host = guest_path(root, dest)
+        if host.is_symlink() or host.exists():
+            host.unlink()
+        shutil.copyfile(src, host)
+        os.chown(host, 0, 0)
+        os.chmod(host, mode)
+    enable_units(root, (recipe.agent.unit,))
+    progress("configure", f"guest agent: {recipe.agent.path} ({recipe.agent.unit} enabled)")
+    return True
 
 
-def apply_recipe(root: Path, recipe: Recipe, progress: Progress) -> None:
-    """Everything `configure` does to a freshly bootstrapped tree."""
+def apply_recipe(root: Path, recipe: Recipe, progress: Progress) -> bool:
+    """Everything `configure` does to a freshly bootstrapped tree; True when the
+    guest agent was installed."""
     install_files(root, recipe)
     set_hostname(root, recipe)
     enable_units(root, recipe.units.enable)
     mask_units(root, recipe.units.mask)
     set_default_target(root, recipe.units.default_target)
-    install_guest_agent(root, recipe, progress)
+    agent = install_guest_agent(root, recipe, progress)
     cleanup(root, recipe)
+    return agent
 
 
 def write_packages_manifest(root: Path, out: Path) -> int:

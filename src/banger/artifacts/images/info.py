@@ -74,6 +74,8 @@ class ImageManifest(BaseModel):
     suite: str | None = None
     mirror: str | None = None
     apt_sources: tuple[str, ...] = ()
+    # banger-agent is installed and enabled (False for images built before it was).
+    agent: bool = False
 
 
 class ImageInfo(ImageManifest):
@@ -126,7 +128,15 @@ class ImageInfo(ImageManifest):
         """Provenance for `image show`: JSON-able, without the paths."""
         return self.model_dump(
             mode="json",
-            include={"source", "suite", "mirror", "apt_sources", "banger_version", "files"},
+            include={
+                "source",
+                "suite",
+                "mirror",
+                "apt_sources",
+                "banger_version",
+                "files",
+                "agent",
+            },
         )
 
 

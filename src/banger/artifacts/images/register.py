@@ -146,6 +146,7 @@ def promote_image(
                 suite=info.suite,
                 mirror=info.mirror,
                 apt_sources=info.apt_sources,
+                agent=info.agent,
             )
             result = publish(out, manifest, images_dir, work)
     progress("finalize", f"{name} is now managed", 1.0)
