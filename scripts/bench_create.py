@@ -524,6 +524,7 @@ def _environ(env: Mapping[str, str]) -> Iterator[None]:
 
 def missing_artifacts(env: Mapping[str, str], image: str | None, kernel: str | None) -> list[str]:
     """`banger … pull` arguments for what the sandbox's data dir lacks (image first)."""
+    from banger.artifacts.images.store import is_outdated as is_outdated_image
     from banger.artifacts.images.store import load_image
     from banger.artifacts.kernels.pull import is_outdated, load_kernel
     from banger.config import load_config
@@ -534,7 +535,7 @@ def missing_artifacts(env: Mapping[str, str], image: str | None, kernel: str | N
         cfg = load_config(paths).config
     image = image or cfg.default_image
     info = load_image(paths.images_dir, image)
-    if info is None:
+    if info is None or is_outdated_image(info):  # a create would rebuild it, offline
         return ["image", image]  # its kernel is known (and checked) once it is pulled
     if kernel or info.vmlinux is None:
         kernel = kernel or info.kernel or cfg.default_kernel

@@ -193,6 +193,7 @@ TMP_BEFORE=$(tmp_entries || true)
 missing_artifact() {
     "$PY" - "$IMAGE" <<'EOF'
 import sys
+from banger.artifacts.images.store import is_outdated as is_outdated_image
 from banger.artifacts.images.store import load_image
 from banger.artifacts.kernels.pull import is_outdated, load_kernel
 from banger.config import load_config
@@ -202,7 +203,7 @@ paths = default_paths()
 cfg = load_config(paths).config
 image = sys.argv[1] or cfg.default_image
 info = load_image(paths.images_dir, image)
-if info is None:
+if info is None or is_outdated_image(info):  # a create would rebuild it, offline
     print("image", image)
 elif info.vmlinux is None:
     kernel = info.kernel or cfg.default_kernel

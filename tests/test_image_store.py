@@ -185,3 +185,23 @@ def test_remove_tree_never_deletes_through_a_mount(tmp_path: Path) -> None:
         run(["umount", "--lazy", str(tree / "dev")], check=False)
     assert not (tmp_path / "tmp/image-build-x").exists()
     assert (outside / "keep.txt").read_text() == "keep"
+
+
+def test_images_built_from_an_older_recipe_are_outdated() -> None:
+    from datetime import UTC, datetime
+
+    from banger.artifacts.images import ImageInfo, is_outdated, load_recipe
+    from banger.artifacts.images.recipe import recipe_digest
+
+    current = recipe_digest(load_recipe("debian-bookworm"))
+
+    def image(source: str, digest: str) -> ImageInfo:
+        return ImageInfo(
+            name="x", files={}, created=datetime.now(UTC), banger_version="0",
+            source=source, recipe_digest=digest, managed=True, directory=None,
+        )  # fmt: skip
+
+    assert not is_outdated(image("recipe:debian-bookworm", current))
+    assert is_outdated(image("recipe:debian-bookworm", ""))  # built before digests
+    assert is_outdated(image("recipe:debian-bookworm", "0" * 16))
+    assert not is_outdated(image("promoted", ""))  # not ours to rebuild

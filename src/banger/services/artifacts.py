@@ -268,7 +268,10 @@ class ArtifactService:
 
             raise from_dict(final.error.model_dump() if final.error else {"message": "pull failed"})
 
-    async def ensure_image(self, name: str, progress: Progress) -> BootImage:
+    async def ensure_image(self, name: str, progress: Progress, *, refresh: bool) -> BootImage:
+        """The image to boot. A missing catalog image is pulled; with `refresh` (new
+        VMs) one built from an older recipe is rebuilt first. Existing VMs have their
+        own disks and never wait for a rebuild."""
         try:
             img = self.image(name)
         except NotFound:
@@ -277,6 +280,12 @@ class ArtifactService:
             progress("image", f"pulling {name} (first use)")
             await self._await_pull(self.pull_image(name), progress)
             img = self.image(name)
+        else:
+            info = image_lib.load_image(self.paths.images_dir, name) if img.managed else None
+            if refresh and info is not None and image_lib.is_outdated(info):
+                progress("image", f"rebuilding {name}: banger's image recipe changed")
+                await self._await_pull(self.pull_image(name), progress)
+                img = self.image(name)
         return BootImage(
             name=img.name,
             rootfs=Path(img.rootfs),

@@ -124,7 +124,7 @@ class VMService:
         timings: dict[str, float] = {}
         t0 = time.monotonic()
         progress("image", vm.image)
-        image = await self.artifacts.ensure_image(vm.image, progress)
+        image = await self.artifacts.ensure_image(vm.image, progress, refresh=True)
         kernel = await self.artifacts.ensure_kernel_for(image, req.kernel, progress)
         vm.kernel = kernel.name
         timings["image"] = time.monotonic() - t0
@@ -239,7 +239,7 @@ class VMService:
                 return vm
             if vm.state not in ("stopped", "error"):
                 raise Conflict(f"VM `{vm.name}` is {vm.state}", hint="wait for it to finish")
-            image = await self.artifacts.ensure_image(vm.image, progress)
+            image = await self.artifacts.ensure_image(vm.image, progress, refresh=False)
             kernel = await self.artifacts.ensure_kernel_for(image, vm.kernel or None, progress)
             timings: dict[str, float] = {}
             t0 = time.monotonic()

@@ -17,6 +17,7 @@ from banger.artifacts.images.recipe import Recipe, load_recipe
 from banger.artifacts.images.register import promote_image, register_image
 from banger.artifacts.images.store import (
     intact_image,
+    is_outdated,
     list_images,
     load_image,
     remove_image,
@@ -34,6 +35,7 @@ __all__ = [
     "default_image",
     "get_spec",
     "intact_image",
+    "is_outdated",
     "list_images",
     "load_image",
     "load_recipe",

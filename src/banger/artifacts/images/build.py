@@ -44,7 +44,7 @@ from banger.artifacts.images.info import (
     check_name,
     describe_files,
 )
-from banger.artifacts.images.recipe import Recipe, load_recipe
+from banger.artifacts.images.recipe import Recipe, load_recipe, recipe_digest
 from banger.artifacts.images.store import (
     build_lock,
     intact_image,
@@ -151,6 +151,7 @@ def _build(
         mirror=mirror.uri,
         apt_sources=tuple(mirror.apt_lines(recipe.components)),
         agent=agent,
+        recipe_digest=recipe_digest(recipe),
     )
     return out, manifest
 

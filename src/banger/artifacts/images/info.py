@@ -76,6 +76,8 @@ class ImageManifest(BaseModel):
     apt_sources: tuple[str, ...] = ()
     # banger-agent is installed and enabled (False for images built before it was).
     agent: bool = False
+    # recipe_digest() of the recipe it was built from ("" for registered/promoted ones).
+    recipe_digest: str = ""
 
 
 class ImageInfo(ImageManifest):

@@ -5,6 +5,7 @@ A recipe is data (packages, files, units, clean-up); `configure.py` applies it.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import tomllib
 from pathlib import Path, PurePosixPath
@@ -131,3 +132,19 @@ def load_recipe(name: str, recipes_dir: Path = RECIPES_DIR) -> Recipe:
             hint=f"add them under {directory / 'files'} or fix {path}",
         )
     return recipe
+
+
+def recipe_digest(recipe: Recipe) -> str:
+    """A fingerprint of everything a build copies from banger into the image: the recipe,
+    its files and the guest agent. An image built from another digest is outdated."""
+    from banger.agent import GUEST_PROGRAM
+
+    h = hashlib.sha256()
+    sources = [recipe.directory / "recipe.toml"]
+    sources += sorted(p for p in (recipe.directory / "files").rglob("*") if p.is_file())
+    if recipe.agent.enabled:
+        sources.append(GUEST_PROGRAM)
+    for path in sources:
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+

@@ -21,7 +21,8 @@ from banger.artifacts.images.info import (
     read_info,
     write_manifest,
 )
-from banger.errors import NotFound
+from banger.artifacts.images.recipe import load_recipe, recipe_digest
+from banger.errors import BangerError, NotFound
 
 # Everything this package creates in tmp_dir starts with this, so sweep_tmp can clean
 # up after us without touching other builders (kernels) that share the directory.
@@ -37,9 +38,23 @@ def load_image(images_dir: Path, name: str) -> ImageInfo | None:
 
 
 def intact_image(images_dir: Path, name: str) -> ImageInfo | None:
-    """load_image, and only if every file is there with its recorded size."""
+    """load_image, and only if every file is there with its recorded size and it was
+    built from the recipe banger ships now."""
     info = load_image(images_dir, name)
-    return info if info is not None and not quick_check(info) else None
+    if info is None or quick_check(info) or is_outdated(info):
+        return None
+    return info
+
+
+def is_outdated(info: ImageInfo) -> bool:
+    """True for a recipe-built image whose recipe (or guest agent) has changed since."""
+    if not info.source.startswith("recipe:"):
+        return False  # registered or promoted: not ours to rebuild
+    try:
+        recipe = load_recipe(info.source.removeprefix("recipe:"))
+    except BangerError:
+        return False
+    return info.recipe_digest != recipe_digest(recipe)
 
 
 def list_images(images_dir: Path) -> list[ImageInfo]:
