@@ -61,7 +61,9 @@ def assert_nothing_left(b: NsBanger) -> None:
 def test_lifecycle_persists_disks_survives_daemon_kill_and_cleans_up(b: NsBanger) -> None:
     vm = b.json("vm", "create", "--name", "a", "--memory", "512M")
     assert vm["state"] == "running" and vm["ip"].startswith("172.30.0.")
-    assert set(vm["timings"]) >= {"image", "disks", "network", "boot", "ssh", "total"}
+    assert set(vm["timings"]) >= {"image", "disks", "network", "boot", "ssh", "agent", "total"}
+    health = b.json("vm", "health", "a")
+    assert health["healthy"] is True and health["info"]["hostname"] == "a"
 
     b.run("vm", "ssh", "a", "--", "echo hi > /root/f")
     assert b.run("vm", "ssh", "a", "--", "hostname").stdout.strip() == "a"

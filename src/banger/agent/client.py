@@ -19,6 +19,7 @@ import contextlib
 import json
 import secrets
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +159,21 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, st
         raise EOFError(f"response too large ({length} bytes)")
     body = await reader.readexactly(length)
     return status, headers, body
+
+
+async def wait_healthy(agent: dict[str, Any] | None, timeout: float) -> float:
+    """Poll the agent's /healthz until it answers; returns the seconds waited."""
+    start = time.monotonic()
+    client = AgentClient(agent, timeout=min(DEFAULT_TIMEOUT, timeout))
+    last: BangerError | None = None
+    while time.monotonic() - start < timeout:
+        try:
+            await client.healthz()
+            return time.monotonic() - start
+        except BangerError as exc:
+            last = exc
+            await asyncio.sleep(0.2)
+    raise AgentUnavailable(
+        f"the guest agent did not answer within {timeout:.0f}s ({last})",
+        hint="SSH works; check `systemctl status banger-agent` in the VM (`banger vm ssh`)",
+    )

@@ -43,6 +43,7 @@ class BootImage:
     kernel: str | None
     vmlinux: Path | None
     initrd: Path | None
+    agent: bool = False  # banger-agent is installed: create waits for its /healthz
 
 
 class ArtifactService:
@@ -293,6 +294,7 @@ class ArtifactService:
             kernel=img.kernel,
             vmlinux=Path(img.vmlinux) if img.vmlinux else None,
             initrd=Path(img.initrd) if img.initrd else None,
+            agent=bool(img.info.get("agent", False)),
         )
 
     async def ensure_kernel_for(

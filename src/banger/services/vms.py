@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+from banger.agent.client import wait_healthy
 from banger.api.models import CreateVM, SetVM
 from banger.capabilities.base import BootContributions, Capability, PrepareContext
 from banger.config import Config
@@ -34,6 +35,7 @@ log = logging.getLogger("banger.vms")
 
 EngineFactory = Callable[[str], Engine]
 SSH_TIMEOUT = 180.0
+AGENT_TIMEOUT = 30.0  # after SSH works; the agent starts with multi-user.target too
 
 
 class VMService:
@@ -146,7 +148,7 @@ class VMService:
                 forget_host(
                     self.paths.known_hosts, [h for h in (vm.ip, vm.name, f"{vm.name}.vm") if h]
                 )
-                await self._boot(vm, kernel, progress, timings, undo)
+                await self._boot(vm, kernel, image.agent, progress, timings, undo)
             except BaseException as exc:
                 log.warning("create of %s failed (%s); rolling back", vm.name, exc)
                 vm.state = "error"
@@ -166,11 +168,13 @@ class VMService:
         self,
         vm: VMRecord,
         kernel: BootKernel,
+        expect_agent: bool,
         progress: Progress,
         timings: dict[str, float],
         undo: AsyncExitStack,
     ) -> None:
-        """Attach runtime resources, start the engine, wait for SSH. Pushes undo steps."""
+        """Attach runtime resources, start the engine, wait for SSH (and the guest agent
+        when the image has one). Pushes undo steps."""
         boot = BootContributions()
         t = time.monotonic()
         progress("network", "")
@@ -228,6 +232,11 @@ class VMService:
         )
         timings["ssh"] = time.monotonic() - t
         testhooks.maybe_fail("ssh")
+        if expect_agent:
+            t = time.monotonic()
+            progress("agent", "healthz")
+            await wait_healthy(handle.extra.get("agent"), AGENT_TIMEOUT)
+            timings["agent"] = time.monotonic() - t
 
     # -- start / stop / restart ----------------------------------------------------
 
@@ -245,7 +254,7 @@ class VMService:
             t0 = time.monotonic()
             async with AsyncExitStack() as undo:
                 try:
-                    await self._boot(vm, kernel, progress, timings, undo)
+                    await self._boot(vm, kernel, image.agent, progress, timings, undo)
                 except BaseException as exc:
                     vm.state = "stopped"
                     vm.handle = None
