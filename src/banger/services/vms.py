@@ -80,7 +80,8 @@ class VMService:
 
     # -- create --------------------------------------------------------------------
 
-    def _new_record(self, req: CreateVM) -> VMRecord:
+    def new_record(self, req: CreateVM) -> VMRecord:
+        """Validate a create request into a record (nothing is made or stored yet)."""
         name = check_vm_name(req.name) if req.name else self._generate_name()
         if self.store.get("vms", "name", name):
             raise Conflict(
@@ -122,7 +123,7 @@ class VMService:
         raise Conflict("could not generate a free VM name", hint="pass --name")
 
     async def create(self, req: CreateVM, progress: Progress) -> VMRecord:
-        vm = self._new_record(req)
+        vm = self.new_record(req)
         timings: dict[str, float] = {}
         t0 = time.monotonic()
         progress("image", vm.image)
@@ -302,13 +303,16 @@ class VMService:
         await self.stop(name, progress)
         return await self.start(name, progress)
 
-    async def delete(self, name: str, progress: Progress, *, force: bool = False) -> str:
-        vm = self.get(name)
+    def check_deletable(self, vm: VMRecord, force: bool) -> None:
         if vm.state == "running" and not force:
             raise Conflict(
                 f"VM `{vm.name}` is running",
                 hint=f"stop it first (`banger vm stop {vm.name}`) or pass --force",
             )
+
+    async def delete(self, name: str, progress: Progress, *, force: bool = False) -> str:
+        vm = self.get(name)
+        self.check_deletable(vm, force)
         if vm.state == "running":
             await self.stop(name, progress, force=True)
         async with self.lock(vm.id):

@@ -28,7 +28,7 @@ async def create_vm(request: web.Request) -> web.Response:
     d = daemon_of(request)
     req = await body(request, CreateVM)
     # Validate before starting the operation, so bad input fails the request itself.
-    probe = d.vms._new_record(req)
+    probe = d.vms.new_record(req)
     req = req.model_copy(update={"name": probe.name})
 
     async def work(progress: Progress) -> dict[str, str]:
@@ -75,8 +75,7 @@ async def delete_vm(request: web.Request) -> web.Response:
     d = daemon_of(request)
     vm = d.vms.get(request.match_info["name"])
     force = flag(request, "force")
-    if vm.state == "running" and not force:
-        await d.vms.delete(vm.id, lambda *a, **k: None, force=False)  # raises Conflict
+    d.vms.check_deletable(vm, force)  # refuse in the request, not in the operation
 
     async def work(progress: Progress) -> dict[str, str]:
         return {"deleted": await d.vms.delete(vm.id, progress, force=force)}
