@@ -331,7 +331,7 @@ async def test_routes(agent: Agent, tmp_path: Path) -> None:
     async with api(_vm(channel), images) as http:
         h = await (await http.get("/v1/vms/box/health")).json()
         assert (h["healthy"], h["agent"]) == (False, "absent")
-        assert h["detail"] == "not in this image (rebuild with banger image rm + pull)"
+        assert h["detail"] == "not in this image (it was built before banger-agent existed)"
         r = await http.get("/v1/vms/box/ports")
         assert r.status == 503
         assert (await r.json())["error"]["code"] == "agent_unavailable"
@@ -403,7 +403,7 @@ def test_cli_renders_health_and_ports(monkeypatch: pytest.MonkeyPatch) -> None:
     health.update(healthy=False, agent="absent", detail=agent_routes.NO_AGENT, info=None)
     r = runner.invoke(cli, ["vm", "health", "box"])
     assert r.exit_code == 1
-    assert "agent: not in this image (rebuild with banger image rm + pull)" in r.output
+    assert "agent: not in this image (it was built before banger-agent existed)" in r.output
     r = runner.invoke(cli, ["vm", "health", "box", "--json"])
     assert r.exit_code == 1 and json.loads(r.output)["agent"] == "absent"
 

@@ -2,8 +2,8 @@
 
 Whether a VM should have an agent is the image's business: a managed image's
 image.json records `"agent": true` when the builder installed it. Images built
-before that (and the test caches) say nothing, which reads as "no agent": health
-then reports so plainly instead of timing out. Registered images are unknown, so
+before that say nothing, which reads as "no agent": health then reports so plainly
+instead of timing out. Registered images are unknown, so
 the agent is simply tried.
 """
 
@@ -23,10 +23,10 @@ from banger.services.records import VMRecord
 
 routes = web.RouteTableDef()
 
-NO_AGENT = "not in this image (rebuild with banger image rm + pull)"
+NO_AGENT = "not in this image (it was built before banger-agent existed)"
 NO_AGENT_HINT = (
-    "images built before banger-agent existed lack it: "
-    "`banger image rm IMAGE && banger image pull IMAGE`, then create a new VM"
+    "`banger image pull IMAGE` rebuilds an outdated catalog image (so does the next "
+    "`banger vm create`); VMs created from the new image have the agent"
 )
 
 
