@@ -1,5 +1,6 @@
 # banger developer targets. `make run` and `make test` set up what is missing first.
-UV ?= uv
+# uv from PATH, else where scripts/setup.sh installs it (pip --user).
+UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 ARGS ?=
 PYTEST_ARGS ?=
 

@@ -31,10 +31,13 @@ else
   echo "setup: Debian packages present (${#wanted[@]})"
 fi
 
+# pip --user puts uv in ~/.local/bin, which is often not on PATH; the Makefile
+# looks there too.
+export PATH="$HOME/.local/bin:$PATH"
 if ! command -v uv >/dev/null 2>&1; then
   echo "setup: installing uv (Python project manager) with pip"
-  python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
-  export PATH="$HOME/.local/bin:$PATH"
+  python3 -m pip install --quiet --user uv 2>/dev/null ||
+    python3 -m pip install --quiet --user --break-system-packages uv
 fi
 echo "setup: syncing the Python environment (uv sync --frozen)"
 # Precompiled bytecode keeps CLI start-up fast even where PYTHONDONTWRITEBYTECODE is set.
