@@ -96,8 +96,14 @@ def main(foreground: bool, debug: bool) -> None:
     try:
         ensure_dirs(paths)
         if not foreground:
-            from banger.daemon.spawn import start_detached
+            from banger.daemon.spawn import socket_answers, start_detached
 
+            if socket_answers(paths):
+                pid_text = paths.pid_file.read_text().strip() if paths.pid_file.exists() else "?"
+                raise Conflict(
+                    f"bangerd is already running (pid {pid_text})",
+                    hint="`banger daemon status` shows it; `banger daemon stop` stops it",
+                )
             pid = start_detached(paths)
             click.echo(f"bangerd started (pid {pid}), listening on {paths.socket}")
             return
