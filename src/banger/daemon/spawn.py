@@ -30,7 +30,12 @@ def start_detached(paths: Paths, timeout: float = 15.0) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if socket_answers(paths):
-            return pid
+            # With two CLIs racing to start a daemon, the one that won the lock answers;
+            # report its pid (the loser exits on the lock).
+            try:
+                return int(paths.pid_file.read_text())
+            except (OSError, ValueError):
+                return pid
         time.sleep(0.02)
     tail = (
         log_path.read_text(errors="replace").strip().splitlines()[-3:] if log_path.exists() else []
