@@ -69,9 +69,10 @@ async def _serve_forever(paths: Paths) -> None:
     app["stop_event"] = stop
     setup_routes(app)
     await daemon.startup()
+    # The pid file before the socket: whoever sees the socket answer reads our pid.
+    paths.pid_file.write_text(f"{os.getpid()}\n")
     sock = bind_socket(paths.socket)
     runner = await serve(app, sock)
-    paths.pid_file.write_text(f"{os.getpid()}\n")
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
