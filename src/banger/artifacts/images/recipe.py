@@ -147,4 +147,3 @@ def recipe_digest(recipe: Recipe) -> str:
     for path in sources:
         h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()[:16]
-
