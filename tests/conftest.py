@@ -99,3 +99,17 @@ def daemon(banger_home: Paths) -> Iterator[RunningDaemon]:
         yield d
     finally:
         d.stop()
+
+
+@pytest.fixture
+def bridge_ns() -> Iterator[str]:
+    """A fresh network namespace holding the banger0 bridge on 172.30.0.0/24."""
+    from banger.net.bridge import ensure_bridge
+    from tests import netns
+
+    reason = netns.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with netns.namespace() as name:
+        ensure_bridge("banger0", "172.30.0.0/24", netns=name)
+        yield name

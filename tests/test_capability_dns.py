@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Iterator
 
 import pytest
 from dnslib import RCODE, DNSRecord
@@ -12,26 +11,12 @@ from dnslib import RCODE, DNSRecord
 from banger.capabilities.base import BootContributions
 from banger.capabilities.dns import DnsCapability, DnsService
 from banger.net._ns import call_in_netns
-from banger.net.bridge import ensure_bridge
 from banger.services.records import VMRecord
-from tests import netns
+from tests.records import vm_record
 
 
 def vm(name: str, ip: str | None, state: str = "running") -> VMRecord:
-    return VMRecord(
-        id=f"id-{name}",
-        name=name,
-        state=state,
-        image="debian-bookworm",
-        kernel="debian-6.1",
-        engine="qemu",
-        vcpus=1,
-        memory_mib=256,
-        disk_bytes=1 << 30,
-        work_bytes=1 << 28,
-        mac="02:00:00:00:00:01",
-        ip=ip,
-    )
+    return vm_record(name, ip, state=state)
 
 
 async def _ask(name: str, host: str, port: int, ns: str | None = None) -> DNSRecord:
@@ -46,16 +31,6 @@ async def _ask(name: str, host: str, port: int, ns: str | None = None) -> DNSRec
             sock.close()
 
     return await asyncio.to_thread(query)
-
-
-@pytest.fixture
-def bridge_ns() -> Iterator[str]:
-    reason = netns.unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with netns.namespace() as name:
-        ensure_bridge("banger0", "172.30.0.0/24", netns=name)
-        yield name
 
 
 @pytest.mark.netns

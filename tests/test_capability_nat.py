@@ -11,6 +11,7 @@ from banger.capabilities.nat import NatCapability
 from banger.services.records import VMRecord
 from banger.system import find_tool
 from tests import netns
+from tests.records import vm_record
 
 pytestmark = [
     pytest.mark.netns,
@@ -20,21 +21,7 @@ pytestmark = [
 
 
 def vm(name: str, ip: str, nat: bool) -> VMRecord:
-    return VMRecord(
-        id=f"id-{name}",
-        name=name,
-        state="running",
-        image="debian-bookworm",
-        kernel="debian-6.1",
-        engine="qemu",
-        vcpus=1,
-        memory_mib=256,
-        disk_bytes=1 << 30,
-        work_bytes=1 << 28,
-        mac="02:00:00:00:00:01",
-        nat=nat,
-        ip=ip,
-    )
+    return vm_record(name, ip, nat=nat)
 
 
 @pytest.fixture

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Iterator
 
 import pytest
 from dnslib import QTYPE, RCODE, DNSRecord
 
 from banger.errors import Conflict
 from banger.net._ns import call_in_netns
-from banger.net.bridge import ensure_bridge
 from banger.net.dns import DnsServer
-from tests import netns
 
 NAMES = {"web": "172.30.0.2", "db": "172.30.0.3"}
 
@@ -66,16 +63,6 @@ async def test_udp_on_loopback() -> None:
         assert (await asyncio.to_thread(ask, "x.vm")).header.rcode == RCODE.NXDOMAIN
         with pytest.raises(Conflict):
             await DnsServer(NAMES, host="127.0.0.1", port=port).start()
-
-
-@pytest.fixture
-def bridge_ns() -> Iterator[str]:
-    reason = netns.unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with netns.namespace() as name:
-        ensure_bridge("banger0", "172.30.0.0/24", netns=name)
-        yield name
 
 
 @pytest.mark.netns
