@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from banger.services.records import VMRecord
+from banger.vm import VMRecord
 
 
 def vm_record(name: str, ip: str | None, *, state: str = "running", nat: bool = False) -> VMRecord:

@@ -26,7 +26,7 @@ from banger.artifacts.images.info import ImageManifest, read_info, write_manifes
 from banger.daemon.routes import agent as agent_routes
 from banger.daemon.routes.common import DAEMON_KEY
 from banger.daemon.server import errors as errors_middleware
-from banger.services.records import VMRecord
+from banger.vm import VMRecord
 
 
 class Agent:

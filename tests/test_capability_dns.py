@@ -11,7 +11,7 @@ from dnslib import RCODE, DNSRecord
 from banger.capabilities.base import BootContributions
 from banger.capabilities.dns import DnsCapability, DnsService
 from banger.net._ns import call_in_netns
-from banger.services.records import VMRecord
+from banger.vm import VMRecord
 from tests.records import vm_record
 
 

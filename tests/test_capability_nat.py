@@ -8,8 +8,8 @@ import pytest
 
 from banger.capabilities.base import BootContributions
 from banger.capabilities.nat import NatCapability
-from banger.services.records import VMRecord
 from banger.system import find_tool
+from banger.vm import VMRecord
 from tests import netns
 from tests.records import vm_record
 
@@ -80,12 +80,12 @@ async def test_apply_toggles_a_running_vm(ns: str, cap: NatCapability) -> None:
 
 
 async def test_reclaim_removes_stale_keeps_and_restores_live(ns: str, cap: NatCapability) -> None:
-    assert await cap.reclaim(set()) == {"removed": [], "restored": []}  # no table: no-op
+    assert await cap.reclaim_ips(set()) == {"removed": [], "restored": []}  # no table: no-op
     assert _table(ns) == ""
     for i in (2, 3, 4):
         await cap.attach(vm(f"v{i}", f"172.30.0.{i}", nat=True), BootContributions())
     # The daemon died; v3 died with it, and v5's rules were flushed by hand.
-    report = await cap.reclaim({"172.30.0.2", "172.30.0.4", "172.30.0.5"})
+    report = await cap.reclaim_ips({"172.30.0.2", "172.30.0.4", "172.30.0.5"})
     assert report == {"removed": ["172.30.0.3"], "restored": ["172.30.0.5"]}
     assert _tags(ns) == sorted(["banger:172.30.0.2", "banger:172.30.0.4", "banger:172.30.0.5"] * 2)
 

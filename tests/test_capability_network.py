@@ -20,13 +20,14 @@ from banger.net.pool import TapPool
 from banger.net.tap import create_tap, list_taps
 from banger.net.bridge import ensure_bridge
 from banger.store import Store
+from banger.vm import VMRepository
 
 ensure_bridge("bgtbr0", "172.30.9.0/24")
 for i in range(6):  # what an earlier daemon left behind
     create_tap(f"tap-pool-{i}", "bgtbr0")
 store = Store(Path(sys.argv[1]) / "banger.db")
 pool = TapPool("bgtbr0", size=2)
-cap = NetworkCapability(store, pool, "bgtbr0", "172.30.9.0/24")
+cap = NetworkCapability(VMRepository(store), pool, "bgtbr0", "172.30.9.0/24")
 cap.ensure_ready()
 idle = sorted(pool.idle)
 lease = pool.lease()

@@ -65,7 +65,7 @@ class Client:
     @classmethod
     def connect(cls, paths: Paths | None = None, *, autostart: bool = True) -> Client:
         """A client for a running daemon; starts one when `autostart` and none answers."""
-        from banger.daemon.spawn import socket_answers, start_detached
+        from banger.spawn import socket_answers, start_detached
 
         paths = paths or default_paths()
         if not socket_answers(paths):

@@ -9,7 +9,16 @@ that ran (in reverse) when a later step fails:
                         DNS record) and contribute drives / NICs / cmdline
 - `detach(vm)`         after every stop (and on rollback): undo `attach`
 - `destroy(vm)`        on delete (and on rollback): undo `prepare`
+- `apply(vm)`          a live setting of a running VM changed (`vm set --nat`)
 
+and at each point of the daemon's life, in list order:
+
+- `reclaim(vms)`       at start, after re-adoption: square host state with the records
+- `warm()`             in the background at start when VMs exist (bridge, pools, DNS)
+- `close(vms)`         at shutdown
+
+Every hook defaults to doing nothing, so a capability overrides only what it
+needs and declares the `stage` its `prepare` is reported and timed under.
 Every hook must be idempotent: reconciliation after a crash may call `detach`
 or `destroy` for resources that were never (or only partly) made.
 """
@@ -18,11 +27,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from banger.engines.base import Drive, NetIface
 from banger.progress import Progress
-from banger.services.records import VMRecord
+from banger.vm import VMRecord
 
 
 @dataclass
@@ -44,13 +52,40 @@ class BootContributions:
     dns: str | None = None
 
 
-class Capability(Protocol):
-    name: str
+class Capability:
+    """Base of every capability: no-op hooks, a name and the create stage it runs in."""
 
-    async def prepare(self, vm: VMRecord, ctx: PrepareContext) -> None: ...
+    name: str = "capability"
+    stage: str = "capability"  # progress/timing stage of `prepare` (and fault-injection point)
 
-    async def attach(self, vm: VMRecord, boot: BootContributions) -> None: ...
+    # -- VM lifecycle ----------------------------------------------------------------
 
-    async def detach(self, vm: VMRecord) -> None: ...
+    async def prepare(self, vm: VMRecord, ctx: PrepareContext) -> None:
+        return None
 
-    async def destroy(self, vm: VMRecord) -> None: ...
+    async def attach(self, vm: VMRecord, boot: BootContributions) -> None:
+        return None
+
+    async def detach(self, vm: VMRecord) -> None:
+        return None
+
+    async def destroy(self, vm: VMRecord) -> None:
+        return None
+
+    async def apply(self, vm: VMRecord) -> None:
+        """Make a running VM's live settings take effect now."""
+        return None
+
+    # -- daemon lifecycle ------------------------------------------------------------
+
+    async def reclaim(self, vms: list[VMRecord]) -> None:
+        """At daemon start, after re-adoption: `vms` are all the VMs left."""
+        return None
+
+    async def warm(self) -> None:
+        """Make host resources ready ahead of the next create (runs in the background)."""
+        return None
+
+    async def close(self, vms: list[VMRecord]) -> None:
+        """At daemon shutdown; running VMs outlive the daemon and keep what they use."""
+        return None

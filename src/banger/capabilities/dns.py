@@ -12,9 +12,9 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-from banger.capabilities.base import BootContributions, PrepareContext
+from banger.capabilities.base import BootContributions, Capability
 from banger.net.dns import DnsServer
-from banger.services.records import VMRecord
+from banger.vm import VMRecord
 
 log = logging.getLogger("banger.dns")
 
@@ -82,15 +82,21 @@ class DnsService:
         self.server.close()
 
 
-class DnsCapability:
+class DnsCapability(Capability):
     name = "dns"
     stage = "network"
 
     def __init__(self, service: DnsService) -> None:
         self.service = service
 
-    async def prepare(self, vm: VMRecord, ctx: PrepareContext) -> None:
-        return None
+    async def reclaim(self, vms: list[VMRecord]) -> None:
+        self.service.sync()
+
+    async def warm(self) -> None:
+        await self.service.ensure_started()
+
+    async def close(self, vms: list[VMRecord]) -> None:
+        self.service.close()
 
     async def attach(self, vm: VMRecord, boot: BootContributions) -> None:
         if vm.ip is None:

@@ -11,16 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from banger.capabilities.base import BootContributions, PrepareContext
+from banger.capabilities.base import BootContributions, Capability
 from banger.errors import NotFound
 from banger.net import addresses, nat
-from banger.services.records import VMRecord
 from banger.system import find_tool
+from banger.vm import VMRecord
 
 log = logging.getLogger("banger.nat")
 
 
-class NatCapability:
+class NatCapability(Capability):
     name = "nat"
     stage = "network"
 
@@ -28,9 +28,6 @@ class NatCapability:
         self.bridge = bridge
         self.subnet = subnet
         self.netns = netns
-
-    async def prepare(self, vm: VMRecord, ctx: PrepareContext) -> None:
-        return None
 
     async def attach(self, vm: VMRecord, boot: BootContributions) -> None:
         await self.apply(vm)
@@ -52,9 +49,22 @@ class NatCapability:
         elif await asyncio.to_thread(self._disable, vm.ip):
             log.info("vm %s: NAT off for %s", vm.name, vm.ip)
 
-    async def reclaim(self, running_ips: set[str]) -> dict[str, list[str]]:
+    async def reclaim(self, vms: list[VMRecord]) -> None:
+        """At daemon start: keep rules only for the running VMs with NAT, restoring missing
+        ones. Without VMs the host's table is left alone (the network is set up on use)."""
+        if not vms:
+            return
+        ips = {vm.ip for vm in vms if vm.running and vm.nat and vm.ip}
+        log.info("NAT reclaim: %s", await self.reclaim_ips(ips))
+
+    async def reclaim_ips(self, running_ips: set[str]) -> dict[str, list[str]]:
         """Keep rules only for `running_ips` (the running VMs with NAT), restoring missing ones."""
         return await asyncio.to_thread(self._reclaim, running_ips)
+
+    async def close(self, vms: list[VMRecord]) -> None:
+        # NAT rules of VMs that outlive the daemon stay (re-adopted on next start).
+        if vms and not any(vm.running for vm in vms):
+            await self.cleanup_all()
 
     async def cleanup_all(self) -> None:
         """Delete the whole table (no VM keeps NAT)."""

@@ -5,26 +5,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 
-from banger.capabilities.base import BootContributions, PrepareContext
+from banger.capabilities.base import BootContributions, Capability, PrepareContext
 from banger.engines.base import NetIface
 from banger.errors import Conflict
 from banger.net import addresses
 from banger.net.bridge import ensure_bridge
 from banger.net.pool import TapPool
-from banger.services.records import VMRecord
-from banger.store import Store
+from banger.vm import VMRecord, VMRepository
 
 log = logging.getLogger("banger.network")
 
 
-class NetworkCapability:
+class NetworkCapability(Capability):
     name = "network"
     stage = "network"
 
-    def __init__(self, store: Store, pool: TapPool, bridge: str, subnet: str) -> None:
-        self.store = store
+    def __init__(self, repo: VMRepository, pool: TapPool, bridge: str, subnet: str) -> None:
+        self.repo = repo
         self.pool = pool
         self.bridge = bridge
         self.subnet = subnet
@@ -40,17 +38,19 @@ class NetworkCapability:
             if self._ready:
                 return
             ensure_bridge(self.bridge, self.subnet)
-            in_use = {
-                r["tap"] for r in self.store.all("vms") if r["state"] == "running" and r["tap"]
-            }
+            in_use = {vm.tap for vm in self.repo.running() if vm.tap}
             report = self.pool.reclaim(in_use)
             if report.adopted or report.deleted:
                 log.info("TAP pool: adopted %s, deleted %s", report.adopted, report.deleted)
             self._ready = True
 
+    async def warm(self) -> None:
+        await asyncio.to_thread(self.ensure_ready)
+        await self.pool.arefill()
+
     async def prepare(self, vm: VMRecord, ctx: PrepareContext) -> None:
         with self._lease_lock:
-            used = {r["ip"] for r in self.store.all("leases")}
+            used = self.repo.leased_ips()
             try:
                 ip = addresses.allocate(used, self.subnet)
             except Exception as exc:
@@ -58,7 +58,7 @@ class NetworkCapability:
                     f"no free address left in {self.subnet}",
                     hint="delete unused VMs or set a larger `subnet` in config.toml",
                 ) from exc
-            self.store.insert("leases", {"ip": ip, "vm_id": vm.id, "created_at": time.time()})
+            self.repo.add_lease(ip, vm.id)
         vm.ip = ip
         ctx.progress("network", f"address {ip}")
 
@@ -91,5 +91,5 @@ class NetworkCapability:
             vm.tap = None
 
     async def destroy(self, vm: VMRecord) -> None:
-        self.store.delete("leases", "vm_id", vm.id)
+        self.repo.release_leases(vm.id)
         vm.ip = None

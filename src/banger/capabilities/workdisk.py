@@ -15,17 +15,17 @@ import tempfile
 from pathlib import Path
 
 from banger.artifacts import ext4
-from banger.capabilities.base import BootContributions, PrepareContext
+from banger.capabilities.base import BootContributions, Capability, PrepareContext
 from banger.capabilities.diskpool import DiskPool, DiskSpec
 from banger.engines.base import Drive
 from banger.progress import Progress, null_progress
-from banger.services.records import VMRecord
 from banger.system import run
+from banger.vm import VMRecord
 
 log = logging.getLogger("banger.workdisk")
 
 
-class WorkDiskCapability:
+class WorkDiskCapability(Capability):
     name = "disks"
     stage = "disks"
 
@@ -107,9 +107,6 @@ class WorkDiskCapability:
     async def attach(self, vm: VMRecord, boot: BootContributions) -> None:
         boot.drives.append(Drive("rootfs", self.rootfs(vm), is_root=True))
         boot.drives.append(Drive("work", self.work(vm)))
-
-    async def detach(self, vm: VMRecord) -> None:
-        return None
 
     async def destroy(self, vm: VMRecord) -> None:
         d = self.vms_dir / vm.id

@@ -11,9 +11,9 @@ import click
 from banger.cli.common import json_option
 from banger.cli.output import out, print_json
 from banger.client import Client
-from banger.daemon.spawn import socket_answers, start_detached
 from banger.errors import DaemonUnavailable
 from banger.paths import default_paths, ensure_dirs
+from banger.spawn import socket_answers, start_detached
 
 
 @click.group()

@@ -206,7 +206,7 @@ def set_(names: tuple[str, ...], vcpus: int | None, memory: str | None, nat: boo
 
 
 def _ssh_argv(info: dict[str, object], command: tuple[str, ...], tty: bool) -> list[str]:
-    from banger.services.ssh import ssh_options
+    from banger.system.ssh import ssh_options
 
     argv = ["ssh", *ssh_options(Path(str(info["key"])), Path(str(info["known_hosts"])))]
     argv += ["-o", "ConnectTimeout=10"] + (["-t"] if tty else [])

@@ -19,15 +19,17 @@ from banger.capabilities.nat import NatCapability
 from banger.capabilities.network import NetworkCapability
 from banger.capabilities.workdisk import WorkDiskCapability
 from banger.config import Config, LoadedConfig
-from banger.daemon.operations import OperationManager
+from banger.daemon import testhooks
 from banger.engines.registry import EngineRegistry
 from banger.net import addresses
 from banger.net.pool import TapPool
 from banger.paths import Paths
 from banger.services.artifacts import ArtifactService
+from banger.services.operations import OperationManager
 from banger.services.ssh import ensure_key, public_key
 from banger.services.vms import VMService
 from banger.store import Store
+from banger.vm import VMRepository
 
 log = logging.getLogger("banger.daemon")
 
@@ -41,8 +43,6 @@ class Daemon:
     artifacts: ArtifactService
     engines: EngineRegistry
     pool: TapPool
-    network: NetworkCapability
-    nat: NatCapability
     dns: DnsService
     vms: VMService
     started_at: float = field(default_factory=time.time)
@@ -52,27 +52,31 @@ class Daemon:
     def config(self) -> Config:
         return self.loaded.config
 
+    @property
+    def capabilities(self) -> list[Capability]:
+        return self.vms.capabilities
+
     async def startup(self) -> None:
-        """Reclaim what a previous daemon left: temp dirs, VMs, TAPs."""
+        """Reclaim what a previous daemon left: temp dirs, VMs, then each capability's
+        host state (TAPs, NAT rules, DNS records)."""
         await asyncio.to_thread(self.artifacts.sweep)
         await self.vms.reconcile()
-        self.dns.sync()
-        # The network (bridge, warm TAPs, NAT table) is set up on first use, not on
-        # every daemon start: a daemon that never ran a VM leaves the host untouched.
-        if self.store.all("vms"):
-            nat_ips = {vm.ip for vm in self.vms.all() if vm.state == "running" and vm.nat and vm.ip}
+        vms = self.vms.all()
+        for cap in self.capabilities:
             try:
-                log.info("NAT reclaim: %s", await self.nat.reclaim(nat_ips))
+                await cap.reclaim(vms)
             except Exception as exc:
-                log.warning("NAT reclaim failed: %s", exc)
-            self.warm_network()
+                log.warning("%s reclaim failed: %s", cap.name, exc)
+        # Host resources (bridge, warm TAPs, DNS) are made on first use, not on every
+        # daemon start: a daemon that never ran a VM leaves the host untouched.
+        if vms:
+            self.warm()
 
-    def warm_network(self) -> None:
+    def warm(self) -> None:
         async def warm() -> None:
             try:
-                await asyncio.to_thread(self.network.ensure_ready)
-                await self.dns.ensure_started()
-                await self.pool.arefill()
+                for cap in self.capabilities:
+                    await cap.warm()
             except Exception as exc:
                 log.warning("could not warm the network: %s", exc)
 
@@ -84,13 +88,12 @@ class Daemon:
         await self.ops.shutdown()
         for task in list(self._background):
             task.cancel()
-        self.dns.close()
-        # NAT rules of VMs that outlive the daemon stay (re-adopted on next start).
-        if self.store.all("vms") and not any(vm.state == "running" for vm in self.vms.all()):
+        vms = self.vms.all()
+        for cap in self.capabilities:
             try:
-                await self.nat.cleanup_all()
+                await cap.close(vms)
             except Exception as exc:
-                log.warning("NAT cleanup failed: %s", exc)
+                log.warning("%s cleanup failed: %s", cap.name, exc)
         self.store.close()
 
 
@@ -118,7 +121,7 @@ def build_daemon(paths: Paths, loaded: LoadedConfig) -> Daemon:
     artifacts = ArtifactService(paths, config, store, ops)
     engines = EngineRegistry(config, cache_dir=paths.state_dir)
     pool = TapPool(config.bridge_name, size=config.tap_pool_size)
-    network = NetworkCapability(store, pool, config.bridge_name, config.subnet)
+    network = NetworkCapability(VMRepository(store), pool, config.bridge_name, config.subnet)
     nat = NatCapability(config.bridge_name, config.subnet)
     vms_ref: list[VMService] = []
     dns = DnsService(
@@ -136,6 +139,7 @@ def build_daemon(paths: Paths, loaded: LoadedConfig) -> Daemon:
         resolve_engine=engines.resolve,
         capabilities=build_capabilities(paths, config, network, nat, dns, public_key(key)),
         ssh_key=key,
+        fault=testhooks.maybe_fail,
     )
     vms_ref.append(vms)
     log.info("daemon built: pid %s, state %s", os.getpid(), paths.state_dir)
@@ -147,8 +151,6 @@ def build_daemon(paths: Paths, loaded: LoadedConfig) -> Daemon:
         artifacts=artifacts,
         engines=engines,
         pool=pool,
-        network=network,
-        nat=nat,
         dns=dns,
         vms=vms,
     )

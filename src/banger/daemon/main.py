@@ -97,7 +97,7 @@ def main(foreground: bool, debug: bool) -> None:
     try:
         ensure_dirs(paths)
         if not foreground:
-            from banger.daemon.spawn import socket_answers, start_detached
+            from banger.spawn import socket_answers, start_detached
 
             if socket_answers(paths):
                 pid_text = paths.pid_file.read_text().strip() if paths.pid_file.exists() else "?"

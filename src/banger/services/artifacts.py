@@ -19,10 +19,10 @@ from banger.api.models import Image, Kernel, RegisterImage
 from banger.artifacts import images as image_lib
 from banger.artifacts import kernels as kernel_lib
 from banger.config import Config
-from banger.daemon.operations import OperationManager
 from banger.errors import Conflict, InvalidInput, NotFound
 from banger.paths import Paths
 from banger.progress import Progress
+from banger.services.operations import OperationManager
 from banger.store import Store
 
 log = logging.getLogger("banger.artifacts")

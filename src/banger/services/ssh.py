@@ -21,6 +21,7 @@ from pathlib import Path
 from banger.errors import BangerError, InvalidInput
 from banger.paths import Paths
 from banger.system import arun, run
+from banger.system.ssh import ssh_options
 
 log = logging.getLogger("banger.ssh")
 
@@ -84,18 +85,6 @@ def _alias(known_hosts: Path, host: str, names: list[str]) -> None:
     forget_host(known_hosts, names)
     with known_hosts.open("a") as f:
         f.write(f"{','.join(names)} {key}\n")
-
-
-def ssh_options(key: Path, known_hosts: Path) -> list[str]:
-    return [
-        "-i", str(key),
-        "-o", "IdentitiesOnly=yes",
-        "-o", "BatchMode=yes",
-        "-o", f"UserKnownHostsFile={known_hosts}",
-        "-o", "StrictHostKeyChecking=accept-new",
-        "-o", "HashKnownHosts=no",
-        "-o", "LogLevel=ERROR",
-    ]  # fmt: skip
 
 
 async def _sshd_banner(host: str) -> bool:

@@ -19,21 +19,22 @@ from banger.agent.client import wait_healthy
 from banger.api.models import CreateVM, SetVM
 from banger.capabilities.base import BootContributions, Capability, PrepareContext
 from banger.config import Config
-from banger.daemon import testhooks
 from banger.engines.base import Engine
 from banger.engines.guest_config import MAX_VCPUS, build_guest_config, mac_for
-from banger.errors import Conflict, InvalidInput, NotFound
+from banger.errors import Conflict, InvalidInput
 from banger.paths import Paths
 from banger.progress import Progress
 from banger.services.artifacts import ArtifactService, BootKernel
-from banger.services.records import VMRecord
 from banger.services.ssh import forget_host, wait_for_ssh
 from banger.store import Store
 from banger.units import check_vm_name, parse_size
+from banger.vm import VMRecord, VMRepository, VMState
 
 log = logging.getLogger("banger.vms")
 
 EngineFactory = Callable[[str], Engine]
+FaultHook = Callable[[str], None]  # called after each create stage; raises to inject a failure
+NOT_RUNNING = (VMState.CREATING, VMState.STOPPED, VMState.ERROR)
 SSH_TIMEOUT = 180.0
 AGENT_TIMEOUT = 30.0  # after SSH works; the agent starts with multi-user.target too
 
@@ -50,8 +51,11 @@ class VMService:
         resolve_engine: Callable[[str | None], str],
         capabilities: list[Capability],
         ssh_key: Path,
+        fault: FaultHook = lambda stage: None,
     ) -> None:
         self.store = store
+        self.repo = VMRepository(store)
+        self.fault = fault
         self.paths = paths
         self.config = config
         self.artifacts = artifacts
@@ -64,13 +68,10 @@ class VMService:
     # -- queries -------------------------------------------------------------------
 
     def all(self) -> list[VMRecord]:
-        return [VMRecord.from_row(r) for r in self.store.all("vms", order="created_at")]
+        return self.repo.all()
 
     def get(self, name: str) -> VMRecord:
-        row = self.store.get("vms", "name", name) or self.store.get("vms", "id", name)
-        if row is None:
-            raise NotFound(f"no VM named `{name}`", hint="`banger vm list` shows your VMs")
-        return VMRecord.from_row(row)
+        return self.repo.get(name)
 
     def vm_dir(self, vm: VMRecord) -> Path:
         return self.paths.vm_dir(vm.id)
@@ -83,7 +84,7 @@ class VMService:
     def new_record(self, req: CreateVM) -> VMRecord:
         """Validate a create request into a record (nothing is made or stored yet)."""
         name = check_vm_name(req.name) if req.name else self._generate_name()
-        if self.store.get("vms", "name", name):
+        if self.repo.name_taken(name):
             raise Conflict(
                 f"a VM named `{name}` already exists",
                 hint=f"pick another --name, or `banger vm delete {name}`",
@@ -102,7 +103,7 @@ class VMService:
         return VMRecord(
             id=vm_id,
             name=name,
-            state="creating",
+            state=VMState.CREATING,
             image=req.image or self.config.default_image,
             kernel=req.kernel or "",
             engine=self.resolve_engine(req.engine),
@@ -131,19 +132,19 @@ class VMService:
         kernel = await self.artifacts.ensure_kernel_for(image, req.kernel, progress)
         vm.kernel = kernel.name
         timings["image"] = time.monotonic() - t0
-        vm.save(self.store)  # state "creating": reconciliation removes it if we crash
+        self.repo.save(vm)  # state "creating": reconciliation removes it if we crash
         log.info("creating vm %s (%s) image=%s engine=%s", vm.name, vm.id, vm.image, vm.engine)
         async with self.lock(vm.id), AsyncExitStack() as undo:
             try:
                 ctx = PrepareContext(self.vm_dir(vm), image.rootfs, image.work_seed, progress)
                 for cap in self.capabilities:
                     t = time.monotonic()
-                    stage = getattr(cap, "stage", cap.name)
+                    stage = cap.stage
                     progress(stage, "")
                     undo.push_async_callback(cap.destroy, vm)
                     await cap.prepare(vm, ctx)
                     timings[stage] = timings.get(stage, 0.0) + time.monotonic() - t
-                    testhooks.maybe_fail(stage)
+                    self.fault(stage)
                 # A new VM has a new identity: whatever was recorded for its address
                 # or name belonged to a VM that is gone.
                 forget_host(
@@ -152,16 +153,16 @@ class VMService:
                 await self._boot(vm, kernel, image.agent, progress, timings, undo)
             except BaseException as exc:
                 log.warning("create of %s failed (%s); rolling back", vm.name, exc)
-                vm.state = "error"
+                vm.state = VMState.ERROR
                 raise
             else:
                 undo.pop_all()
             finally:
-                if vm.state == "error":
-                    self.store.delete("vms", "id", vm.id)
+                if vm.state is VMState.ERROR:
+                    self.repo.delete(vm.id)
         vm.timings = {k: round(v, 3) for k, v in timings.items()}
         vm.timings["total"] = round(time.monotonic() - t0, 3)
-        vm.save(self.store)
+        self.repo.save(vm)
         log.info("vm %s ready in %.2fs: %s", vm.name, vm.timings["total"], vm.timings)
         return vm
 
@@ -183,7 +184,7 @@ class VMService:
             undo.push_async_callback(cap.detach, vm)
             await cap.attach(vm, boot)
         timings["network"] = timings.get("network", 0.0) + time.monotonic() - t
-        testhooks.maybe_fail("network")
+        self.fault("network")
 
         t = time.monotonic()
         progress("boot", vm.engine)
@@ -214,11 +215,11 @@ class VMService:
         handle = await engine.start(cfg)
         undo.push_async_callback(engine.kill, handle)
         vm.handle = handle.to_dict()
-        vm.state = "running"
+        vm.state = VMState.RUNNING
         vm.started_at = time.time()
-        vm.save(self.store)
+        self.repo.save(vm)
         timings["boot"] = time.monotonic() - t
-        testhooks.maybe_fail("boot")
+        self.fault("boot")
 
         t = time.monotonic()
         progress("ssh", f"{vm.ip}:22")
@@ -232,7 +233,7 @@ class VMService:
             is_alive=lambda: engine.is_running(handle),
         )
         timings["ssh"] = time.monotonic() - t
-        testhooks.maybe_fail("ssh")
+        self.fault("ssh")
         if expect_agent:
             t = time.monotonic()
             progress("agent", "healthz")
@@ -245,10 +246,9 @@ class VMService:
         vm = self.get(name)
         async with self.lock(vm.id):
             vm = self.get(vm.id)
-            if vm.state == "running":
+            if vm.running:
                 return vm
-            if vm.state not in ("stopped", "error"):
-                raise Conflict(f"VM `{vm.name}` is {vm.state}", hint="wait for it to finish")
+            vm.require(VMState.STOPPED, VMState.ERROR, action="start", hint="wait for it to finish")
             image = await self.artifacts.ensure_image(vm.image, progress, refresh=False)
             kernel = await self.artifacts.ensure_kernel_for(image, vm.kernel or None, progress)
             timings: dict[str, float] = {}
@@ -257,25 +257,25 @@ class VMService:
                 try:
                     await self._boot(vm, kernel, image.agent, progress, timings, undo)
                 except BaseException as exc:
-                    vm.state = "stopped"
+                    vm.state = VMState.STOPPED
                     vm.handle = None
                     vm.last_error = str(exc)
                     raise
                 else:
                     undo.pop_all()
                 finally:
-                    vm.save(self.store)
+                    self.repo.save(vm)
             vm.timings = {k: round(v, 3) for k, v in timings.items()}
             vm.timings["total"] = round(time.monotonic() - t0, 3)
             vm.last_error = None
-            vm.save(self.store)
+            self.repo.save(vm)
             return vm
 
     async def stop(self, name: str, progress: Progress, *, force: bool = False) -> VMRecord:
         vm = self.get(name)
         async with self.lock(vm.id):
             vm = self.get(vm.id)
-            if vm.state != "running":
+            if not vm.running:
                 return vm
             handle = vm.engine_handle
             if handle is not None:
@@ -295,25 +295,26 @@ class VMService:
                 await cap.detach(vm)
             except Exception:
                 log.exception("detach %s for %s failed", cap.name, vm.name)
-        vm.state = "stopped"
+        vm.state = VMState.STOPPED
         vm.handle = None
-        vm.save(self.store)
+        self.repo.save(vm)
 
     async def restart(self, name: str, progress: Progress) -> VMRecord:
         await self.stop(name, progress)
         return await self.start(name, progress)
 
     def check_deletable(self, vm: VMRecord, force: bool) -> None:
-        if vm.state == "running" and not force:
-            raise Conflict(
-                f"VM `{vm.name}` is running",
+        if not force:
+            vm.require(
+                *NOT_RUNNING,
+                action="delete",
                 hint=f"stop it first (`banger vm stop {vm.name}`) or pass --force",
             )
 
     async def delete(self, name: str, progress: Progress, *, force: bool = False) -> str:
         vm = self.get(name)
         self.check_deletable(vm, force)
-        if vm.state == "running":
+        if vm.running:
             await self.stop(name, progress, force=True)
         async with self.lock(vm.id):
             vm = self.get(vm.id)
@@ -322,7 +323,7 @@ class VMService:
             for cap in reversed(self.capabilities):
                 await cap.destroy(vm)
             forget_host(self.paths.known_hosts, hosts)
-            self.store.delete("vms", "id", vm.id)
+            self.repo.delete(vm.id)
         self._locks.pop(vm.id, None)
         return vm.name
 
@@ -330,9 +331,10 @@ class VMService:
         vm = self.get(name)
         async with self.lock(vm.id):
             vm = self.get(vm.id)
-            if (req.vcpus is not None or req.memory is not None) and vm.state == "running":
-                raise Conflict(
-                    f"VM `{vm.name}` is running; vcpus and memory change only when stopped",
+            if req.vcpus is not None or req.memory is not None:
+                vm.require(
+                    *NOT_RUNNING,
+                    action="changing vcpus or memory",
                     hint=f"`banger vm stop {vm.name}` first",
                 )
             if req.vcpus is not None:
@@ -350,13 +352,11 @@ class VMService:
                 vm.memory_mib = mib
             if req.nat is not None and req.nat != vm.nat:
                 vm.nat = req.nat
-                if vm.state == "running":
+                if vm.running:
                     # Live settings (NAT) apply now; the record is saved only if they did.
                     for cap in self.capabilities:
-                        apply = getattr(cap, "apply", None)
-                        if apply is not None:
-                            await apply(vm)
-            vm.save(self.store)
+                        await cap.apply(vm)
+            self.repo.save(vm)
             return vm
 
     # -- daemon start: re-adopt what survived, reclaim what did not ---------------
@@ -365,7 +365,7 @@ class VMService:
         """At daemon start: re-adopt running VMs, release what dead ones held, and
         remove VMs that were mid-create (the TAP pool adopts devices on first use)."""
         for vm in self.all():
-            if vm.state == "creating":
+            if vm.state is VMState.CREATING:
                 log.warning("vm %s was mid-create when the daemon died; removing it", vm.name)
                 handle = vm.engine_handle
                 if handle is not None:
@@ -373,8 +373,8 @@ class VMService:
                 for cap in reversed(self.capabilities):
                     await _quietly(cap.detach(vm))
                     await _quietly(cap.destroy(vm))
-                self.store.delete("vms", "id", vm.id)
-            elif vm.state == "running":
+                self.repo.delete(vm.id)
+            elif vm.running:
                 handle = vm.engine_handle
                 engine = self.engine_for(vm.engine)
                 if handle is not None and engine.is_running(handle):

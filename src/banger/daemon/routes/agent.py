@@ -19,7 +19,7 @@ from banger.artifacts import images as image_lib
 from banger.daemon.app import Daemon
 from banger.daemon.routes.common import daemon_of, ok
 from banger.errors import BangerError, Conflict
-from banger.services.records import VMRecord
+from banger.vm import VMRecord
 
 routes = web.RouteTableDef()
 

@@ -23,7 +23,7 @@ routes = web.RouteTableDef()
 async def status(request: web.Request) -> web.Response:
     d = daemon_of(request)
     p = d.paths
-    running = sum(1 for vm in d.store.all("vms") if vm["state"] == "running")
+    running = len(d.vms.repo.running())
     return ok(
         Status(
             version=__version__,

@@ -1,0 +1,173 @@
+"""The VM model: the record (one row of `vms`), its states, and the repository that
+owns the `vms` and `leases` SQL.
+
+Neutral on purpose: services, capabilities and the daemon all speak in `VMRecord`,
+so it lives below all of them and imports only engines' plain data and the store.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from banger.api.models import VM
+from banger.engines.base import EngineHandle
+from banger.errors import Conflict, NotFound
+from banger.store import Store
+
+
+class VMState(StrEnum):
+    """A VM's lifecycle state, stored as its string value."""
+
+    CREATING = "creating"  # being made; reconciliation removes it after a crash
+    RUNNING = "running"
+    STOPPED = "stopped"
+    ERROR = "error"  # a create failed (the row is deleted) or a start failed
+
+
+class WrongState(Conflict):
+    """An operation was asked of a VM in a state that does not allow it."""
+
+    def __init__(
+        self, vm: str, current: str, required: Iterable[str], action: str, hint: str = ""
+    ) -> None:
+        self.current = VMState(current)
+        self.required = tuple(VMState(s) for s in required)
+        names = [s.value for s in self.required]
+        wanted = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+        super().__init__(
+            f"VM `{vm}` is {self.current.value}; {action} needs it {wanted}",
+            hint=hint,
+        )
+
+
+@dataclass
+class VMRecord:
+    id: str
+    name: str
+    state: VMState
+    image: str
+    kernel: str
+    engine: str
+    vcpus: int
+    memory_mib: int
+    disk_bytes: int
+    work_bytes: int
+    mac: str
+    nat: bool = False
+    ip: str | None = None
+    tap: str | None = None
+    handle: dict[str, Any] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    last_error: str | None = None
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    updated_at: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        self.state = VMState(self.state)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> VMRecord:
+        row = dict(row)
+        row["nat"] = bool(row["nat"])
+        return cls(**row)
+
+    def to_row(self) -> dict[str, Any]:
+        row = asdict(self)
+        row["nat"] = int(self.nat)
+        row["state"] = self.state.value
+        return row
+
+    @property
+    def running(self) -> bool:
+        return self.state is VMState.RUNNING
+
+    def require(self, *states: VMState, action: str, hint: str = "") -> None:
+        """The state guard: refuse `action` unless the VM is in one of `states`.
+
+        Modelled on QMP's `@require(Runstate...)`: the error names the current and the
+        required states, so every refusal reads the same.
+        """
+        if self.state not in states:
+            raise WrongState(self.name, self.state, states, action, hint)
+
+    @property
+    def engine_handle(self) -> EngineHandle | None:
+        return EngineHandle.from_dict(self.handle) if self.handle else None
+
+    def to_api(self, vm_dir: str) -> VM:
+        return VM(
+            id=self.id,
+            name=self.name,
+            state=self.state.value,
+            image=self.image,
+            kernel=self.kernel,
+            engine=self.engine,
+            vcpus=self.vcpus,
+            memory_mib=self.memory_mib,
+            disk_bytes=self.disk_bytes,
+            work_bytes=self.work_bytes,
+            nat=self.nat,
+            ip=self.ip,
+            mac=self.mac,
+            tap=self.tap,
+            pid=(self.handle or {}).get("pid") if self.running else None,
+            created_at=self.created_at,
+            started_at=self.started_at,
+            timings=self.timings,
+            last_error=self.last_error,
+            dir=vm_dir,
+        )
+
+
+class VMRepository:
+    """Every query of the `vms` and `leases` tables goes through here."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    # -- vms -----------------------------------------------------------------------
+
+    def all(self) -> list[VMRecord]:
+        return [VMRecord.from_row(r) for r in self.store.all("vms", order="created_at")]
+
+    def any(self) -> bool:
+        return bool(self.store.all("vms"))
+
+    def running(self) -> list[VMRecord]:
+        return [vm for vm in self.all() if vm.running]
+
+    def find(self, name_or_id: str) -> VMRecord | None:
+        row = self.store.get("vms", "name", name_or_id) or self.store.get("vms", "id", name_or_id)
+        return VMRecord.from_row(row) if row is not None else None
+
+    def get(self, name_or_id: str) -> VMRecord:
+        vm = self.find(name_or_id)
+        if vm is None:
+            raise NotFound(f"no VM named `{name_or_id}`", hint="`banger vm list` shows your VMs")
+        return vm
+
+    def name_taken(self, name: str) -> bool:
+        return self.store.get("vms", "name", name) is not None
+
+    def save(self, vm: VMRecord) -> None:
+        vm.updated_at = time.time()
+        self.store.upsert("vms", "id", vm.to_row())
+
+    def delete(self, vm_id: str) -> None:
+        self.store.delete("vms", "id", vm_id)
+
+    # -- leases --------------------------------------------------------------------
+
+    def leased_ips(self) -> set[str]:
+        return {r["ip"] for r in self.store.all("leases")}
+
+    def add_lease(self, ip: str, vm_id: str) -> None:
+        self.store.insert("leases", {"ip": ip, "vm_id": vm_id, "created_at": time.time()})
+
+    def release_leases(self, vm_id: str) -> None:
+        self.store.delete("leases", "vm_id", vm_id)

@@ -1,0 +1,119 @@
+"""Dependencies point one way: cli → client → api; daemon → services → capabilities →
+engines/net/artifacts → system/store. Any import against that order fails here."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parent.parent / "src" / "banger"
+
+# Every module of the package belongs to one layer (by its first path component).
+LAYER_OF = {
+    "cli": "cli",
+    "tui": "cli",
+    "client": "client",
+    "spawn": "client",  # starts a daemon on demand; used by the CLI, client and bangerd
+    "api": "api",
+    "daemon": "daemon",
+    "services": "services",
+    "capabilities": "capabilities",
+    "vm": "model",
+    "engines": "engines",
+    "net": "net",
+    "artifacts": "artifacts",
+    "agent": "agent",
+    "system": "system",
+    "store": "store",
+    # plain shared pieces: no behaviour, importable from anywhere
+    "__init__": "base",
+    "__main__": "cli",
+    "errors": "base",
+    "paths": "base",
+    "units": "base",
+    "progress": "base",
+    "config": "base",
+}
+
+# What each layer may import (besides itself). Read top to bottom: only downwards.
+LOW = {"base", "api"}
+MAY_IMPORT: dict[str, set[str]] = {
+    "base": set(),
+    "api": {"base"},
+    "system": {"base"},
+    "store": {"base"},
+    "agent": {"base", "engines"},
+    "engines": {"base", "system", "store"},
+    "net": {"base", "system", "store"},
+    "artifacts": {"base", "system", "store", "agent"},
+    "model": LOW | {"engines", "store"},
+    "capabilities": LOW | {"model", "engines", "net", "artifacts", "agent", "system", "store"},
+    "services": LOW
+    | {"capabilities", "model", "engines", "net", "artifacts", "agent", "system", "store"},
+    "daemon": LOW
+    | {"client", "services", "capabilities", "model", "engines", "net", "artifacts"}
+    | {"agent", "system", "store"},
+    "client": LOW | {"system"},
+    "cli": LOW | {"client", "system"},
+}
+
+# The one documented exception: `banger doctor` runs the host checks locally, so it
+# works before a daemon can start.
+EXCEPTIONS = {("cli/doctor_cmd.py", "services.doctor")}
+
+
+def layer_of(rel: str) -> str:
+    top = rel.split("/", 1)[0].removesuffix(".py")
+    return LAYER_OF[top]
+
+
+def violations(root: Path) -> list[str]:
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        src = layer_of(rel)
+        for node in ast.walk(ast.parse(path.read_text(), rel)):
+            targets: list[str] = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [node.module]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            for t in targets:
+                parts = t.split(".")
+                if parts[0] != "banger" or len(parts) < 2:
+                    continue
+                dst = LAYER_OF.get(parts[1])
+                if dst is None:
+                    found.append(f"{rel}:{node.lineno} imports {t}: unknown layer")
+                elif (
+                    dst != src
+                    and dst not in MAY_IMPORT[src]
+                    and (rel, ".".join(parts[1:3])) not in EXCEPTIONS
+                ):
+                    found.append(f"{rel}:{node.lineno} imports {t} ({src} → {dst})")
+    return found
+
+
+def test_every_layer_is_declared() -> None:
+    tops = {p.name.removesuffix(".py") for p in SRC.iterdir() if not p.name.startswith("_")}
+    tops -= {"py.typed"}
+    assert tops <= set(LAYER_OF), f"add {sorted(tops - set(LAYER_OF))} to LAYER_OF"
+    assert set(LAYER_OF.values()) == set(MAY_IMPORT)
+
+
+def test_dependencies_point_one_way() -> None:
+    assert violations(SRC) == []
+
+
+def test_layering_catches_upward_imports(tmp_path: Path) -> None:
+    for d in ("services", "capabilities", "cli", "daemon"):
+        (tmp_path / d).mkdir()
+    (tmp_path / "services" / "bad.py").write_text("from banger.daemon import testhooks\n")
+    (tmp_path / "capabilities" / "bad.py").write_text("import banger.services.vms\n")
+    (tmp_path / "cli" / "bad.py").write_text("from banger.services.ssh import forget_host\n")
+    (tmp_path / "daemon" / "ok.py").write_text("from banger.services.vms import VMService\n")
+    assert violations(tmp_path) == [
+        "capabilities/bad.py:1 imports banger.services.vms (capabilities → services)",
+        "cli/bad.py:1 imports banger.services.ssh (cli → services)",
+        "services/bad.py:1 imports banger.daemon (services → daemon)",
+    ]
