@@ -27,7 +27,16 @@ from banger.services.ssh import ensure_key, public_key
 from banger.system import find_tool, is_root, run
 
 NAME = "debian-bookworm"
-STAGES = ["mirror", "debootstrap", "configure", "manifest", "work-seed", "mkfs", "finalize"]
+STAGES = [
+    "mirror",
+    "debootstrap",
+    "configure",
+    "tools",
+    "manifest",
+    "work-seed",
+    "mkfs",
+    "finalize",
+]
 
 pytestmark = pytest.mark.skipif(
     not is_root() or any(find_tool(t) is None for t in ("mmdebstrap", "mkfs.ext4", "debugfs")),
@@ -128,6 +137,23 @@ def test_sshd_and_first_boot_state(built: Built) -> None:
     assert "apt-daily.timer" not in names(
         debugfs(rootfs, "ls -l /etc/systemd/system/timers.target.wants")
     )
+
+
+def test_npm_tools_are_installed_or_skipped_with_the_reason(built: Built) -> None:
+    rootfs, seed = built.info.rootfs, built.info.work_seed
+    assert seed is not None
+    tools = built.info.tools
+    assert set(tools) == {"mise", "opencode"}
+    wants = names(debugfs(rootfs, "ls -l /etc/systemd/system/multi-user.target.wants"))
+    bashrc = debugfs(seed, "cat /.bashrc")
+    for name, tool in tools.items():
+        binary = ext4.inode_info(rootfs, f"/usr/local/bin/{name}")
+        if tool.installed:
+            assert binary is not None and binary["mode"] == 0o755 and not tool.skipped
+        else:  # the registry was unreachable: nothing of the tool, and the reason
+            assert binary is None and tool.skipped
+    assert ("mise activate bash" in bashrc) == tools["mise"].installed
+    assert ("opencode-server.service" in wants) == tools["opencode"].installed
 
 
 def test_recorded_hashes_match(built: Built) -> None:

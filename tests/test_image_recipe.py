@@ -50,6 +50,8 @@ def test_packages() -> None:
 
 def test_every_shipped_file_is_installed_somewhere() -> None:
     used = {f.src for f in RECIPE.files} | {RECIPE.agent.unit}  # install_guest_agent's
+    used |= {unit for tool in RECIPE.tools for unit in tool.enable}  # install_tools'
+
     assert used == {p.name for p in FILES.iterdir()}
     assert len({f.dest for f in RECIPE.files}) == len(RECIPE.files)
 

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sqlite3
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,6 +68,7 @@ def test_lifecycle_persists_disks_survives_daemon_kill_and_cleans_up(b: NsBanger
 
     b.run("vm", "ssh", "a", "--", "echo hi > /root/f")
     assert b.run("vm", "ssh", "a", "--", "hostname").stdout.strip() == "a"
+    assert_npm_tools_work(b, "a", vm["ip"])
 
     b.run("vm", "stop", "a")
     assert b.json("vm", "show", "a")["state"] == "stopped"
@@ -96,6 +98,42 @@ def test_lifecycle_persists_disks_survives_daemon_kill_and_cleans_up(b: NsBanger
     assert b.json("vm", "list") == []
     assert_nothing_left(b)
     assert known_hosts.read_text() == ""  # a reused address must not trip a key warning
+
+
+HTTP_STATUS = """
+import sys, urllib.request
+try:
+    print(urllib.request.urlopen(sys.argv[1], timeout=5).status, end="")
+except Exception as exc:
+    print(exc, end="")
+"""
+
+
+def assert_npm_tools_work(b: NsBanger, name: str, ip: str) -> None:
+    """mise and opencode are on root's PATH and opencode's server answers the host on
+    port 4096, or, when the image was built without the npm registry, `image show`
+    says why."""
+    tools = b.json("image", "show", "debian-bookworm")["info"]["tools"]
+    if not all(t["installed"] for t in tools.values()):
+        assert all(t["installed"] or t["skipped"] for t in tools.values())
+        shown = b.run("image", "show", "debian-bookworm").stdout
+        assert "skipped:" in shown
+        return
+    versions = b.run("vm", "ssh", name, "--", "mise --version; opencode --version").stdout
+    assert versions.split()[0] == tools["mise"]["version"]
+    assert versions.splitlines()[-1].strip() == tools["opencode"]["version"]
+    # The server starts after SSH and the agent, at low priority: give it time under TCG.
+    deadline = time.monotonic() + 180
+    while True:
+        res = netns.exec_in(
+            b.ns, sys.executable, "-c", HTTP_STATUS, f"http://{ip}:4096/", check=False
+        )
+        if res.out == "200":
+            break
+        assert time.monotonic() < deadline, f"opencode server on {ip}:4096 never answered"
+        time.sleep(2)
+    ports = b.json("vm", "ports", name)
+    assert 4096 in {p["port"] for p in ports["ports"]}
 
 
 @pytest.mark.parametrize("stage", ["disks", "network", "boot"])

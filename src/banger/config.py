@@ -40,6 +40,9 @@ class Config(BaseModel):
     disk_pool_size: int = Field(default=1, ge=0, le=16)
     dns_port: int = Field(default=53, ge=0, le=65535)
     debian_mirror: str | None = None
+    # npm registry for the image's npm-published tools; default: the host's npm config;
+    # "off" builds images without them.
+    npm_registry: str | None = None
     stop_timeout: float = Field(default=30.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

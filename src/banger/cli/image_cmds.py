@@ -70,6 +70,9 @@ def show(name: str, as_json: bool) -> None:
     for key, val in img.info.items():
         if not isinstance(val, (dict, list)):
             out.print(f"{key:<10} {val}")
+    for tool, t in (img.info.get("tools") or {}).items():
+        state = "installed" if t.get("installed") else f"skipped: {t.get('skipped')}"
+        out.print(f"{'tool':<10} {tool} {t.get('version')} ({t.get('package')}) {state}")
 
 
 @image.command("rm")

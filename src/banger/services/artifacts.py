@@ -179,6 +179,7 @@ class ArtifactService:
                 self.paths.tmp_dir,
                 progress,
                 debian_mirror=self.config.debian_mirror,
+                npm_registry=self.config.npm_registry,
             )
             return {"name": info.name}
 

@@ -38,6 +38,7 @@ TOOLS: dict[str, Tool] = {
         Tool("ssh", "openssh-client", "vm ssh", ("vm",)),
         Tool("ssh-keygen", "openssh-client", "the managed SSH key", ("vm",)),
         Tool("sudo", "sudo", "privileged host operations when not root", ()),
+        Tool("npm", "npm", "finding the npm registry for image tools (optional)", ()),
     )
 }
 

@@ -5,6 +5,8 @@ Stages (each reported through `progress` with the overall fraction done):
   mirror       find the Debian mirror in the host's apt sources (or debian_mirror)
   debootstrap  mmdebstrap the recipe's packages into a fresh tree under tmp_dir
   configure    apply the recipe: files, units (by symlink, no chroot), clean-up
+  tools        npm-published tools (mise, opencode) from the host's npm registry,
+               integrity-checked; skipped whole, and recorded, when it is unreachable
   manifest     packages.manifest from the tree's dpkg database
   work-seed    move /root into work-seed.ext4, leaving /root an empty mount point
   mkfs         rootfs.ext4 from the tree (mkfs.ext4 -d: no loop mount, sparse)
@@ -55,6 +57,7 @@ from banger.artifacts.images.store import (
     sweep_tmp,
     work_dir,
 )
+from banger.artifacts.images.tools import install_tools
 from banger.artifacts.mirror import Mirror, discover_mirror
 from banger.errors import CommandFailed, PrivilegeError
 from banger.progress import Progress, null_progress
@@ -74,10 +77,13 @@ def pull_image(
     progress: Progress = null_progress,
     *,
     debian_mirror: str | None = None,
+    npm_registry: str | None = None,
 ) -> ImageInfo:
     """Build catalog image `name` into images_dir/<name>; a no-op if it is already there.
 
-    `debian_mirror` overrides the mirror found in the host's apt sources. Blocking
+    `debian_mirror` overrides the mirror found in the host's apt sources, `npm_registry`
+    the host's npm registry ("off" builds without npm-published tools). Verified npm
+    tarballs are cached in images_dir/../cache/npm. Blocking
     (minutes): the daemon runs it in a worker thread. On any failure or interruption
     nothing is left in images_dir; leftovers in tmp_dir are removed here, or by
     sweep_tmp if the process died.
@@ -100,7 +106,10 @@ def pull_image(
             progress("finalize", f"{name} was pulled meanwhile", 1.0)
             return existing
         with work_dir(tmp_dir, f"build-{name}") as work:
-            out, manifest = _build(spec, recipe, work, progress, debian_mirror)
+            npm_cache = images_dir.parent / "cache" / "npm"
+            out, manifest = _build(
+                spec, recipe, work, progress, debian_mirror, npm_registry, npm_cache
+            )
             progress("finalize", f"publishing {name}", 0.97)
             info = publish(out, manifest, images_dir, work)
     progress("finalize", f"{name} ready", 1.0)
@@ -108,7 +117,13 @@ def pull_image(
 
 
 def _build(
-    spec: ImageSpec, recipe: Recipe, work: Path, progress: Progress, override: str | None
+    spec: ImageSpec,
+    recipe: Recipe,
+    work: Path,
+    progress: Progress,
+    override: str | None,
+    npm_registry: str | None,
+    npm_cache: Path,
 ) -> tuple[Path, ImageManifest]:
     """Build the image's files into work/out; returns it and the manifest to publish."""
     progress("mirror", "reading the host's apt sources", 0.0)
@@ -121,6 +136,7 @@ def _build(
 
     progress("configure", f"applying recipe {recipe.name}", 0.55)
     agent = apply_recipe(tree, recipe, progress)
+    tools = install_tools(tree, recipe, npm_cache, work, progress, registry_override=npm_registry)
 
     out = work / "out"
     out.mkdir()
@@ -152,6 +168,7 @@ def _build(
         apt_sources=tuple(mirror.apt_lines(recipe.components)),
         agent=agent,
         recipe_digest=recipe_digest(recipe),
+        tools=tools,
     )
     return out, manifest
 

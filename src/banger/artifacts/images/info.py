@@ -59,6 +59,18 @@ class FileInfo(BaseModel):
     sha256: str | None = None  # None for registered images: we never read them whole
 
 
+class ToolInfo(BaseModel):
+    """An npm-published tool of the recipe: installed at a pinned version, or skipped
+    (whole) with the reason."""
+
+    model_config = ConfigDict(frozen=True)
+
+    package: str
+    version: str
+    installed: bool
+    skipped: str = ""  # why it is not in the image
+
+
 class ImageManifest(BaseModel):
     """The content of image.json."""
 
@@ -78,6 +90,8 @@ class ImageManifest(BaseModel):
     agent: bool = False
     # recipe_digest() of the recipe it was built from ("" for registered/promoted ones).
     recipe_digest: str = ""
+    # Recipe tools (mise, opencode) by name; empty for images built before them.
+    tools: dict[str, ToolInfo] = {}
 
 
 class ImageInfo(ImageManifest):
@@ -138,6 +152,7 @@ class ImageInfo(ImageManifest):
                 "banger_version",
                 "files",
                 "agent",
+                "tools",
             },
         )
 

@@ -83,6 +83,29 @@ class AgentHook(_Strict):
     unit: str = "banger-agent.service"
 
 
+class Tool(_Strict):
+    """A program published on the npm registry as a package carrying a Linux x86-64
+    binary, pinned by version and integrity hash, installed when the registry can be
+    reached (and skipped, whole, when it cannot)."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    package: str = Field(pattern=r"^(@[a-z0-9][a-z0-9._-]*/)?[a-z0-9][a-z0-9._-]*$")
+    version: str = Field(pattern=r"^[0-9A-Za-z.+-]+$")
+    integrity: str = Field(pattern=r"^sha512-[A-Za-z0-9+/]+={0,2}$")
+    binary: str  # path of the executable inside the package (below `package/`)
+    dest: AbsPath  # where it goes in the image (mode 0755)
+    bashrc: str = ""  # a line appended to root's ~/.bashrc when installed
+    enable: tuple[str, ...] = ()  # units (from files/) installed and enabled with it
+
+    @field_validator("binary")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        p = PurePosixPath(value)
+        if p.is_absolute() or ".." in p.parts or not p.parts:
+            raise ValueError(f"{value!r} must be a relative path inside the package")
+        return value
+
+
 class Recipe(_Strict):
     name: str
     suite: str
@@ -98,6 +121,7 @@ class Recipe(_Strict):
     units: Units = Units()
     cleanup: Cleanup = Cleanup()
     agent: AgentHook = AgentHook()
+    tools: tuple[Tool, ...] = ()
     directory: Path  # where recipe.toml lives; file sources are under files/
 
     @field_validator("packages")
@@ -126,6 +150,9 @@ def load_recipe(name: str, recipes_dir: Path = RECIPES_DIR) -> Recipe:
     except (ValidationError, TypeError, tomllib.TOMLDecodeError) as exc:
         raise BangerError(f"image recipe {path} is invalid: {exc}", hint=f"fix {path}") from exc
     missing = [e.src for e in recipe.files if not recipe.source(e).is_file()]
+    missing += [
+        u for t in recipe.tools for u in t.enable if not (directory / "files" / u).is_file()
+    ]
     if missing:
         raise BangerError(
             f"image recipe {name} lists files that do not exist: {', '.join(missing)}",
