@@ -275,6 +275,10 @@ class Client:
     def ssh_info(self, name: str) -> dict[str, Any]:
         return dict(self._request("GET", f"/v1/vms/{name}/ssh"))
 
+    def console_log(self, name: str) -> str:
+        """Path of the VM's serial console log (on this host; it may not exist yet)."""
+        return str(self._request("GET", f"/v1/vms/{name}/logs")["path"])
+
     # -- guest agent -----------------------------------------------------------------
 
     def vm_health(self, name: str) -> dict[str, Any]:

@@ -34,6 +34,18 @@ def format_size(n: int) -> str:
     return f"{n}B"
 
 
+def format_duration(seconds: float | None) -> str:
+    """`42s`, `5m07s`, `3h12m`, `2d4h`; `-` when unknown."""
+    if not isinstance(seconds, int | float) or seconds < 0:
+        return "-"
+    s = int(seconds)
+    if s >= 86400:
+        return f"{s // 86400}d{s % 86400 // 3600}h"
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
 def check_vm_name(name: str) -> str:
     if not _LABEL_RE.match(name):
         raise InvalidInput(

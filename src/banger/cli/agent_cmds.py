@@ -9,16 +9,7 @@ import click
 
 from banger.cli.common import client, json_option
 from banger.cli.output import out, print_json
-from banger.units import format_size
-
-
-def _uptime(seconds: Any) -> str:
-    if not isinstance(seconds, int | float):
-        return "-"
-    s = int(seconds)
-    if s >= 86400:
-        return f"{s // 86400}d{s % 86400 // 3600}h"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+from banger.units import format_duration, format_size
 
 
 def _disk(d: Any) -> str:
@@ -44,7 +35,7 @@ def health(name: str, as_json: bool) -> None:
         rows = [
             ("hostname", info.get("hostname", "-")),
             ("kernel", info.get("kernel", "-")),
-            ("uptime", _uptime(info.get("uptime_s"))),
+            ("uptime", format_duration(info.get("uptime_s"))),
             ("load", " ".join(f"{x:.2f}" for x in load) or "-"),
             (
                 "memory",

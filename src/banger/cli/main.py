@@ -27,6 +27,7 @@ class LazyGroup(click.Group):
         "kernel": ("banger.cli.kernel_cmds", "kernel"),
         "image": ("banger.cli.image_cmds", "image"),
         "vm": ("banger.cli.vm_cmds", "vm"),
+        "tui": ("banger.cli.tui_cmd", "tui"),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

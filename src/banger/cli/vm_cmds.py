@@ -16,7 +16,7 @@ from banger.cli.common import client, follow, json_option
 from banger.cli.output import err, out, print_json
 from banger.client import Client
 from banger.errors import BangerError
-from banger.units import format_size
+from banger.units import format_duration, format_size
 
 ENGINES = click.Choice(["auto", "qemu", "firecracker"])
 
@@ -29,8 +29,7 @@ def vm() -> None:
 def _uptime(v: VM) -> str:
     if v.state != "running" or not v.started_at:
         return "-"
-    s = int(time.time() - v.started_at)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+    return format_duration(time.time() - v.started_at)
 
 
 @vm.command("list")
@@ -251,7 +250,7 @@ def ssh(name: str, command: tuple[str, ...]) -> None:
 @click.option("-f", "--follow", "follow_", is_flag=True, help="Keep printing new output.")
 def logs(name: str, follow_: bool) -> None:
     """Print a VM's serial console."""
-    path = Path(client()._request("GET", f"/v1/vms/{name}/logs")["path"])
+    path = Path(client().console_log(name))
     if not path.exists():
         raise BangerError(f"no console log for `{name}` yet", hint="it appears when the VM boots")
     with path.open("rb") as f:
