@@ -188,7 +188,9 @@ async def test_create_form_shows_the_daemons_validation(daemon: RunningDaemon) -
         await pilot.press("n")
         assert isinstance(app.screen, CreateForm)
         form = app.screen
-        assert form.query_one("#f-memory", Input).placeholder == "1G"  # the daemon's default
+        assert (
+            form.query_one("#f-memory", Input).placeholder == "1G (default)"
+        )  # the daemon's default
         form.query_one("#f-name", Input).value = "ok-name"
         form.query_one("#f-memory", Input).value = "12Q"
         await pilot.press("ctrl+s")

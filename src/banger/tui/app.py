@@ -155,7 +155,7 @@ class VMTable(Table):
         if action == "vm" and isinstance(app, BangerApp) and parameters:
             a = BY_ID.get(str(parameters[0]))
             if a is None or (app.client is not None and not a.supported(app.client)):
-                return None
+                return False  # hidden: the daemon's client has no such capability
         return True
 
     def action_create(self) -> None:
@@ -253,11 +253,11 @@ class BangerApp(App[None]):
     .dialog .title { text-style: bold; width: 100%; padding: 0 0 1 0; }
     .dialog .scroll { height: auto; max-height: 20; }
     .dialog Log { height: 1fr; }
-    .form .row { height: 3; }
-    .form .label { width: 12; padding: 1 1 0 0; }
+    .form .row { height: 1; margin-bottom: 1; }
+    .form .label { width: 12; }
     .form Input { width: 1fr; }
     .form Select { width: 1fr; }
-    .buttons { height: 3; align-horizontal: right; }
+    .buttons { height: 1; margin-top: 1; align-horizontal: right; }
     .buttons Button { margin-left: 1; }
     ModalScreen { align: center middle; }
     #form-error { height: auto; }
@@ -377,9 +377,9 @@ class BangerApp(App[None]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "start_daemon":
-            return True if self.online is False else None
+            return self.online is False
         if action == "cancel_op":
-            return True if any(v.op.state == "running" for v in self.ops.values()) else None
+            return any(v.op.state == "running" for v in self.ops.values())
         return True
 
     # -- talking to the daemon (worker threads only) -------------------------------------
@@ -537,7 +537,7 @@ class BangerApp(App[None]):
                     "yes" if i.managed else "no",
                     i.kernel or (i.vmlinux or "-"),
                     "yes" if i.work_seed else "no (slow path)",
-                    format_size(i.size_bytes),
+                    _human(i.size_bytes),
                     _when(i.created_at),
                 ),
             )
@@ -546,7 +546,7 @@ class BangerApp(App[None]):
         self.w_kernels.sync(
             (
                 k.name,
-                (k.name, k.package, k.version, format_size(k.size_bytes), _when(k.created_at)),
+                (k.name, k.package, k.version, _human(k.size_bytes), _when(k.created_at)),
             )
             for k in kernels
         )
@@ -1115,7 +1115,7 @@ def _usage(d: Any) -> str:
     if not isinstance(d, dict) or not d.get("total_bytes"):
         return "-"
     used, total = int(d.get("used_bytes", 0)), int(d["total_bytes"])
-    return f"{format_size(used)} / {format_size(total)} ({100 * used // total}%)"
+    return f"{_human(used)} / {_human(total)} ({100 * used // total}%)"
 
 
 def _health_text(h: dict[str, Any]) -> str:
@@ -1138,7 +1138,7 @@ def _health_text(h: dict[str, Any]) -> str:
         ("load", " ".join(f"{x:.2f}" for x in load) or "-"),
         (
             "memory",
-            f"{format_size(mem['available_bytes'])} free of {format_size(mem['total_bytes'])}"
+            f"{_human(mem['available_bytes'])} free of {_human(mem['total_bytes'])}"
             if "total_bytes" in mem and "available_bytes" in mem
             else "-",
         ),

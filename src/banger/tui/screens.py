@@ -48,8 +48,8 @@ class Confirm(ModalScreen[bool]):
             yield Label(self._title, classes="title")
             yield Static(self._body, classes="body")
             with Horizontal(classes="buttons"):
-                yield Button(f"{self._yes} (y)", variant="error", id="yes")
-                yield Button("Cancel (n)", id="no")
+                yield Button(f"{self._yes} (y)", variant="error", id="yes", compact=True)
+                yield Button("Cancel (n)", id="no", compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#no", Button).focus()
@@ -74,7 +74,7 @@ class Prompt(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Label(self._title, classes="title")
-            yield Input(self._value, placeholder=self._placeholder, id="prompt")
+            yield Input(self._value, placeholder=self._placeholder, id="prompt", compact=True)
             yield Static("[dim]enter: ok · escape: cancel[/]")
 
     @on(Input.Submitted)
@@ -126,14 +126,21 @@ class CreateForm(ModalScreen[str | None]):
                 with Horizontal(classes="row"):
                     yield Label(label, classes="label")
                     yield Input(
-                        placeholder=placeholders.get(key) or placeholder,
+                        placeholder=f"{placeholders[key]} (default)"
+                        if placeholders.get(key)
+                        else placeholder,
                         id=f"f-{key}",
                         type="integer" if key == "vcpus" else "text",
+                        compact=True,
                     )
             with Horizontal(classes="row"):
                 yield Label("Image", classes="label")
                 yield Select(
-                    [(i, i) for i in images], value=default_image, allow_blank=False, id="f-image"
+                    [(i, i) for i in images],
+                    value=default_image,
+                    allow_blank=False,
+                    id="f-image",
+                    compact=True,
                 )
             with Horizontal(classes="row"):
                 yield Label("Engine", classes="label")
@@ -142,12 +149,13 @@ class CreateForm(ModalScreen[str | None]):
                     value=str(d.get("engine") or "auto"),
                     allow_blank=False,
                     id="f-engine",
+                    compact=True,
                 )
-            yield Checkbox("NAT (internet access)", id="f-nat")
+            yield Checkbox("NAT (internet access)", id="f-nat", compact=True)
             yield Static("", id="form-error")
             with Horizontal(classes="buttons"):
-                yield Button("Create (ctrl+s)", variant="primary", id="create")
-                yield Button("Cancel (esc)", id="cancel")
+                yield Button("Create (ctrl+s)", variant="primary", id="create", compact=True)
+                yield Button("Cancel (esc)", id="cancel", compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#f-name", Input).focus()
