@@ -26,10 +26,10 @@ from textual.widgets import Input, Static
 
 from banger.client import Client
 from banger.paths import Paths
-from banger.services.records import VMRecord
 from banger.store import Store
 from banger.tui.app import BangerApp, OpsTable, VMTable
 from banger.tui.screens import Confirm, CreateForm
+from banger.vm import VMRecord, VMRepository
 from tests.conftest import RunningDaemon, cli, start_daemon
 
 SIZE = (100, 30)
@@ -52,11 +52,12 @@ async def until(pilot: Pilot[Any], cond: Callable[[], Any], what: str, timeout: 
 def record_vms(paths: Paths, n: int, image: str = "no-such-image") -> list[str]:
     """VM records as the daemon stores them, written before the daemon starts."""
     store = Store(paths.database)
+    repo = VMRepository(store)
     names = []
     try:
         for i in range(n):
             name = f"rec-{i:03d}"
-            VMRecord(
+            vm = VMRecord(
                 id=f"{i:012x}",
                 name=name,
                 state="stopped",
@@ -70,7 +71,8 @@ def record_vms(paths: Paths, n: int, image: str = "no-such-image") -> list[str]:
                 mac=f"02:00:00:00:{i // 256:02x}:{i % 256:02x}",
                 ip=f"172.30.{i // 250}.{2 + i % 250}",
                 created_at=1_700_000_000 + i,
-            ).save(store)
+            )
+            repo.save(vm)
             names.append(name)
     finally:
         store.close()
