@@ -8,36 +8,25 @@ server enforces them: unknown body fields are rejected (its request types are
 `deny_unknown_fields`; `strict=True` adds `additionalProperties: false` to every
 object schema), and an id in the path must equal the same id in the body.
 
-The spec is test data kept beside the repository (`../shared/fixtures/` from the
-repo root, as CI lays it out); `$BANGER_FC_SPEC` overrides the location.
+The spec is the contract distilled from upstream's `firecracker.yaml` and kept in
+the repository (`tests/fc_contract/`, provenance inside it and in its README);
+`scripts/fc_contract.py --check` compares it with a full upstream spec.
 """
 
 from __future__ import annotations
 
 import copy
-import os
+import json
 import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-import yaml
 from openapi_schema_validator import OAS30WriteValidator
 
-SPEC_NAME = "firecracker-api-v1.16.1.yaml"
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def spec_path() -> Path:
-    env = os.environ.get("BANGER_FC_SPEC")
-    path = Path(env) if env else REPO_ROOT.parent / "shared" / "fixtures" / SPEC_NAME
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"Firecracker API spec not found at {path}: the contract tests need "
-            "shared/fixtures beside the repository (or BANGER_FC_SPEC)"
-        )
-    return path
+FC_VERSION = "1.16.1"
+CONTRACT = Path(__file__).resolve().parent / "fc_contract" / f"firecracker-api-v{FC_VERSION}.json"
 
 
 class SpecViolation(Exception):
@@ -66,9 +55,9 @@ def _deny_unknown(schema: Any) -> None:
 
 
 class FirecrackerSpec:
-    def __init__(self, path: Path | None = None, *, strict: bool = True) -> None:
-        self.doc: dict[str, Any] = yaml.safe_load((path or spec_path()).read_text())
-        self.version = str(self.doc["info"]["version"])
+    def __init__(self, path: Path = CONTRACT, *, strict: bool = True) -> None:
+        self.doc: dict[str, Any] = json.loads(path.read_text())
+        self.version = str(self.doc["version"])
         self.definitions = copy.deepcopy(self.doc.get("definitions", {}))
         if strict:
             _deny_unknown(self.definitions)

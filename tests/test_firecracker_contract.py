@@ -23,7 +23,7 @@ from banger.engines.firecracker import ApiRequest, FirecrackerEngine, build_requ
 from banger.engines.guest_config import build_guest_config
 from banger.errors import CommandFailed
 from tests.fake_firecracker import SERIAL_BOOT_LINE, SERIAL_CAD_LINE
-from tests.fc_validator import FirecrackerSpec, SpecViolation, default_spec
+from tests.fc_validator import CONTRACT, FirecrackerSpec, SpecViolation, default_spec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -288,3 +288,59 @@ def test_nic_request_shape(tmp_path: Path) -> None:
     nic = NetIface("eth0", "tap-pool-0", config.nics[0].mac)
     req = next(r for r in build_requests(config) if r.path.startswith("/network"))
     assert req.body == {"iface_id": nic.iface_id, "host_dev_name": nic.tap, "guest_mac": nic.mac}
+
+
+# -- the contract lives in the repository ------------------------------------------
+
+
+def test_contract_is_in_the_repository_with_provenance(spec: FirecrackerSpec) -> None:
+    prov = spec.doc["provenance"]
+    assert spec.version == prov["firecracker_version"] == "1.16.1"
+    assert prov["upstream_path"] == "src/firecracker/swagger/firecracker.yaml"
+    assert prov["licence"].startswith("Apache")
+    assert len(spec.doc["paths"]) >= 20 and "Vsock" in spec.doc["definitions"]
+    # Facts only: no upstream prose in the operations or schemas.
+    text = json.dumps({"paths": spec.doc["paths"], "definitions": spec.doc["definitions"]})
+    assert '"description"' not in text and '"summary"' not in text
+
+
+def test_contract_check_reports_drift() -> None:
+    from scripts.fc_contract import _diff
+
+    current = json.loads(CONTRACT.read_text())
+    drifted = json.loads(CONTRACT.read_text())
+    drifted["definitions"]["Vsock"]["required"].append("vsock_id")
+    del drifted["paths"]["/vsock"]
+    assert _diff(current, current) == []
+    assert _diff(current, drifted) == [
+        "differs: /definitions/Vsock/required: ['guest_cid', 'uds_path'] != "
+        "['guest_cid', 'uds_path', 'vsock_id']",
+        "only in the contract: /paths//vsock",
+    ]
+
+
+@pytest.mark.skipif(
+    not os.environ.get("BANGER_FC_SPEC"), reason="BANGER_FC_SPEC names no upstream spec"
+)
+def test_contract_agrees_with_the_upstream_spec() -> None:
+    from scripts.fc_contract import main
+
+    assert main(["--check"]) == 0
+
+
+def test_no_project_file_reads_beside_the_repository() -> None:
+    """A fresh clone alone must pass: nothing may reach for ../shared."""
+    offenders = []
+    for top in ("src", "tests", "scripts", "Makefile", "pyproject.toml"):
+        base = REPO_ROOT / top
+        files = [base] if base.is_file() else [p for p in base.rglob("*") if p.is_file()]
+        for f in files:
+            if f.suffix in (".pyc", ".ext4", ".img") or "__pycache__" in f.parts:
+                continue
+            try:
+                text = f.read_text()
+            except (UnicodeDecodeError, OSError):
+                continue
+            if "../shared" in text or '.parent / "shared"' in text:
+                offenders.append(str(f.relative_to(REPO_ROOT)))
+    assert offenders == [str(Path(__file__).relative_to(REPO_ROOT))]
