@@ -60,6 +60,7 @@ class VMRecord:
     nat: bool = False
     ip: str | None = None
     tap: str | None = None
+    vsock_cid: int | None = None
     handle: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     last_error: str | None = None
@@ -96,6 +97,14 @@ class VMRecord:
             raise WrongState(self.name, self.state, states, action, hint)
 
     @property
+    def agent_transport(self) -> str | None:
+        """How the host reaches the guest agent while the VM runs (none when stopped)."""
+        if not self.running or not self.handle:
+            return None
+        agent = self.handle.get("extra", {}).get("agent")
+        return str(agent["transport"]) if isinstance(agent, dict) and "transport" in agent else None
+
+    @property
     def engine_handle(self) -> EngineHandle | None:
         return EngineHandle.from_dict(self.handle) if self.handle else None
 
@@ -115,6 +124,8 @@ class VMRecord:
             ip=self.ip,
             mac=self.mac,
             tap=self.tap,
+            vsock_cid=self.vsock_cid,
+            agent=self.agent_transport,
             pid=(self.handle or {}).get("pid") if self.running else None,
             created_at=self.created_at,
             started_at=self.started_at,
@@ -160,6 +171,28 @@ class VMRepository:
 
     def delete(self, vm_id: str) -> None:
         self.store.delete("vms", "id", vm_id)
+
+    # -- vsock CIDs ----------------------------------------------------------------
+
+    def allocate_vsock_cid(self, vm_id: str, first: int, last: int) -> int | None:
+        """Record the lowest CID from `first` no other VM holds as `vm_id`'s, in one
+        transaction (the unique index on vms.vsock_cid backs it); None when all of
+        `first`..`last` are taken."""
+        with self.store.transaction() as db:
+            rows = db.execute(
+                "SELECT vsock_cid FROM vms WHERE vsock_cid IS NOT NULL AND id != ?", (vm_id,)
+            )
+            used = {int(r[0]) for r in rows}
+            cid = first
+            while cid in used:
+                cid += 1
+            if cid > last:
+                return None
+            db.execute("UPDATE vms SET vsock_cid = ? WHERE id = ?", (cid, vm_id))
+        return cid
+
+    def release_vsock_cid(self, vm_id: str) -> None:
+        self.store.update("vms", "id", vm_id, {"vsock_cid": None})
 
     # -- leases --------------------------------------------------------------------
 

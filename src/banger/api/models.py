@@ -100,6 +100,10 @@ class VM(BaseModel):
     ip: str | None
     mac: str
     tap: str | None
+    vsock_cid: int | None = None
+    # The guest agent's channel while running: "hybrid-vsock" (Firecracker),
+    # "vsock" (QEMU with /dev/vhost-vsock) or "virtio-serial" (QEMU without).
+    agent: str | None = None
     pid: int | None = None
     created_at: float
     started_at: float | None = None

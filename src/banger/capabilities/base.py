@@ -50,6 +50,7 @@ class BootContributions:
     gateway: str | None = None
     prefix: int | None = None
     dns: str | None = None
+    vsock_cid: int | None = None  # the guest's vsock CID (the agent's channel)
 
 
 class Capability:

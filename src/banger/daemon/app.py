@@ -17,6 +17,7 @@ from banger.capabilities.base import Capability
 from banger.capabilities.dns import DnsCapability, DnsService
 from banger.capabilities.nat import NatCapability
 from banger.capabilities.network import NetworkCapability
+from banger.capabilities.vsock import VsockCapability
 from banger.capabilities.workdisk import WorkDiskCapability
 from banger.config import Config, LoadedConfig
 from banger.daemon import testhooks
@@ -104,10 +105,12 @@ def build_capabilities(
     nat: NatCapability,
     dns: DnsService,
     authorized_key: str,
+    store: Store,
 ) -> list[Capability]:
     """The lifecycle plug-ins, in the order they prepare and attach."""
     return [
         WorkDiskCapability(paths.vms_dir, authorized_key, config.disk_pool_size),
+        VsockCapability(VMRepository(store)),  # the guest agent's channel
         network,
         nat,  # needs vm.ip from network.prepare
         DnsCapability(dns),  # after network.attach: the bridge address exists
@@ -137,7 +140,7 @@ def build_daemon(paths: Paths, loaded: LoadedConfig) -> Daemon:
         artifacts=artifacts,
         engine_for=engines.get,
         resolve_engine=engines.resolve,
-        capabilities=build_capabilities(paths, config, network, nat, dns, public_key(key)),
+        capabilities=build_capabilities(paths, config, network, nat, dns, public_key(key), store),
         ssh_key=key,
         fault=testhooks.maybe_fail,
     )

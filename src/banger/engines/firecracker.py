@@ -163,6 +163,14 @@ class FirecrackerEngine(process.DetachedEngine):
             return Availability(False, f"firecracker {version} needs KVM: {kvm.reason}")
         return Availability(True, f"firecracker {version}, accel=kvm")
 
+    def agent_channel(self, config: GuestConfig) -> dict[str, Any] | None:
+        """How the host will reach the guest agent of `config` (hybrid vsock), or
+        None when the config has no vsock CID."""
+        if config.vsock_cid is None:
+            return None
+        path = str(config.run_dir / VSOCK_SOCKET)
+        return {"transport": "hybrid-vsock", "path": path, "cid": config.vsock_cid}
+
     async def start(self, config: GuestConfig) -> EngineHandle:
         fc_bin = self._require_bin()
         run_dir = config.run_dir
@@ -177,12 +185,9 @@ class FirecrackerEngine(process.DetachedEngine):
         log.info("starting %s: %s", config.name, " ".join(argv))
         spawned = process.spawn(argv, log=fc_log, stdout=config.console_log, cwd=run_dir)
         extra: dict[str, Any] = {"log": str(fc_log)}
-        if config.vsock_cid is not None:
-            extra["agent"] = {
-                "transport": "hybrid-vsock",
-                "path": str(run_dir / VSOCK_SOCKET),
-                "cid": config.vsock_cid,
-            }
+        agent = self.agent_channel(config)
+        if agent is not None:
+            extra["agent"] = agent
         handle = EngineHandle(self.name, spawned.pid, spawned.start_time, str(api_sock), extra)
         try:
             await self._wait_ready(handle, lambda: _accepts(api_sock), fc_log, 0.005)

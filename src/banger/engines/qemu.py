@@ -195,10 +195,18 @@ class QemuEngine(process.DetachedEngine):
         agent = "vhost-vsock" if self.uses_vhost_vsock() else "virtio-serial"
         return Availability(True, f"{detail}, agent channel={agent}")
 
+    def agent_channel(self, config: GuestConfig) -> dict[str, Any]:
+        """How the host will reach the guest agent of `config`: vhost-vsock when the
+        host has it and the config has a CID, a virtio-serial port otherwise."""
+        if self.uses_vhost_vsock() and config.vsock_cid is not None:
+            return {"transport": "vsock", "cid": config.vsock_cid}
+        return {"transport": "virtio-serial", "path": str(config.run_dir / AGENT_SOCKET)}
+
     async def start(self, config: GuestConfig) -> EngineHandle:
         qemu_bin = self._require_bin()
         accel = self.accel()
-        vsock = self.uses_vhost_vsock() and config.vsock_cid is not None
+        agent = self.agent_channel(config)
+        vsock = agent["transport"] == "vsock"
         run_dir = config.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         qmp_sock = run_dir / QMP_SOCKET
@@ -207,11 +215,6 @@ class QemuEngine(process.DetachedEngine):
         tsc = host_tsc_khz() if accel == "tcg" else None
         argv = build_argv(config, qemu_bin=qemu_bin, accel=accel, vhost_vsock=vsock, tsc_khz=tsc)
         qemu_log = run_dir / QEMU_LOG
-        agent: dict[str, Any] = (
-            {"transport": "vsock", "cid": config.vsock_cid}
-            if vsock
-            else {"transport": "virtio-serial", "path": str(run_dir / AGENT_SOCKET)}
-        )
         log.info("starting %s: %s", config.name, " ".join(argv))
         spawned = process.spawn(argv, log=qemu_log, cwd=run_dir)
         handle = EngineHandle(

@@ -210,6 +210,7 @@ class VMService:
             tap=nic.tap if nic else None,
             mac=nic.mac if nic else vm.mac,
             extra_cmdline=boot.cmdline,
+            vsock_cid=boot.vsock_cid,
             console_log=self.vm_dir(vm) / "console.log",
         )
         handle = await engine.start(cfg)

@@ -63,4 +63,10 @@ MIGRATIONS: list[str] = [
         error TEXT
     );
     """,
+    # 2: a vsock CID per VM (the guest agent's channel), unique among VMs; NULL for
+    # VMs made before this migration until their next boot allocates one.
+    """
+    ALTER TABLE vms ADD COLUMN vsock_cid INTEGER;
+    CREATE UNIQUE INDEX vms_vsock_cid ON vms(vsock_cid);
+    """,
 ]

@@ -1,0 +1,56 @@
+"""Vsock: a context id (CID) per VM, the address of its guest agent channel.
+
+The CID is allocated from the store on create (the lowest free one from 3; 0-2
+are reserved), stays with the VM across stop/start, and is released when the VM
+is deleted (its row goes, and with it the unique-indexed `vms.vsock_cid`). Every
+boot contributes it to the guest config: Firecracker turns it into a hybrid-vsock
+device, QEMU into `vhost-vsock-device` where `/dev/vhost-vsock` exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from banger.capabilities.base import BootContributions, Capability, PrepareContext
+from banger.errors import Conflict
+from banger.vm import VMRecord, VMRepository
+
+log = logging.getLogger("banger.vsock")
+
+FIRST_CID = 3  # 0 hypervisor, 1 loopback, 2 host
+LAST_CID = 0xFFFFFFFE  # 0xFFFFFFFF is VMADDR_CID_ANY
+
+
+class VsockCapability(Capability):
+    name = "vsock"
+    stage = "vsock"
+
+    def __init__(self, vms: VMRepository, first_cid: int = FIRST_CID) -> None:
+        self.vms = vms
+        self.first_cid = first_cid
+        self._lock = threading.Lock()
+
+    def allocate(self, vm: VMRecord) -> int:
+        """Give `vm` the lowest CID no other VM holds, recorded at once so that a
+        concurrent create cannot take the same one."""
+        with self._lock:
+            cid = self.vms.allocate_vsock_cid(vm.id, self.first_cid, LAST_CID)
+        if cid is None:
+            raise Conflict("no free vsock CID left", hint="delete unused VMs")
+        vm.vsock_cid = cid
+        return cid
+
+    async def prepare(self, vm: VMRecord, ctx: PrepareContext) -> None:
+        cid = self.allocate(vm)
+        ctx.progress("vsock", f"cid {cid}")
+
+    async def attach(self, vm: VMRecord, boot: BootContributions) -> None:
+        if vm.vsock_cid is None:  # a VM made before CIDs existed gets one on its next boot
+            log.info("vm %s has no vsock CID yet; allocating one", vm.name)
+            self.allocate(vm)
+        boot.vsock_cid = vm.vsock_cid
+
+    async def destroy(self, vm: VMRecord) -> None:
+        self.vms.release_vsock_cid(vm.id)
+        vm.vsock_cid = None
