@@ -4,7 +4,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup build run test test-fast lint coverage bench-create verify clean
+.PHONY: setup build run test test-fast lint coverage bench-create bench-tui verify clean
 
 setup:
 	@bash scripts/setup.sh
@@ -32,6 +32,9 @@ coverage: setup
 
 bench-create: setup
 	$(UV) run python scripts/bench_create.py $(ARGS)
+
+bench-tui: setup
+	$(UV) run python scripts/bench_tui.py $(ARGS)
 
 verify: setup
 	bash scripts/verify.sh $(ARGS)

@@ -335,3 +335,17 @@ def test_tui_is_imported_only_by_the_tui_command() -> None:
         if "textual" in p.read_text() and not p.is_relative_to(src / "tui")
     )
     assert users == [], users
+
+
+async def test_optional_actions_follow_the_daemons_features(daemon: RunningDaemon) -> None:
+    with Client(daemon.paths) as c:
+        features = set(c.status().features)
+    app = BangerApp(daemon.paths, interval=0.3)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.online, "the daemon")
+        assert app.vm_features == features
+        table = app.w_vms
+        assert table.check_action("vm", ("stop",)) is True
+        assert table.check_action("vm", ("suspend",)) is ("suspend" in features)
+        app.vm_features = frozenset({"suspend"})  # what a daemon with suspend reports
+        assert table.check_action("vm", ("suspend",)) is True

@@ -23,6 +23,9 @@ class Status(BaseModel):
     socket: str
     dirs: dict[str, str]
     vms_running: int = 0
+    # VM operations beyond the basic lifecycle that this daemon offers (e.g.
+    # "suspend", "snapshot"); surfaces such as the TUI show an action only when listed.
+    features: list[str] = Field(default_factory=list)
 
 
 class OperationEvent(BaseModel):

@@ -4,7 +4,8 @@ Each `VMAction` says which key runs it, which VM states it applies to, whether i
 asks first, and how it calls the public client. The VMs view builds its key
 bindings, its footer and its fan-out from this table, so a new daemon capability
 (suspend, snapshots, exec …) is one entry here: `supported` hides the action while
-the client has no such method.
+the daemon does not list the feature in `GET /v1/status` (or the client lacks the
+method the action needs).
 
 Actions are one of three kinds:
 - `op`: starts a daemon operation per VM; several marked VMs fan out concurrently
@@ -23,17 +24,25 @@ from banger.api.models import VM, Operation
 from banger.client import Client
 
 Kind = Literal["op", "screen", "terminal"]
-ANY = frozenset({"creating", "running", "stopped", "error"})
+ANY = frozenset({"creating", "running", "stopped", "error", "suspended"})
 RUNNING = frozenset({"running"})
-STOPPED = frozenset({"stopped", "error"})
+STOPPED = frozenset({"stopped", "error", "suspended"})  # start resumes a suspended VM
+Supported = Callable[[Client, frozenset[str]], bool]
 
 
-def _always(_: Client) -> bool:
+def _always(_: Client, __: frozenset[str]) -> bool:
     return True
 
 
-def _has(method: str) -> Callable[[Client], bool]:
-    def check(c: Client) -> bool:
+def _feature(name: str) -> Supported:
+    def check(_: Client, features: frozenset[str]) -> bool:
+        return name in features
+
+    return check
+
+
+def _client_has(method: str) -> Supported:
+    def check(c: Client, _: frozenset[str]) -> bool:
         return callable(getattr(c, method, None))
 
     return check
@@ -51,8 +60,9 @@ class VMAction:
     show: bool = True  # in the footer (every action is in the `?` key list)
     key_display: str | None = None
     run: Callable[[Client, VM], Operation] | None = None
-    argv: Callable[[VM], list[str]] | None = None  # terminal actions: `banger` arguments
-    supported: Callable[[Client], bool] = _always
+    argv: Callable[[VM, str], list[str]] | None = None  # terminal: `banger` arguments
+    prompt: str = ""  # terminal actions that need a line of input first (e.g. a command)
+    supported: Supported = _always
     multi: bool = True  # applies to every marked VM (else: the highlighted one)
 
 
@@ -70,15 +80,6 @@ def _stop(c: Client, vm: VM) -> Operation:
 def _delete(c: Client, vm: VM) -> Operation:
     # The confirmation dialog is the safeguard the CLI's --force stands for.
     return c.delete_vm(vm.name, force=vm.state == "running")
-
-
-def _call(method: str) -> Callable[[Client, VM], Operation]:
-    def run(c: Client, vm: VM) -> Operation:
-        result = getattr(c, method)(vm.name)
-        assert isinstance(result, Operation)
-        return result
-
-    return run
 
 
 VM_ACTIONS: list[VMAction] = [
@@ -105,7 +106,7 @@ VM_ACTIONS: list[VMAction] = [
         "terminal",
         RUNNING,
         key_display="⏎",
-        argv=lambda vm: ["vm", "ssh", vm.name],
+        argv=lambda vm, _: ["vm", "ssh", vm.name],
         multi=False,
     ),
     VMAction("logs", "l", "Logs", "", "screen", ANY, multi=False),
@@ -121,8 +122,8 @@ VM_ACTIONS: list[VMAction] = [
         "op",
         RUNNING,
         show=False,
-        run=_call("suspend_vm"),
-        supported=_has("suspend_vm"),
+        run=_action("suspend"),
+        supported=_feature("suspend"),
     ),
     VMAction(
         "exec",
@@ -132,8 +133,9 @@ VM_ACTIONS: list[VMAction] = [
         "terminal",
         RUNNING,
         show=False,
-        argv=lambda vm: ["vm", "exec", "-it", vm.name, "--", "/bin/bash", "-l"],
-        supported=_has("exec_vm"),
+        prompt="Command to run in {name} (through the guest agent)",
+        argv=lambda vm, cmd: ["vm", "exec", "-i", "-t", vm.name, "--", "sh", "-c", cmd],
+        supported=_client_has("exec"),
         multi=False,
     ),
 ]

@@ -38,7 +38,13 @@ from banger.tui.actions import BY_ID, VM_ACTIONS, VMAction
 from banger.tui.screens import Confirm, CreateForm, Details, Logs, Ports, Prompt, error_text
 from banger.units import format_duration, format_size
 
-STATE_STYLE = {"running": "green", "stopped": "dim", "error": "red", "creating": "yellow"}
+STATE_STYLE = {
+    "running": "green",
+    "stopped": "dim",
+    "error": "red",
+    "creating": "yellow",
+    "suspended": "cyan",
+}
 OP_KEEP_S = 15.0  # finished operations stay in the panel this long
 AGENT_EVERY_S = 3.0
 ARTIFACTS_EVERY_S = 5.0
@@ -154,8 +160,9 @@ class VMTable(Table):
         app = self.app
         if action == "vm" and isinstance(app, BangerApp) and parameters:
             a = BY_ID.get(str(parameters[0]))
-            if a is None or (app.client is not None and not a.supported(app.client)):
-                return False  # hidden: the daemon's client has no such capability
+            c = app.client
+            if a is None or (c is not None and not a.supported(c, app.vm_features)):
+                return False  # hidden: this daemon does not offer it
         return True
 
     def action_create(self) -> None:
@@ -289,6 +296,7 @@ class BangerApp(App[None]):
         self.client: Client | None = None
         self.online: bool | None = None
         self.status: Status | None = None
+        self.vm_features: frozenset[str] = frozenset()
         self.started_pid: int | None = None
         self.vms: dict[str, VM] = {}  # by id, in the daemon's order
         self.marked: set[str] = set()
@@ -469,6 +477,7 @@ class BangerApp(App[None]):
         was = self.online
         self.online = True
         self.status = status
+        self.vm_features = frozenset(getattr(status, "features", ()) or ())
         banner = self.w_banner
         banner.remove_class("offline")
         if self.started_pid is not None:
@@ -749,6 +758,14 @@ class BangerApp(App[None]):
                 self._confirm_then(action, fit)
             else:
                 self._fan_out(action, fit)
+        elif action.kind == "terminal" and action.prompt:
+            vm = fit[0]
+
+            def go(text: str | None) -> None:
+                if text:
+                    self._in_terminal(action, vm, text, pause=True)
+
+            self.push_screen(Prompt(action.prompt.format(name=vm.name)), go)
         elif action.kind == "terminal":
             self._in_terminal(action, fit[0])
         else:
@@ -794,20 +811,25 @@ class BangerApp(App[None]):
         self._ui(self.mine.__setitem__, op.id, f"{vm.name} {action.verb}")
         self._wake.set()
 
-    def _in_terminal(self, action: VMAction, vm: VM) -> None:
+    def _in_terminal(self, action: VMAction, vm: VM, text: str = "", pause: bool = False) -> None:
+        """Suspend the TUI, run a real `banger` command in this terminal, come back."""
         assert action.argv is not None
         from banger.system import run_interactive
 
-        argv = [sys.executable, "-m", "banger.cli", *action.argv(vm)]
+        args = action.argv(vm, text)
+        argv = [sys.executable, "-m", "banger.cli", *args]
         try:
             with self.suspend():
                 rc = run_interactive(argv)
+                if pause:  # keep the output on screen until the user is done reading
+                    with contextlib.suppress(EOFError, KeyboardInterrupt):
+                        input(f"\n[exit {rc}] press enter to return to banger tui ")
         except Exception as exc:  # SuspendNotSupported, a missing tool, …
             msg = exc.message if isinstance(exc, BangerError) else str(exc)
-            self.show_error(BangerError(f"cannot run `banger {' '.join(action.argv(vm))}`: {msg}"))
+            self.show_error(BangerError(f"cannot run `banger {' '.join(args)}`: {msg}"))
             return
         if rc not in (0, 130):
-            self.set_message(f"[yellow]`banger {' '.join(action.argv(vm))}` exited {rc}[/]")
+            self.set_message(f"[yellow]`banger {escape(' '.join(args))}` exited {rc}[/]")
         else:
             self.set_message(f"back from {vm.name}")
         self.refresh_now()

@@ -18,6 +18,9 @@ from banger.services.doctor import run_doctor
 
 routes = web.RouteTableDef()
 
+# VM service methods whose presence `GET /v1/status` reports as features.
+OPTIONAL_VM_FEATURES = ("suspend", "snapshot", "exec")
+
 
 @routes.get("/v1/status")
 async def status(request: web.Request) -> web.Response:
@@ -39,6 +42,7 @@ async def status(request: web.Request) -> web.Response:
                 "log": str(p.daemon_log),
             },
             vms_running=running,
+            features=[f for f in OPTIONAL_VM_FEATURES if callable(getattr(d.vms, f, None))],
         )
     )
 
