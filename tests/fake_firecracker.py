@@ -1,132 +1,479 @@
-"""A stand-in `firecracker` for contract tests: the real API surface, no guest.
+"""A stand-in `firecracker` for hosts without one: the real API, a QEMU guest.
 
-Run as `firecracker --api-sock PATH --id ID` (tests put a wrapper script named
-`firecracker` on PATH that puts the repository root on sys.path). It serves HTTP
-on the UNIX socket, validates every request against the published spec
-(`fc_validator`) and answers 400 with a
-`fault_message` for anything the spec rejects, as Firecracker does. It also
-mimics the checks Firecracker makes before boot (files exist, kernel configured,
-pre-boot-only resources refused after InstanceStart), prints a line on stdout
-(the guest serial console) when "booted", and exits shortly after SendCtrlAltDel.
+Run as `firecracker --api-sock PATH [--id ID] [--config-file FILE] [--no-api]`;
+`tests/standin/firecracker` is the executable to put first on PATH (or to name in
+`firecracker_bin`). It serves HTTP on the API socket and validates every request
+against the Firecracker API contract distilled from upstream (`fc_validator`):
+unknown fields, wrong types, missing required fields and bad enums are answered
+400 with Firecracker's `{"fault_message": ...}`. Beyond the schema it makes the
+checks Firecracker makes (files exist, kernel configured before InstanceStart,
+pre-boot resources refused after it).
+
+On `InstanceStart` (or at once with `--config-file`) it boots the configured
+machine with QEMU `microvm`, through banger's own QEMU argv builder
+(`banger.engines.qemu.build_argv`): the same kernel, initrd and command line, the
+drives in Firecracker's order (root device first = vda, then in PUT order), each
+NIC on its TAP with its MAC, vcpus and memory. As with Firecracker, the guest's
+serial console is this process's stdout, and the process exits when the guest
+shuts down (QEMU runs with `-no-reboot`; it dies with this process).
+`SendCtrlAltDel` asks the guest to shut down (ACPI power button: microvm has no
+i8042 keyboard; a systemd guest powers off either way).
+
+Firecracker's hybrid vsock is served on the `uds_path` of `PUT /vsock`: a client
+sends `CONNECT <port>\\n`, gets `OK <host port>\\n`, and the stream is then relayed
+byte for byte to the guest agent's virtio-serial port (this host has no
+vhost-vsock). virtio-serial is one stream, so connections are relayed one at a
+time; only the agent's port is connected, others are closed without a reply, as
+Firecracker does when nothing listens.
+
+Later features add a route: `ROUTES[(method, template)] = handler`, e.g. snapshots
+as `PUT /snapshot/create` over QEMU migration. A valid request with no handler is
+answered 400 "not implemented by the stand-in".
 
 Environment: FAKE_FC_RECORD (JSON-lines file receiving every request and its
-status), FAKE_FC_IGNORE_CTRL_ALT_DEL=1 (act like a guest that ignores it),
-FAKE_FC_CRASH=1 (exit at once with an error, as Firecracker does without KVM).
+status), FAKE_FC_GUEST=none (boot nothing: print a line on the console instead;
+for API contract tests with dummy files), FAKE_FC_IGNORE_CTRL_ALT_DEL=1 (with no
+guest: act like a guest that ignores it), FAKE_FC_CRASH=1 (exit at once with an
+error, as Firecracker does without KVM), FAKE_FC_QEMU (the QEMU binary).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import ctypes
 import json
 import os
+import re
+import signal
+import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from tests.fc_validator import FirecrackerSpec, SpecViolation
+from tests.fc_validator import FirecrackerSpec, SpecViolation, validate_definition
 
 SERIAL_BOOT_LINE = "fake-firecracker: guest serial console up"
 SERIAL_CAD_LINE = "fake-firecracker: guest received ctrl-alt-del"
+VERSION_LINE = "Firecracker v1.16.1 (banger test stand-in)"  # see engines.firecracker
+AGENT_VSOCK_PORT = 1024  # banger.agent.VSOCK_PORT
+# Firecracker's default when no boot_args are given.
+DEFAULT_BOOT_ARGS = "reboot=k panic=1 pci=off nomodule 8250.nr_uarts=0 i8042.noaux i8042.nomux"
+NOT_AFTER_START = "The requested operation is not supported after starting the microVM."
+NOT_BEFORE_START = "The requested operation is not supported before starting the microVM."
+
+Handler = Callable[["StandIn", dict[str, Any], dict[str, str]], Awaitable["Reply"]]
+Reply = tuple[int, Any]  # (status, JSON body or None)
 
 
-class FakeFirecracker:
-    def __init__(self, vm_id: str, record: Path | None) -> None:
+def log(msg: str) -> None:
+    """Firecracker's own log: stderr (the engine sends it to firecracker.log)."""
+    print(f"[stand-in] {msg}", file=sys.stderr, flush=True)
+
+
+def _fault(msg: str) -> Reply:
+    return 400, {"fault_message": msg}
+
+
+class StandIn:
+    def __init__(self, vm_id: str, run_dir: Path, record: Path | None, guest: bool) -> None:
         self.spec = FirecrackerSpec()
         self.vm_id = vm_id
+        self.run_dir = run_dir
         self.record = record
-        self.started = False
-        self.config: dict[str, Any] = {}
-        self.stop = asyncio.Event()
+        self.guest = guest
+        self.state = "Not started"
+        self.config: dict[str, Any] = {"drives": {}, "network-interfaces": {}}
+        self.qemu: subprocess.Popen[bytes] | None = None
+        self.exit_code: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.vsock_server: asyncio.Server | None = None
+        self._relay_lock = asyncio.Lock()
+        self._host_ports = iter(range(1 << 30, 1 << 31))
 
-    def _log(self, entry: dict[str, Any]) -> None:
+    @property
+    def started(self) -> bool:
+        return self.state != "Not started"
+
+    def finish(self, code: int) -> None:
+        if not self.exit_code.done():
+            self.exit_code.set_result(code)
+
+    def _record(self, entry: dict[str, Any]) -> None:
         if self.record is not None:
             with self.record.open("a") as f:
                 f.write(json.dumps(entry) + "\n")
 
+    # -- HTTP ------------------------------------------------------------------------------
+
     async def handle(self, request: web.Request) -> web.Response:
         raw = await request.read()
+        body: Any = None
+        status: int
+        reply: Any
         try:
             body = json.loads(raw) if raw else None
         except ValueError:
-            return self._reply(request, None, 400, "invalid JSON body")
-        try:
-            op = self.spec.validate(request.method, request.path, body)
-        except SpecViolation as exc:
-            return self._reply(request, body, 400, str(exc))
-        if request.method == "GET" and op.template == "/":
-            state = "Running" if self.started else "Not started"
-            info = {"app_name": "Firecracker", "id": self.vm_id, "state": state}
-            self._log({"method": "GET", "path": "/", "body": None, "status": 200})
-            return web.json_response({**info, "vmm_version": self.spec.version})
-        fault = self._apply(op.template, body or {})
-        return self._reply(request, body, 400 if fault else 204, fault)
+            status, reply = _fault("invalid JSON body")
+        else:
+            status, reply = await self.dispatch(request.method, request.path, body)
+        self._record({"method": request.method, "path": request.path, "body": body,
+                      "status": status})  # fmt: skip
+        if reply is None:
+            return web.Response(status=status)
+        return web.json_response(reply, status=status)
 
-    def _apply(self, template: str, body: dict[str, Any]) -> str | None:
-        """Firecracker's own semantic checks, beyond the schema."""
-        if template == "/actions":
-            action = body["action_type"]
-            if action == "InstanceStart":
-                if self.started:
-                    return "The requested operation is not supported after starting the microVM."
-                if "/boot-source" not in self.config:
-                    return "Cannot start microvm without kernel configuration."
-                self.started = True
-                print(SERIAL_BOOT_LINE, flush=True)
-            elif action == "SendCtrlAltDel":
-                if not self.started:
-                    return "The requested operation is not supported before starting the microVM."
-                print(SERIAL_CAD_LINE, flush=True)
-                if os.environ.get("FAKE_FC_IGNORE_CTRL_ALT_DEL") != "1":
-                    asyncio.get_running_loop().call_later(0.1, self.stop.set)
+    async def dispatch(self, method: str, path: str, body: Any) -> Reply:
+        try:
+            op = self.spec.validate(method, path, body)
+        except SpecViolation as exc:
+            return _fault(str(exc))
+        handler = ROUTES.get((op.method, op.template))
+        if handler is None:
+            return _fault(f"{op.method} {op.template} is not implemented by the banger stand-in")
+        return await handler(self, body or {}, op.path_params)
+
+    # -- boot ------------------------------------------------------------------------------
+
+    def guest_config(self) -> Any:
+        """The configured machine as banger's engine-neutral `GuestConfig`."""
+        from banger.engines.base import Drive, GuestConfig, NetIface
+
+        boot = self.config["boot-source"]
+        mc = self.config.get("machine-config", {"vcpu_count": 1, "mem_size_mib": 128})
+        drives = list(self.config["drives"].values())
+        # Firecracker attaches the root device first (vda), then the rest in PUT order.
+        drives.sort(key=lambda d: not d.get("is_root_device", False))
+        cmdline = boot.get("boot_args") or DEFAULT_BOOT_ARGS
+        root = next((d for d in drives if d.get("is_root_device")), None)
+        if root is not None and "root=" not in cmdline:
+            cmdline += " root=/dev/vda " + ("ro" if root.get("is_read_only") else "rw")
+        return GuestConfig(
+            vm_id=self.vm_id,
+            name=re.sub(r"[^A-Za-z0-9-]", "-", self.vm_id)[:63] or "guest",
+            kernel=Path(boot["kernel_image_path"]),
+            initrd=Path(boot["initrd_path"]) if boot.get("initrd_path") else None,
+            cmdline=cmdline,
+            vcpus=mc["vcpu_count"],
+            memory_mib=mc["mem_size_mib"],
+            drives=tuple(
+                Drive(
+                    d["drive_id"],
+                    Path(d["path_on_host"]),
+                    read_only=d.get("is_read_only", False),
+                    is_root=d.get("is_root_device", False),
+                )
+                for d in drives
+            ),
+            nics=tuple(
+                NetIface(n["iface_id"], n["host_dev_name"], n.get("guest_mac") or _mac(n))
+                for n in self.config["network-interfaces"].values()
+            ),
+            run_dir=self.run_dir,
+            # The serial console is our stdout (the engine points it at console.log).
+            console_log=Path("/dev/stdout"),
+            vsock_cid=None,  # no vhost-vsock here: the agent speaks virtio-serial
+        )
+
+    async def instance_start(self) -> str | None:
+        if "boot-source" not in self.config:
+            return "Cannot start microvm without kernel configuration."
+        if not self.guest:
+            print(SERIAL_BOOT_LINE, flush=True)
+            self.state = "Running"
+            await self._serve_vsock()  # relays to whatever serves agent.sock
             return None
-        if self.started:
-            return "The requested operation is not supported after starting the microVM."
-        for key in ("kernel_image_path", "initrd_path", "path_on_host", "log_path"):
-            if key in body and not Path(body[key]).exists():
-                return f"Cannot open {key} {body[key]}: No such file or directory (os error 2)"
-        self.config[template] = body
-        if template == "/logger":
-            with open(body["log_path"], "a") as f:
-                f.write(f"fake-firecracker {self.vm_id}: logger configured\n")
+        from banger.engines.kvm import probe_kvm
+        from banger.engines.qemu import QMP_SOCKET, build_argv, host_tsc_khz, qmp_execute
+        from banger.system import find_tool
+
+        qemu_bin = os.environ.get("FAKE_FC_QEMU") or find_tool("qemu-system-x86_64")
+        if qemu_bin is None:
+            return "Cannot start microvm: the stand-in needs qemu-system-x86_64"
+        accel = "kvm" if probe_kvm(None, qemu_bin=qemu_bin).usable else "tcg"
+        cfg = self.guest_config()
+        for stale in (QMP_SOCKET, "agent.sock"):
+            (self.run_dir / stale).unlink(missing_ok=True)
+        tsc = host_tsc_khz() if accel == "tcg" else None
+        argv = build_argv(cfg, qemu_bin=qemu_bin, accel=accel, vhost_vsock=False, tsc_khz=tsc)
+        log(f"InstanceStart: {' '.join(argv)}")
+        self.qemu = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, cwd=self.run_dir, preexec_fn=_die_with_parent
+        )
+        asyncio.get_running_loop().create_task(self._watch_qemu(self.qemu))
+        qmp = self.run_dir / QMP_SOCKET
+        for _ in range(60):  # answer once QEMU runs (as Firecracker does), at most ~3 s
+            if self.qemu.poll() is not None:
+                return f"Cannot start microvm: qemu exited with {self.qemu.returncode}"
+            with contextlib.suppress(Exception):
+                if (await qmp_execute(qmp, "query-status", timeout=1.0))["status"] == "running":
+                    break
+            await asyncio.sleep(0.05)
+        self.state = "Running"
+        await self._serve_vsock()
         return None
 
-    def _reply(
-        self, request: web.Request, body: Any, status: int, fault: str | None
-    ) -> web.Response:
-        self._log({"method": request.method, "path": request.path, "body": body, "status": status})
-        if status == 204:
-            return web.Response(status=204)
-        return web.json_response({"fault_message": fault}, status=status)
+    async def _watch_qemu(self, proc: subprocess.Popen[bytes]) -> None:
+        while proc.poll() is None:
+            await asyncio.sleep(0.1)
+        log(f"guest exited (qemu status {proc.returncode}); exiting like Firecracker")
+        self.finish(0 if proc.returncode == 0 else 1)
+
+    async def ctrl_alt_del(self) -> str | None:
+        if not self.started:
+            return NOT_BEFORE_START
+        if not self.guest:
+            print(SERIAL_CAD_LINE, flush=True)
+            if os.environ.get("FAKE_FC_IGNORE_CTRL_ALT_DEL") != "1":
+                asyncio.get_running_loop().call_later(0.1, self.finish, 0)
+            return None
+        from banger.engines.qemu import QMP_SOCKET, qmp_execute
+
+        try:
+            await qmp_execute(self.run_dir / QMP_SOCKET, "system_powerdown")
+        except Exception as exc:
+            return f"SendCtrlAltDel failed: {exc}"
+        return None
+
+    def shutdown(self) -> None:
+        """SIGTERM/SIGINT or exit: the guest goes with us, as Firecracker's does."""
+        if self.qemu is not None and self.qemu.poll() is None:
+            self.qemu.terminate()
+            try:
+                self.qemu.wait(5)
+            except subprocess.TimeoutExpired:
+                self.qemu.kill()
+
+    # -- hybrid vsock --------------------------------------------------------------------
+
+    async def _serve_vsock(self) -> None:
+        if "vsock" not in self.config:
+            return
+        uds = Path(self.config["vsock"]["uds_path"])
+        uds.unlink(missing_ok=True)
+        self.vsock_server = await asyncio.start_unix_server(self._vsock_client, str(uds))
+
+    async def _vsock_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            try:
+                line = await asyncio.wait_for(reader.readline(), 10)
+            except (TimeoutError, OSError, ValueError):
+                return
+            m = re.fullmatch(rb"CONNECT (\d+)\n", line)
+            if m is None or int(m[1]) != AGENT_VSOCK_PORT:
+                log(f"vsock: refusing {line!r} (nothing listens there)")
+                return
+            async with self._relay_lock:  # virtio-serial: one stream, one client at a time
+                try:
+                    g_reader, g_writer = await asyncio.open_unix_connection(
+                        str(self.run_dir / "agent.sock")
+                    )
+                except OSError as exc:
+                    log(f"vsock: guest agent port not reachable: {exc}")
+                    return
+                writer.write(f"OK {next(self._host_ports)}\n".encode())
+                try:
+                    await _relay(reader, writer, g_reader, g_writer)
+                finally:
+                    g_writer.close()
+        finally:
+            writer.close()
 
 
-async def serve(api_sock: Path, vm_id: str) -> None:
+async def _relay(
+    a_reader: asyncio.StreamReader,
+    a_writer: asyncio.StreamWriter,
+    b_reader: asyncio.StreamReader,
+    b_writer: asyncio.StreamWriter,
+) -> None:
+    """Copy bytes both ways until either side closes."""
+
+    async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, ConnectionError):
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+
+    tasks = [asyncio.create_task(pump(a_reader, b_writer)),
+             asyncio.create_task(pump(b_reader, a_writer))]  # fmt: skip
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _mac(nic: dict[str, Any]) -> str:
+    import hashlib
+
+    d = hashlib.sha256(nic["iface_id"].encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x06, *d[:5]))
+
+
+def _die_with_parent() -> None:
+    """In the QEMU child: be killed when the stand-in dies (even by SIGKILL)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+# -- routes: (method, path template) -> handler ------------------------------------------
+
+
+def _preboot(key: str, *, item: str | None = None, files: tuple[str, ...] = ()) -> Handler:
+    """A pre-boot configuration resource: stored, refused after InstanceStart."""
+
+    async def handler(fc: StandIn, body: dict[str, Any], params: dict[str, str]) -> Reply:
+        if fc.started:
+            return _fault(NOT_AFTER_START)
+        for f in files:
+            if f in body and not Path(body[f]).exists():
+                return _fault(f"Cannot open {f} {body[f]}: No such file or directory (os error 2)")
+        if item is not None:
+            fc.config[key][params[item]] = body
+        else:
+            fc.config[key] = body
+        if key == "logger":
+            with open(body["log_path"], "a") as f:  # Firecracker needs it to exist: no O_CREAT
+                f.write(f"fake-firecracker {fc.vm_id}: logger configured\n")
+        return 204, None
+
+    return handler
+
+
+async def _actions(fc: StandIn, body: dict[str, Any], params: dict[str, str]) -> Reply:
+    action = body["action_type"]
+    if action == "InstanceStart":
+        if fc.started:
+            return _fault(NOT_AFTER_START)
+        fault = await fc.instance_start()
+    elif action == "SendCtrlAltDel":
+        fault = await fc.ctrl_alt_del()
+    else:  # FlushMetrics
+        fault = None if "metrics" in fc.config else "No metrics destination configured."
+    return _fault(fault) if fault else (204, None)
+
+
+async def _info(fc: StandIn, body: dict[str, Any], params: dict[str, str]) -> Reply:
+    return 200, {"app_name": "Firecracker", "id": fc.vm_id, "state": fc.state,
+                 "vmm_version": fc.spec.version}  # fmt: skip
+
+
+async def _version(fc: StandIn, body: dict[str, Any], params: dict[str, str]) -> Reply:
+    return 200, {"firecracker_version": fc.spec.version}
+
+
+async def _machine_config(fc: StandIn, body: dict[str, Any], params: dict[str, str]) -> Reply:
+    return 200, fc.config.get("machine-config", {"vcpu_count": 1, "mem_size_mib": 128})
+
+
+async def _vm_config(fc: StandIn, body: dict[str, Any], params: dict[str, str]) -> Reply:
+    out = {k: v for k, v in fc.config.items() if k not in ("drives", "network-interfaces")}
+    out["drives"] = list(fc.config["drives"].values())
+    out["network-interfaces"] = list(fc.config["network-interfaces"].values())
+    return 200, out
+
+
+ROUTES: dict[tuple[str, str], Handler] = {
+    ("GET", "/"): _info,
+    ("GET", "/version"): _version,
+    ("GET", "/machine-config"): _machine_config,
+    ("GET", "/vm/config"): _vm_config,
+    ("PUT", "/actions"): _actions,
+    ("PUT", "/logger"): _preboot("logger", files=("log_path",)),
+    ("PUT", "/metrics"): _preboot("metrics", files=("metrics_path",)),
+    ("PUT", "/machine-config"): _preboot("machine-config"),
+    ("PUT", "/boot-source"): _preboot("boot-source", files=("kernel_image_path", "initrd_path")),
+    ("PUT", "/drives/{drive_id}"): _preboot("drives", item="drive_id", files=("path_on_host",)),
+    ("PUT", "/network-interfaces/{iface_id}"): _preboot("network-interfaces", item="iface_id"),
+    ("PUT", "/vsock"): _preboot("vsock"),
+}
+
+# --config-file sections, in the order Firecracker applies them, as API requests.
+_CONFIG_SECTIONS = ["logger", "metrics", "machine-config", "boot-source", "drives",
+                    "network-interfaces", "vsock"]  # fmt: skip
+
+
+async def apply_config_file(fc: StandIn, path: Path) -> str | None:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return f"cannot read the configuration file {path}: {exc}"
+    problems = validate_definition(fc.spec, "FullVmConfiguration", doc)
+    if problems:
+        return "invalid configuration file: " + "; ".join(problems)
+    for section in _CONFIG_SECTIONS:
+        if section not in doc:
+            continue
+        if section == "drives":
+            reqs = [(f"/drives/{d['drive_id']}", d) for d in doc[section]]
+        elif section == "network-interfaces":
+            reqs = [(f"/network-interfaces/{n['iface_id']}", n) for n in doc[section]]
+        else:
+            reqs = [(f"/{section}", doc[section])]
+        for req_path, body in reqs:
+            status, reply = await fc.dispatch("PUT", req_path, body)
+            if status >= 300:
+                return f"{req_path}: {reply['fault_message']}"
+    unsupported = sorted(set(doc) - set(_CONFIG_SECTIONS))
+    if unsupported:
+        return f"the banger stand-in does not implement {', '.join(unsupported)}"
+    return await fc.instance_start()
+
+
+async def serve(args: argparse.Namespace) -> int:
     record = os.environ.get("FAKE_FC_RECORD")
-    fake = FakeFirecracker(vm_id, Path(record) if record else None)
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", fake.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.UnixSite(runner, str(api_sock)).start()
-    await fake.stop.wait()
-    await runner.cleanup()
+    api_sock = Path(args.api_sock) if args.api_sock else None
+    run_dir = api_sock.parent if api_sock else Path.cwd()
+    fc = StandIn(args.id, run_dir, Path(record) if record else None,
+                 guest=os.environ.get("FAKE_FC_GUEST") != "none")  # fmt: skip
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, fc.finish, 128 + sig)
+    runner: web.AppRunner | None = None
+    try:
+        if api_sock is not None and not args.no_api:
+            app = web.Application()
+            app.router.add_route("*", "/{tail:.*}", fc.handle)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            await web.UnixSite(runner, str(api_sock)).start()
+        if args.config_file:
+            fault = await apply_config_file(fc, Path(args.config_file))
+            if fault:
+                log(f"Error: {fault}")
+                return 1
+        return await fc.exit_code
+    finally:
+        fc.shutdown()
+        if fc.vsock_server is not None:
+            fc.vsock_server.close()
+        if runner is not None:
+            await runner.cleanup()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="firecracker")
     parser.add_argument("--api-sock")
     parser.add_argument("--id", default="anonymous-instance")
+    parser.add_argument("--config-file")
+    parser.add_argument("--no-api", action="store_true")
     parser.add_argument("--version", action="store_true")
     args = parser.parse_args()
     if args.version:
-        print("Firecracker v1.16.1 (fake)")
+        print(VERSION_LINE)
         return
     if os.environ.get("FAKE_FC_CRASH") == "1":
         sys.exit("Error: KVM not accessible: Permission denied (os error 13)")
-    print(f"Running Firecracker v1.16.1 (fake) id={args.id}", file=sys.stderr, flush=True)
-    asyncio.run(serve(Path(args.api_sock), args.id))
+    if args.no_api and not args.config_file:
+        sys.exit("Error: --no-api requires --config-file")
+    if not args.api_sock and not args.no_api:
+        args.api_sock = "/run/firecracker.socket"  # Firecracker's default
+    print(f"Running {VERSION_LINE} id={args.id}", file=sys.stderr, flush=True)
+    sys.exit(asyncio.run(serve(args)))
 
 
 if __name__ == "__main__":

@@ -108,3 +108,13 @@ class FirecrackerSpec:
 @cache
 def default_spec() -> FirecrackerSpec:
     return FirecrackerSpec()
+
+
+def validate_definition(spec: FirecrackerSpec, name: str, body: Any) -> list[str]:
+    """Problems of `body` as an instance of definition `name` (e.g. the whole
+    `--config-file`, a `FullVmConfiguration`); empty when it conforms."""
+    schema = {"$ref": f"#/definitions/{name}", "definitions": spec.definitions}
+    return [
+        f"{'/'.join(str(p) for p in err.absolute_path) or 'body'}: {err.message}"
+        for err in OAS30WriteValidator(schema).iter_errors(body)
+    ]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -140,23 +139,17 @@ def test_validator_accepts_optional_fields(spec: FirecrackerSpec) -> None:
 # -- end to end against a fake firecracker ----------------------------------------
 
 
+STANDIN_DIR = REPO_ROOT / "tests" / "standin"
+
+
 @pytest.fixture
 def fake_fc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Put a `firecracker` that runs fake_firecracker.py on PATH; return its record file."""
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    script = bindir / "firecracker"
-    script.write_text(
-        f"#!{sys.executable}\n"
-        "import sys\n"
-        f"sys.path.insert(0, {str(REPO_ROOT)!r})\n"
-        "from tests import fake_firecracker\n"
-        "fake_firecracker.main()\n"
-    )
-    script.chmod(0o755)
+    """Put the stand-in `firecracker` first on PATH, booting no guest (the files here
+    are dummies); return the file it records every request into."""
     record = tmp_path / "requests.jsonl"
-    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PATH", f"{STANDIN_DIR}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_FC_RECORD", str(record))
+    monkeypatch.setenv("FAKE_FC_GUEST", "none")
     return record
 
 

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 API_SOCKET = "firecracker.sock"
 VSOCK_SOCKET = "vsock.sock"
 FC_LOG = "firecracker.log"
+# What the test stand-in's `--version` line carries (see FirecrackerEngine.is_standin).
+STANDIN_MARK = "banger test stand-in"
 
 
 @dataclass(frozen=True)
@@ -145,10 +147,20 @@ class FirecrackerEngine(process.DetachedEngine):
         return path
 
     @functools.cached_property
-    def version(self) -> str:
+    def _version_line(self) -> str:
         res = run([self._require_bin(), "--version"], check=False, timeout=10)
-        words = res.out.split()
+        return res.out.strip().splitlines()[0] if res.out.strip() else ""
+
+    @functools.cached_property
+    def version(self) -> str:
+        words = self._version_line.split()
         return words[1] if len(words) > 1 else "unknown"
+
+    @property
+    def is_standin(self) -> bool:
+        """The binary is the test stand-in (tests/standin/firecracker): it speaks the
+        Firecracker API but boots the guest with QEMU, so it needs no KVM."""
+        return STANDIN_MARK in self._version_line
 
     def availability(self) -> Availability:
         try:
@@ -156,6 +168,8 @@ class FirecrackerEngine(process.DetachedEngine):
             version = self.version
         except BangerError as exc:
             return Availability(False, exc.message)
+        if self.is_standin:
+            return Availability(True, f"firecracker {version} ({STANDIN_MARK}: boots with QEMU)")
         # Same probe (and cache entry) as the QEMU engine: when QEMU is installed its
         # `-accel kvm` check is the stronger evidence that KVM runs a real guest.
         kvm = probe_kvm(self._kvm_cache, qemu_bin=find_tool("qemu-system-x86_64"))
