@@ -385,7 +385,22 @@ def test_cli_renders_health_and_ports(monkeypatch: pytest.MonkeyPatch) -> None:
             {"port": 5432, "address": "127.0.0.1", "family": "tcp", "pid": None, "process": None},
         ],
     }
-    fake = SimpleNamespace(vm_health=lambda name: health, vm_ports=lambda name: ports)
+    from banger.api.models import VM
+
+    box = VM.model_validate(
+        {
+            **dict.fromkeys(("id", "name", "image", "kernel", "engine", "mac"), "box"),
+            **dict(state="running", vcpus=1, memory_mib=256, disk_bytes=1, work_bytes=1),
+            **dict(nat=False, ip="172.16.0.2", tap=None, created_at=0.0),
+            "ports": [
+                {"proto": "tcp", "host_addr": "0.0.0.0", "host_port": 2222, "guest_port": 22}
+                | {"spec": "2222:22"}
+            ],
+        }
+    )
+    fake = SimpleNamespace(
+        vm_health=lambda name: health, vm_ports=lambda name: ports, vm=lambda name: box
+    )
     monkeypatch.setattr(agent_cmds, "client", lambda: fake)
     runner = CliRunner()
 
@@ -397,8 +412,9 @@ def test_cli_renders_health_and_ports(monkeypatch: pytest.MonkeyPatch) -> None:
     assert r.exit_code == 0, r.output
     assert "http://box.vm:22" in r.output and "sshd (200)" in r.output
     assert "http://box.vm:5432" not in r.output  # loopback only: no link
+    assert "*:2222" in r.output and "host :2222" in r.output  # published, and to what
     r = runner.invoke(cli, ["vm", "ports", "box", "--json"])
-    assert json.loads(r.output) == ports
+    assert json.loads(r.output) == {**ports, "published": [box.ports[0].model_dump()]}
 
     health.update(healthy=False, agent="absent", detail=agent_routes.NO_AGENT, info=None)
     r = runner.invoke(cli, ["vm", "health", "box"])

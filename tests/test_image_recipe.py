@@ -174,7 +174,31 @@ def test_banger_net_dns_prefix_and_systemd_hostname(tmp_path: Path) -> None:
     assert "ip addr replace 10.0.2.15/16 dev eth0" in cmds
     assert not any(c.startswith("hostname") for c in cmds)  # systemd already set it
     resolv = (tmp_path / "root/etc/resolv.conf").read_text().splitlines()
-    assert resolv[1:] == ["nameserver 10.0.2.3", "nameserver 1.1.1.1"]
+    assert [x for x in resolv if not x.startswith("#")] == [
+        "nameserver 10.0.2.3",
+        "nameserver 1.1.1.1",
+    ]
+
+
+def test_banger_net_gives_the_guest_the_daemon_dns_and_search_domain(tmp_path: Path) -> None:
+    # What DnsCapability puts on the command line: the bridge address and the zone.
+    banger_net(
+        tmp_path,
+        "ip=172.30.0.7::172.30.0.1:255.255.255.0:a:eth0:off:172.30.0.1 banger.dns_search=vm",
+    )
+    resolv = (tmp_path / "root/etc/resolv.conf").read_text().splitlines()
+    assert [x for x in resolv if not x.startswith("#")] == ["nameserver 172.30.0.1", "search vm"]
+    assert not list((tmp_path / "root/etc").glob(".resolv*"))  # replaced atomically
+
+
+def test_banger_resolv_alone_is_reusable(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    env = {**os.environ, "BANGER_NET_ROOT": str(tmp_path)}
+    run(["sh", str(FILES / "banger-resolv"), "-s", "vm", "172.30.0.1"], env=env)
+    lines = (tmp_path / "etc/resolv.conf").read_text().splitlines()
+    assert lines[-2:] == ["nameserver 172.30.0.1", "search vm"]
+    bad = run(["sh", str(FILES / "banger-resolv")], env=env, check=False)
+    assert bad.returncode == 2 and "usage" in bad.stderr.decode()
 
 
 def test_banger_net_falls_back_to_the_first_ethernet(tmp_path: Path) -> None:

@@ -41,7 +41,7 @@ def test_rules_added_listed_replaced_and_removed(ns: str) -> None:
         host_forwarding = f.read()
     nat.ensure_table("banger0", "172.30.0.0/24", netns=ns)
     nat.ensure_table("banger0", "172.30.0.0/24", netns=ns)  # idempotent
-    assert _table(ns).count('comment "banger:base"') == 4
+    assert _table(ns).count('comment "banger:base"') == 9
     assert _forwarding(ns) == "0"
 
     nat.enable_nat("172.30.0.2", netns=ns)
@@ -144,3 +144,73 @@ def test_masquerade_end_to_end(topology: tuple[str, str, str]) -> None:
     # Forwarding stays on, but a VM without NAT is kept off the uplink.
     assert _forwarding(host) == "1"
     assert _send(vm, net, timeout=0.3) is None
+
+
+def _tcp_server(ns: str, bind: tuple[str, int], reply: bytes) -> socket.socket:
+    """A one-shot-per-connection TCP server in `ns` (a thread answers `reply`)."""
+    import threading
+
+    def make() -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(bind)
+        s.listen(8)
+        return s
+
+    srv = call_in_netns(ns, make)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, peer = srv.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(reply + f" to {peer[0]}".encode())
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv
+
+
+def _fetch(ns: str, addr: tuple[str, int]) -> str | None:
+    def go() -> str | None:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(1.0)
+            try:
+                s.connect(addr)
+                return s.recv(64).decode()
+            except OSError:
+                return None
+
+    return call_in_netns(ns, go)
+
+
+def test_published_port_end_to_end(topology: tuple[str, str, str]) -> None:
+    """DNAT from outside, from the host's own addresses and from 127.0.0.1, for a VM
+    without NAT; gone once unpublished."""
+    host, vm, net = topology
+    srv = _tcp_server(vm, ("172.30.0.2", 80), b"hello from vm")
+    try:
+        rules = [
+            nat.PortRule("tcp", "0.0.0.0", 8080, 80),
+            nat.PortRule("tcp", "127.0.0.1", 9090, 80),
+        ]
+        nat.set_published("172.30.0.2", rules, netns=host)  # makes the table itself
+        assert nat.list_published(netns=host) == [nat.PublishEntry("172.30.0.2", r) for r in rules]
+        # From outside (the far side of the uplink): the VM sees the real client.
+        assert _fetch(net, ("10.99.0.1", 8080)) == "hello from vm to 10.99.0.2"
+        # On the host, through loopback (route_localnet + masquerade) and its own address.
+        assert (_fetch(host, ("127.0.0.1", 8080)) or "").startswith("hello from vm")
+        assert (_fetch(host, ("127.0.0.1", 9090)) or "").startswith("hello from vm")
+        assert (_fetch(host, ("10.99.0.1", 8080)) or "").startswith("hello from vm")
+        # A port bound to 127.0.0.1 is not reachable from outside.
+        assert _fetch(net, ("10.99.0.1", 9090)) is None
+
+        nat.set_published("172.30.0.2", rules[:1], netns=host)
+        assert _fetch(host, ("127.0.0.1", 9090)) is None
+        nat.set_published("172.30.0.2", [], netns=host)
+        assert nat.list_published(netns=host) == []
+        assert _fetch(net, ("10.99.0.1", 8080)) is None
+        assert "banger:pub:" not in _table(host)
+    finally:
+        srv.close()

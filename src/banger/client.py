@@ -272,6 +272,19 @@ class Client:
             self._request("PATCH", f"/v1/vms/{name}", body=req.model_dump(exclude_none=True))
         )
 
+    def publish(self, name: str, specs: list[str], *, remove: bool = False) -> VM:
+        """Publish (or with `remove`, unpublish) ports of a VM; live when it runs."""
+        action = "unpublish" if remove else "publish"
+        return VM.model_validate(
+            self._request("POST", f"/v1/vms/{name}/{action}", body={"specs": specs})
+        )
+
+    def dns(self, action: str = "status") -> dict[str, Any]:
+        """Host resolver integration: "status", "setup" or "teardown"."""
+        if action == "status":
+            return dict(self._request("GET", "/v1/dns"))
+        return dict(self._request("POST", f"/v1/dns/{action}"))
+
     def ssh_info(self, name: str) -> dict[str, Any]:
         return dict(self._request("GET", f"/v1/vms/{name}/ssh"))
 

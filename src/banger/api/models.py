@@ -88,6 +88,16 @@ class Image(BaseModel):
     info: dict[str, Any] = Field(default_factory=dict)
 
 
+class PublishedPort(BaseModel):
+    """A published port: host `host_addr:host_port/proto` → the VM's `guest_port`."""
+
+    proto: Literal["tcp", "udp"]
+    host_addr: str
+    host_port: int
+    guest_port: int
+    spec: str  # as `--publish` takes it
+
+
 class VM(BaseModel):
     id: str
     name: str
@@ -113,6 +123,11 @@ class VM(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict)
     last_error: str | None = None
     dir: str = ""
+    ports: list[PublishedPort] = Field(default_factory=list)
+
+
+class PublishPorts(BaseModel):
+    specs: list[str]
 
 
 class CreateVM(BaseModel):
@@ -125,6 +140,7 @@ class CreateVM(BaseModel):
     disk_size: str | None = None
     work_size: str | None = None
     nat: bool = False
+    publish: list[str] = Field(default_factory=list)  # [ADDR:]HOST_PORT:GUEST_PORT[/udp]
 
 
 class SetVM(BaseModel):

@@ -4,6 +4,7 @@ A capability is a plain object holding the services it needs. The VM service
 calls every capability at each lifecycle point, in order, and undoes the ones
 that ran (in reverse) when a later step fails:
 
+- `validate(options)`  before create makes anything: refuse bad options early
 - `prepare(vm, ctx)`   once, on create: make persistent resources (disks, lease)
 - `attach(vm, boot)`   before every boot: make runtime resources (TAP, NAT rule,
                         DNS record) and contribute drives / NICs / cmdline
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from banger.engines.base import Drive, NetIface
 from banger.progress import Progress
@@ -39,6 +41,8 @@ class PrepareContext:
     image_rootfs: Path
     image_work_seed: Path | None
     progress: Progress
+    # The create request's fields (e.g. "publish"): each capability reads its own.
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -60,6 +64,11 @@ class Capability:
     stage: str = "capability"  # progress/timing stage of `prepare` (and fault-injection point)
 
     # -- VM lifecycle ----------------------------------------------------------------
+
+    def validate(self, options: dict[str, Any]) -> None:
+        """Check a create request's own options (e.g. `publish`) before anything is made;
+        raise InvalidInput/Conflict to refuse it."""
+        return None
 
     async def prepare(self, vm: VMRecord, ctx: PrepareContext) -> None:
         return None

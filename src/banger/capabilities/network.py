@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 
 from banger.capabilities.base import BootContributions, Capability, PrepareContext
 from banger.engines.base import NetIface
@@ -22,6 +23,8 @@ class NetworkCapability(Capability):
     stage = "network"
 
     def __init__(self, repo: VMRepository, pool: TapPool, bridge: str, subnet: str) -> None:
+        # Called (in a thread) each time the bridge is set up, e.g. host DNS re-apply.
+        self.on_ready: list[Callable[[], None]] = []
         self.repo = repo
         self.pool = pool
         self.bridge = bridge
@@ -42,6 +45,8 @@ class NetworkCapability(Capability):
             report = self.pool.reclaim(in_use)
             if report.adopted or report.deleted:
                 log.info("TAP pool: adopted %s, deleted %s", report.adopted, report.deleted)
+            for hook in self.on_ready:
+                hook()
             self._ready = True
 
     async def warm(self) -> None:

@@ -9,6 +9,7 @@ import click
 
 from banger.cli.common import client, json_option
 from banger.cli.output import out, print_json
+from banger.errors import BangerError
 from banger.units import format_duration, format_size
 
 
@@ -62,18 +63,44 @@ def health(name: str, as_json: bool) -> None:
 @click.argument("name")
 @json_option
 def ports(name: str, as_json: bool) -> None:
-    """List listening TCP ports in the VM (through its guest agent)."""
-    data = client().vm_ports(name)
-    items: list[dict[str, Any]] = data.get("ports", [])
+    """List the VM's published ports, and its listening TCP ports (through its agent)."""
+    c = client()
+    vm = c.vm(name)
+    published = [p.model_dump() for p in vm.ports]
+    data: dict[str, Any] = {"name": vm.name, "ip": vm.ip, "ports": [], "published": published}
+    agent_error = ""
+    if vm.state == "running":
+        try:
+            data.update(c.vm_ports(name))
+        except BangerError as exc:
+            agent_error = exc.message
+    data["published"] = published
     if as_json:
         print_json(data)
+        return
+    from rich.table import Table
+
+    if published:
+        t = Table("published", "guest port", "proto")
+        for p in published:
+            host = "*" if p["host_addr"] == "0.0.0.0" else p["host_addr"]
+            t.add_row(f"{host}:{p['host_port']}", str(p["guest_port"]), p["proto"])
+        out.print(t)
+    items: list[dict[str, Any]] = data.get("ports", [])
+    if vm.state != "running":
+        out.print(f"{name} is {vm.state}: listening ports show while it runs")
+        return
+    if agent_error:
+        out.print(f"listening ports unavailable: {agent_error}")
         return
     if not items:
         out.print(f"nothing listens on TCP in {name}")
         return
-    from rich.table import Table
-
-    t = Table("port", "address", "process", "link")
+    by_guest: dict[int, list[str]] = {}
+    for p in published:
+        if p["proto"] == "tcp":
+            by_guest.setdefault(int(p["guest_port"]), []).append(f"host :{p['host_port']}")
+    t = Table("port", "address", "process", "link", "published")
     seen: set[int] = set()
     for p in items:
         port = int(p["port"])
@@ -84,7 +111,7 @@ def ports(name: str, as_json: bool) -> None:
         proc = p.get("process") or "-"
         if p.get("pid"):
             proc = f"{proc} ({p['pid']})"
-        t.add_row(str(port), addr, proc, link)
+        t.add_row(str(port), addr, proc, link, ", ".join(by_guest.get(port, [])))
     out.print(t)
 
 

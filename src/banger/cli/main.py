@@ -24,6 +24,7 @@ class LazyGroup(click.Group):
         "daemon": ("banger.cli.daemon_cmds", "daemon"),
         "config": ("banger.cli.config_cmds", "config"),
         "doctor": ("banger.cli.doctor_cmd", "doctor"),
+        "dns": ("banger.cli.dns_cmds", "dns"),
         "kernel": ("banger.cli.kernel_cmds", "kernel"),
         "image": ("banger.cli.image_cmds", "image"),
         "vm": ("banger.cli.vm_cmds", "vm"),

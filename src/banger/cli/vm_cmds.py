@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
-from banger.api.models import VM, CreateVM, SetVM
+from banger.api.models import VM, CreateVM, PublishedPort, SetVM
 from banger.cli.common import client, follow, json_option
 from banger.cli.output import err, out, print_json
 from banger.client import Client
@@ -63,6 +63,14 @@ def list_(as_json: bool) -> None:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+_publish_option = click.option(
+    "-p",
+    "--publish",
+    multiple=True,
+    metavar="[ADDR:]HOST:GUEST[/udp]",
+    help="Publish a guest port on the host, like Docker's -p (repeatable).",
+)
+
 
 def _create_options(f: F) -> F:
     for opt in reversed(
@@ -76,6 +84,7 @@ def _create_options(f: F) -> F:
             click.option("--work-size", help="/root work disk size, e.g. 2G."),
             click.option("--engine", type=ENGINES, help="Hypervisor (default from config)."),
             click.option("--nat", is_flag=True, help="Give the VM internet access."),
+            _publish_option,
         ]
     ):
         f = opt(f)
@@ -83,6 +92,7 @@ def _create_options(f: F) -> F:
 
 
 def _create(c: Client, quiet: bool, **kw: object) -> VM:
+    kw["publish"] = list(kw.get("publish") or ())  # type: ignore[call-overload]
     req = CreateVM.model_validate({k: v for k, v in kw.items() if v is not None})
     op = c.create_vm(req)
     final = follow(op, f"creating {op.target}", quiet=quiet)
@@ -102,6 +112,13 @@ def create(as_json: bool, **kw: object) -> None:
     total = v.timings.get("total", 0.0)
     out.print(f"[green]✓[/] {v.name} is running at {v.ip} (ready in {total:.1f}s)")
     out.print(f"  connect: banger vm ssh {v.name}")
+    for p in v.ports:
+        out.print(f"  published: {_port_line(p)}")
+
+
+def _port_line(p: PublishedPort) -> str:
+    host = "*" if p.host_addr == "0.0.0.0" else p.host_addr
+    return f"{host}:{p.host_port}/{p.proto} -> {p.guest_port}"
 
 
 def _fan_out(names: tuple[str, ...], action: str, verb: str, **params: object) -> None:
@@ -177,8 +194,9 @@ def show(name: str, as_json: bool) -> None:
     if as_json:
         print_json(v)
         return
-    for key, val in v.model_dump(exclude={"timings"}).items():
+    for key, val in v.model_dump(exclude={"timings", "ports"}).items():
         out.print(f"{key:<11} {val}")
+    out.print(f"{'ports':<11} " + (", ".join(_port_line(p) for p in v.ports) or "-"))
     if v.timings:
         out.print("timings    " + "  ".join(f"{k}={s:.2f}s" for k, s in v.timings.items()))
 
@@ -202,6 +220,30 @@ def set_(names: tuple[str, ...], vcpus: int | None, memory: str | None, nat: boo
             err.print(f"[red]✗[/] {n}: {exc.message}")
     if failed:
         sys.exit(1)
+
+
+@vm.command()
+@click.argument("name")
+@click.argument("specs", nargs=-1, required=True, metavar="[ADDR:]HOST:GUEST[/udp]...")
+@json_option
+def publish(name: str, specs: tuple[str, ...], as_json: bool) -> None:
+    """Publish guest ports on the host (live if the VM runs), like Docker's -p."""
+    v = client().publish(name, list(specs))
+    if as_json:
+        print_json(v)
+        return
+    for p in v.ports:
+        out.print(f"[green]✓[/] {name}: {_port_line(p)}")
+
+
+@vm.command()
+@click.argument("name")
+@click.argument("specs", nargs=-1, required=True, metavar="[ADDR:]HOST[:GUEST][/udp]...")
+def unpublish(name: str, specs: tuple[str, ...]) -> None:
+    """Stop publishing ports (by host port, or as they were published)."""
+    v = client().publish(name, list(specs), remove=True)
+    left = ", ".join(_port_line(p) for p in v.ports) or "no ports"
+    out.print(f"[green]✓[/] {name} now publishes {left}")
 
 
 def _ssh_argv(info: dict[str, object], command: tuple[str, ...], tty: bool) -> list[str]:
@@ -271,6 +313,7 @@ def logs(name: str, follow_: bool) -> None:
 @click.option("--rm", "remove", is_flag=True, help="Delete the VM when the session ends.")
 @click.option("--nat", is_flag=True, help="Give the VM internet access.")
 @click.option("--engine", type=ENGINES)
+@_publish_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(
     image: str | None,
@@ -278,11 +321,12 @@ def run(
     remove: bool,
     nat: bool,
     engine: str | None,
+    publish: tuple[str, ...],
     command: tuple[str, ...],
 ) -> None:
     """Pull what is missing, create a VM, and open a shell in it (or run `-- CMD`)."""
     c = client()
-    v = _create(c, False, name=name, image=image, nat=nat or None, engine=engine)
+    v = _create(c, False, name=name, image=image, nat=nat or None, engine=engine, publish=publish)
     out.print(f"[green]✓[/] {v.name} is running at {v.ip}")
     try:
         rc = _ssh(c, v.name, command)

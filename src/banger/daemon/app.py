@@ -14,9 +14,10 @@ import time
 from dataclasses import dataclass, field
 
 from banger.capabilities.base import Capability
-from banger.capabilities.dns import DnsCapability, DnsService
+from banger.capabilities.dns import DnsCapability, DnsService, HostDns
 from banger.capabilities.nat import NatCapability
 from banger.capabilities.network import NetworkCapability
+from banger.capabilities.publish import PublishCapability
 from banger.capabilities.vsock import VsockCapability
 from banger.capabilities.workdisk import WorkDiskCapability
 from banger.config import Config, LoadedConfig
@@ -44,7 +45,9 @@ class Daemon:
     artifacts: ArtifactService
     engines: EngineRegistry
     pool: TapPool
+    publish: PublishCapability
     dns: DnsService
+    host_dns: HostDns
     vms: VMService
     started_at: float = field(default_factory=time.time)
     _background: set[asyncio.Task[None]] = field(default_factory=set)
@@ -103,6 +106,7 @@ def build_capabilities(
     config: Config,
     network: NetworkCapability,
     nat: NatCapability,
+    publish: PublishCapability,
     dns: DnsService,
     authorized_key: str,
     store: Store,
@@ -113,6 +117,7 @@ def build_capabilities(
         VsockCapability(VMRepository(store)),  # the guest agent's channel
         network,
         nat,  # needs vm.ip from network.prepare
+        publish,  # DNAT to vm.ip, in NAT's table
         DnsCapability(dns),  # after network.attach: the bridge address exists
     ]
 
@@ -126,11 +131,13 @@ def build_daemon(paths: Paths, loaded: LoadedConfig) -> Daemon:
     pool = TapPool(config.bridge_name, size=config.tap_pool_size)
     network = NetworkCapability(VMRepository(store), pool, config.bridge_name, config.subnet)
     nat = NatCapability(config.bridge_name, config.subnet)
+    publish = PublishCapability(store, config.bridge_name, config.subnet)
     vms_ref: list[VMService] = []
     dns = DnsService(
         addresses.gateway(config.subnet),
         config.dns_port,
         running=lambda: vms_ref[0].all() if vms_ref else [],
+        subnet=config.subnet,
     )
     key = ensure_key(paths, config.ssh_key_path)
     vms = VMService(
@@ -140,11 +147,21 @@ def build_daemon(paths: Paths, loaded: LoadedConfig) -> Daemon:
         artifacts=artifacts,
         engine_for=engines.get,
         resolve_engine=engines.resolve,
-        capabilities=build_capabilities(paths, config, network, nat, dns, public_key(key), store),
+        capabilities=build_capabilities(
+            paths, config, network, nat, publish, dns, public_key(key), store
+        ),
         ssh_key=key,
         fault=testhooks.maybe_fail,
     )
     vms_ref.append(vms)
+    host_dns = HostDns(
+        paths.state_dir / "host-dns.json",
+        config.bridge_name,
+        dns,
+        network.ensure_ready,
+        running=vms.all,
+    )
+    network.on_ready.append(host_dns.reapply)
     log.info("daemon built: pid %s, state %s", os.getpid(), paths.state_dir)
     return Daemon(
         paths=paths,
@@ -154,6 +171,8 @@ def build_daemon(paths: Paths, loaded: LoadedConfig) -> Daemon:
         artifacts=artifacts,
         engines=engines,
         pool=pool,
+        publish=publish,
         dns=dns,
+        host_dns=host_dns,
         vms=vms,
     )

@@ -1,22 +1,37 @@
-"""A tiny authoritative DNS responder for `<name>.vm`, on the bridge address.
+"""The daemon's DNS server on the bridge address: `.vm` names, and the outside world
+for VMs with NAT.
 
-It answers A queries for `<name>.vm` from a lookup the daemon provides (a callable
-or a live mapping, read on every query), NXDOMAIN for unknown names in the zone,
-and REFUSED for every other zone: it is not a recursive resolver, so the host
-resolver must send it only `~vm` (systemd-resolved: `resolvectl dns banger0
-172.30.0.1; resolvectl domain banger0 ~vm`), which `doctor` explains.
+Answers, per question (one per packet; anything else is FORMERR):
+
+- `<name>.vm` A: the VM's address (authoritative, short TTL). AAAA and other types of
+  a known name: NOERROR without data. Unknown names in the zone: NXDOMAIN.
+- PTR `d.c.b.a.in-addr.arpa` inside the bridge subnet: `<name>.vm.`, NXDOMAIN when no
+  VM holds the address.
+- Any other name, for a client the daemon says may recurse (a running VM with NAT):
+  resolved *the way the host resolves it* by an `Upstream` (`banger.net.upstream`:
+  `getaddrinfo` for A/AAAA so `/etc/hosts` and nsswitch apply, the host's
+  `resolv.conf` nameservers for other types), cached for the answer's TTL. Every
+  other client (VMs without NAT, anyone else) gets REFUSED: this is never an open
+  resolver.
+
+Robustness: garbage, responses and oversized packets are dropped without a reply;
+the work per packet is one parse plus at most one cache lookup; outside lookups run
+off the event loop with a bound on how many are in flight (the rest get SERVFAIL at
+once), and replies that do not fit a UDP datagram are truncated (TC set).
+The socket is bound to the bridge address only, never to a wildcard.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import logging
 import socket
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
-from dnslib import QTYPE, RCODE, RR, A, DNSError, DNSRecord
+from dnslib import PTR, QTYPE, RCODE, RR, A, DNSError, DNSLabel, DNSRecord
 
 from banger.errors import BangerError, Conflict, NotFound, PrivilegeError
 from banger.net._ns import call_in_netns
@@ -24,6 +39,15 @@ from banger.net._ns import call_in_netns
 log = logging.getLogger(__name__)
 
 Lookup = Callable[[str], str | None] | Mapping[str, str]
+MAX_PACKET = 4096  # larger datagrams are not DNS queries we answer
+UDP_PAYLOAD = 512  # without EDNS, the most a UDP reply may carry
+MAX_INFLIGHT = 64  # outside lookups running at once; beyond that, SERVFAIL at once
+
+
+class Upstream(Protocol):
+    """Resolves outside names; returns a full reply to `query`, or None to drop."""
+
+    async def resolve(self, query: DNSRecord) -> DNSRecord: ...
 
 
 class DnsServer:
@@ -38,13 +62,32 @@ class DnsServer:
         zone: str = "vm",
         ttl: int = 5,  # short: VMs come and go, and a stale answer costs an SSH timeout
         netns: str | None = None,
+        subnet: str | None = None,
+        reverse: Callable[[str], str | None] | None = None,
+        upstream: Upstream | None = None,
+        may_recurse: Callable[[str], bool] = lambda client: False,
+        max_inflight: int = MAX_INFLIGHT,
     ) -> None:
         self._lookup: Callable[[str], str | None] = (
             lookup.get if isinstance(lookup, Mapping) else lookup
         )
+        if reverse is None and isinstance(lookup, Mapping):
+            mapping = lookup
+
+            def reverse(ip: str) -> str | None:
+                return next((n for n, a in list(mapping.items()) if a == ip), None)
+
+        self._reverse = reverse or (lambda ip: None)
         self.host, self.port, self.zone, self.ttl, self.netns = host, port, zone.lower(), ttl, netns
+        self.subnet = ipaddress.IPv4Network(subnet) if subnet else None
+        self.upstream = upstream
+        self.may_recurse = may_recurse
+        self.max_inflight = max_inflight
+        self._inflight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
         self._transport: asyncio.DatagramTransport | None = None
         self.address: tuple[str, int] | None = None  # once bound
+        self.stats = {"queries": 0, "dropped": 0, "forwarded": 0, "overload": 0}
 
     async def start(self) -> tuple[str, int]:
         """Bind and serve; returns the bound (host, port), useful with port 0."""
@@ -61,6 +104,8 @@ class DnsServer:
         if self._transport is not None:
             self._transport.close()
             self._transport = None
+        for task in list(self._tasks):
+            task.cancel()
         self.address = None  # not serving: a later start() binds again
 
     async def __aenter__(self) -> DnsServer:
@@ -80,31 +125,78 @@ class DnsServer:
         sock.setblocking(False)
         return sock
 
-    def answer(self, packet: bytes) -> bytes | None:
-        """The response to one query packet; None for garbage or stray responses."""
+    # -- answering -------------------------------------------------------------------
+
+    def parse(self, packet: bytes) -> DNSRecord | None:
+        """A query worth answering, or None (garbage, a response, oversized)."""
+        if len(packet) > MAX_PACKET or len(packet) < 12:
+            return None
         try:
             query = DNSRecord.parse(packet)
-        except (DNSError, ValueError, IndexError):
+        except (DNSError, ValueError, IndexError, UnicodeError):
             return None
-        if query.header.qr:  # a response, not a query: never answer (no loops)
+        if query.header.qr or query.header.opcode != 0:  # responses never get answers
             return None
+        return query
+
+    def answer(self, packet: bytes, client: str = "127.0.0.1") -> bytes | None:
+        """The local response to one packet; None when it gets none (or is forwarded
+        elsewhere: see `handle`)."""
+        query = self.parse(packet)
+        if query is None:
+            return None
+        reply = self.local_reply(query, client)
+        return None if reply is None else self.pack(query, reply)
+
+    def local_reply(self, query: DNSRecord, client: str) -> DNSRecord | None:
+        """The reply when it can be made here; None when the upstream must answer."""
         reply = query.reply()
-        reply.header.ra = 0  # not recursive
-        if not query.questions:
+        reply.header.ra = int(self.upstream is not None and self.may_recurse(client))
+        if len(query.questions) != 1:
             reply.header.rcode = RCODE.FORMERR
-            return bytes(reply.pack())
+            return reply
         q = query.q
         labels = [label.decode(errors="replace").lower() for label in q.qname.label]
-        if not labels or labels[-1] != self.zone:
-            reply.header.aa = 0
-            reply.header.rcode = RCODE.REFUSED
-        elif len(labels) == 1:
-            pass  # the zone apex exists but holds no records we serve: NODATA
-        elif len(labels) != 2:
+        if labels and labels[-1] == self.zone:
+            if len(labels) == 1:
+                pass  # the zone apex exists but holds no records we serve: NODATA
+            elif len(labels) != 2:
+                reply.header.rcode = RCODE.NXDOMAIN
+            else:
+                self._answer_name(reply, labels[0], q.qtype)
+            return reply
+        ptr_ip = self._ptr_address(labels)
+        if ptr_ip is not None:
+            self._answer_ptr(reply, ptr_ip, q.qtype)
+            return reply
+        if reply.header.ra:
+            return None  # outside name, client may recurse: the upstream answers
+        reply.header.aa = 0
+        reply.header.rcode = RCODE.REFUSED
+        return reply
+
+    def _ptr_address(self, labels: list[str]) -> str | None:
+        """The subnet address a reverse name asks about, else None."""
+        if self.subnet is None or labels[-2:] != ["in-addr", "arpa"] or len(labels) != 6:
+            return None
+        try:
+            ip = ipaddress.IPv4Address(".".join(reversed(labels[:4])))
+        except ValueError:
+            return None
+        return str(ip) if ip in self.subnet else None
+
+    def _answer_ptr(self, reply: Any, ip: str, qtype: int) -> None:
+        try:
+            name = self._reverse(ip)
+        except Exception:
+            log.exception("DNS reverse lookup for %s failed", ip)
+            reply.header.rcode = RCODE.SERVFAIL
+            return
+        if name is None:
             reply.header.rcode = RCODE.NXDOMAIN
-        else:
-            self._answer_name(reply, labels[0], q.qtype)
-        return bytes(reply.pack())
+        elif qtype in (QTYPE.PTR, QTYPE.ANY):
+            target = DNSLabel(f"{name}.{self.zone}.")
+            reply.add_answer(RR(reply.q.qname, QTYPE.PTR, rdata=PTR(target), ttl=self.ttl))
 
     def _answer_name(self, reply: Any, name: str, qtype: int) -> None:
         try:
@@ -119,6 +211,60 @@ class DnsServer:
             reply.add_answer(RR(reply.q.qname, QTYPE.A, rdata=A(ip), ttl=self.ttl))
         # Other types (AAAA, MX, ...) of a known name: NOERROR without answers.
 
+    def pack(self, query: DNSRecord, reply: DNSRecord) -> bytes:
+        """Wire bytes, truncated (TC) when over what the client can take over UDP."""
+        limit = UDP_PAYLOAD
+        for rr in query.ar:
+            if rr.rtype == QTYPE.OPT:
+                limit = max(UDP_PAYLOAD, min(int(rr.rclass), MAX_PACKET))
+        data = bytes(reply.pack())
+        if len(data) > limit:
+            data = bytes(reply.truncate().pack())
+        return data
+
+    def handle(self, packet: bytes, client: str, send: Callable[[bytes], None]) -> None:
+        """Answer one datagram: locally at once, or through the upstream off the loop."""
+        self.stats["queries"] += 1
+        query = self.parse(packet)
+        if query is None:
+            self.stats["dropped"] += 1
+            return
+        try:
+            reply = self.local_reply(query, client)
+        except Exception:  # never let one odd packet stop the server
+            log.exception("DNS: could not answer a query from %s", client)
+            return
+        if reply is not None:
+            send(self.pack(query, reply))
+            return
+        if self._inflight >= self.max_inflight:
+            self.stats["overload"] += 1
+            fail = query.reply()
+            fail.header.rcode = RCODE.SERVFAIL
+            send(self.pack(query, fail))
+            return
+        self.stats["forwarded"] += 1
+        self._inflight += 1
+        task = asyncio.get_running_loop().create_task(self._forward(query, send))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _forward(self, query: DNSRecord, send: Callable[[bytes], None]) -> None:
+        try:
+            assert self.upstream is not None
+            try:
+                reply = await self.upstream.resolve(query)
+            except Exception as exc:
+                log.debug("DNS: upstream failed for %s: %s", query.q.qname, exc)
+                reply = query.reply()
+                reply.header.rcode = RCODE.SERVFAIL
+            reply.header.id = query.header.id
+            reply.header.ra = 1
+            reply.header.aa = 0
+            send(self.pack(query, reply))
+        finally:
+            self._inflight -= 1
+
 
 class _Protocol(asyncio.DatagramProtocol):
     def __init__(self, server: DnsServer) -> None:
@@ -130,9 +276,14 @@ class _Protocol(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        response = self.server.answer(data)
-        if response is not None and self.transport is not None:
-            self.transport.sendto(response, addr)
+        def send(response: bytes) -> None:
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.sendto(response, addr)
+
+        self.server.handle(data, str(addr[0]), send)
+
+    def error_received(self, exc: Exception) -> None:  # ICMP errors from earlier sends
+        log.debug("DNS socket error: %s", exc)
 
 
 def _bind_error(exc: OSError, host: str, port: int) -> BangerError:

@@ -23,7 +23,8 @@ GIB = 1024**3
 def check_tools() -> list[CheckResult]:
     out = []
     for tool in TOOLS.values():
-        if tool.name == "firecracker" or (tool.name == "sudo" and is_root()):
+        if tool.name in ("firecracker", "resolvectl") or (tool.name == "sudo" and is_root()):
+            # (resolvectl: the dns group says what it is for and the whole fix)
             continue
         path = find_tool(tool.name)
         needed = ", ".join(tool.required_for) or "optional"
@@ -180,6 +181,36 @@ def check_artifacts(paths: Paths, config: Config) -> list[CheckResult]:
     return out
 
 
+def check_host_dns(paths: Paths, config: Config) -> list[CheckResult]:
+    """Does the host send `*.vm` to the daemon (`banger dns setup`)?"""
+    from banger.net import addresses, resolved
+
+    def result(status: str, detail: str, fix: str = "") -> list[CheckResult]:
+        return [CheckResult(group="dns", name="host .vm", status=status, detail=detail, fix=fix)]
+
+    why = resolved.unavailable()
+    if why is not None:
+        fix = resolved.fix_hint(addresses.gateway(config.subnet))
+        return result("warn", f"{why}: `NAME.vm` does not resolve on the host", fix)
+    if not (paths.state_dir / "host-dns.json").exists():
+        return result(
+            "warn", "systemd-resolved runs, but `.vm` is not routed to banger", "`banger dns setup`"
+        )
+    try:
+        link = resolved.link(config.bridge_name)
+    except Exception as exc:  # resolved answering oddly: say so, do not crash doctor
+        return result("warn", f"cannot read resolved's settings: {exc}", "`resolvectl status`")
+    if "~vm" in link.domains:
+        servers = " ".join(link.servers)
+        return result("ok", f"{config.bridge_name} sends ~vm to {servers}")
+    return result(
+        "warn",
+        f"set up, but not active on {config.bridge_name} (the bridge is made on first VM use "
+        "and the daemon re-applies it then)",
+        "start a VM, or `banger dns setup` again",
+    )
+
+
 def run_doctor(paths: Paths, config: Config) -> DoctorReport:
     checks: list[Callable[[], list[CheckResult]]] = [
         check_tools,
@@ -188,6 +219,7 @@ def run_doctor(paths: Paths, config: Config) -> DoctorReport:
         check_privileges,
         lambda: check_dirs(paths),
         lambda: check_artifacts(paths, config),
+        lambda: check_host_dns(paths, config),
     ]
     results: list[CheckResult] = []
     for check in checks:

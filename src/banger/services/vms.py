@@ -99,6 +99,9 @@ class VMService:
         work = parse_size(req.work_size or self.config.default_work_size)
         if work < 16 * 1024**2:
             raise InvalidInput(f"--work-size {req.work_size} is too small", hint="use at least 16M")
+        options = req.model_dump()
+        for cap in self.capabilities:  # their own options (e.g. --publish), before anything
+            cap.validate(options)
         vm_id = secrets.token_hex(6)
         return VMRecord(
             id=vm_id,
@@ -136,7 +139,9 @@ class VMService:
         log.info("creating vm %s (%s) image=%s engine=%s", vm.name, vm.id, vm.image, vm.engine)
         async with self.lock(vm.id), AsyncExitStack() as undo:
             try:
-                ctx = PrepareContext(self.vm_dir(vm), image.rootfs, image.work_seed, progress)
+                ctx = PrepareContext(
+                    self.vm_dir(vm), image.rootfs, image.work_seed, progress, req.model_dump()
+                )
                 for cap in self.capabilities:
                     t = time.monotonic()
                     stage = cap.stage

@@ -69,4 +69,17 @@ MIGRATIONS: list[str] = [
     ALTER TABLE vms ADD COLUMN vsock_cid INTEGER;
     CREATE UNIQUE INDEX vms_vsock_cid ON vms(vsock_cid);
     """,
+    # 3: published ports (`--publish`, `vm publish`): one row per host address/port
+    """
+    CREATE TABLE published_ports (
+        vm_id TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+        proto TEXT NOT NULL,
+        host_addr TEXT NOT NULL,
+        host_port INTEGER NOT NULL,
+        guest_port INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (proto, host_addr, host_port)
+    );
+    CREATE INDEX published_ports_vm ON published_ports (vm_id);
+    """,
 ]

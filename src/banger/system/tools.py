@@ -24,6 +24,7 @@ TOOLS: dict[str, Tool] = {
         Tool("firecracker", "(upstream release)", "Firecracker engine", ()),
         Tool("ip", "iproute2", "bridge, TAP and namespace setup", ("vm",)),
         Tool("nft", "nftables", "per-VM NAT rules", ("nat",)),
+        Tool("resolvectl", "systemd-resolved", "`NAME.vm` on the host (banger dns setup)", ()),
         Tool("mkfs.ext4", "e2fsprogs", "building ext4 images", ("image", "vm")),
         Tool("resize2fs", "e2fsprogs", "growing work disks", ("vm",)),
         Tool("e2fsck", "e2fsprogs", "checking ext4 images before resize", ("vm",)),

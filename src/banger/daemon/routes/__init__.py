@@ -10,8 +10,9 @@ from banger.daemon.routes import core
 def setup_routes(app: web.Application) -> None:
     core.setup(app)
     # Resource modules that need services register themselves if present.
-    from banger.daemon.routes import agent, artifacts, vms
+    from banger.daemon.routes import agent, artifacts, dns, vms
 
     artifacts.setup(app)
     vms.setup(app)
     agent.setup(app)
+    dns.setup_routes(app)

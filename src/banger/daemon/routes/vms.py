@@ -4,23 +4,42 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from banger.api.models import CreateVM, SetVM
+from banger.api.models import VM, CreateVM, PublishedPort, PublishPorts, SetVM
+from banger.daemon.app import Daemon
 from banger.daemon.routes.common import body, daemon_of, flag, ok
+from banger.net.nat import PortRule
 from banger.progress import Progress
+from banger.vm import VMRecord
 
 routes = web.RouteTableDef()
 
 
+def _port(r: PortRule) -> PublishedPort:
+    return PublishedPort(
+        proto="udp" if r.proto == "udp" else "tcp",
+        host_addr=r.host_addr,
+        host_port=r.host_port,
+        guest_port=r.guest_port,
+        spec=str(r),
+    )
+
+
+def _api(d: Daemon, vm: VMRecord, ports: list[PortRule] | None = None) -> VM:
+    api = vm.to_api(str(d.vms.vm_dir(vm)))
+    rules = d.publish.rules_for(vm.id) if ports is None else ports
+    return api.model_copy(update={"ports": [_port(r) for r in rules]})
+
+
 def _vm_json(request: web.Request, name: str) -> web.Response:
     d = daemon_of(request)
-    vm = d.vms.get(name)
-    return ok(vm.to_api(str(d.vms.vm_dir(vm))))
+    return ok(_api(d, d.vms.get(name)))
 
 
 @routes.get("/v1/vms")
 async def list_vms(request: web.Request) -> web.Response:
     d = daemon_of(request)
-    return ok([vm.to_api(str(d.vms.vm_dir(vm))) for vm in d.vms.all()])
+    ports = d.publish.all_rules()
+    return ok([_api(d, vm, ports.get(vm.id, [])) for vm in d.vms.all()])
 
 
 @routes.post("/v1/vms")
@@ -48,7 +67,22 @@ async def set_vm(request: web.Request) -> web.Response:
     d = daemon_of(request)
     req = await body(request, SetVM)
     vm = await d.vms.update(request.match_info["name"], req)
-    return ok(vm.to_api(str(d.vms.vm_dir(vm))))
+    return ok(_api(d, vm))
+
+
+@routes.post("/v1/vms/{name}/{action:publish|unpublish}")
+async def publish(request: web.Request) -> web.Response:
+    """Add or remove published ports; live on a running VM. Answers the VM."""
+    d = daemon_of(request)
+    req = await body(request, PublishPorts)
+    vm = d.vms.get(request.match_info["name"])
+    async with d.vms.lock(vm.id):
+        vm = d.vms.get(vm.id)  # its state now, under the lock a stop or delete takes
+        if request.match_info["action"] == "publish":
+            await d.publish.publish(vm, req.specs)
+        else:
+            await d.publish.unpublish(vm, req.specs)
+    return ok(_api(d, vm))
 
 
 @routes.post("/v1/vms/{name}/{action:start|stop|restart}")
