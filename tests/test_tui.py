@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from rich.text import Text
 from textual.pilot import Pilot
-from textual.widgets import Input, Static
+from textual.widgets import Input, Select, Static
 
 from banger.client import Client
 from banger.paths import Paths
@@ -40,7 +40,7 @@ def plain(widget: Any) -> str:
     return Text.from_markup(str(content)).plain
 
 
-async def until(pilot: Pilot[Any], cond: Callable[[], Any], what: str, timeout: float = 15) -> None:
+async def until(pilot: Pilot[Any], cond: Callable[[], Any], what: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():
@@ -219,7 +219,7 @@ async def test_daemon_going_away_and_coming_back(banger_home: Paths) -> None:
             first_pid = app.status.pid if app.status else 0
             d.stop()
             banner = app.query_one("#banner")
-            await until(pilot, lambda: "daemon not answering" in plain(banner), "offline banner")
+            await until(pilot, lambda: "is not answering" in plain(banner), "offline banner")
             assert "press D to start it" in plain(banner)
             assert "daemon offline" in plain(app.query_one("#topbar"))
             await pilot.press("s")  # an action while offline: one line, no crash
@@ -349,3 +349,28 @@ async def test_optional_actions_follow_the_daemons_features(daemon: RunningDaemo
         assert table.check_action("vm", ("suspend",)) is ("suspend" in features)
         app.vm_features = frozenset({"suspend"})  # what a daemon with suspend reports
         assert table.check_action("vm", ("suspend",)) is True
+
+
+async def test_create_form_starts_a_create_and_reports_its_failure(daemon: RunningDaemon) -> None:
+    """A valid form becomes a real create operation; its failure (here: an image that
+    does not exist) comes back as the CLI's error + hint, and nothing is left."""
+    app = BangerApp(daemon.paths, interval=0.3)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.online and app.config_values, "the daemon")
+        await pilot.press("n")
+        form = app.screen
+        assert isinstance(form, CreateForm)
+        form.query_one("#f-name", Input).value = "fresh"
+        form.query_one("#f-memory", Input).value = "256M"
+        form.query_one("#f-image", Select).set_options([("ghost-image", "ghost-image")])
+        form.query_one("#f-image", Select).value = "ghost-image"
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: not isinstance(app.screen, CreateForm), "the form to close")
+        msg = app.w_msg
+        await until(pilot, lambda: "error:" in plain(msg), "the create's failure")
+        assert "error: create fresh: " in plain(msg) and "ghost-image" in plain(msg)
+        assert "\nhint: " in plain(msg)
+        ops = {str(app.w_ops.get_row(k)[0]): str(app.w_ops.get_row(k)[3]) for k in app.w_ops.rows}
+        assert ops.get("vm.create fresh") == "failed"
+    with Client(daemon.paths) as c:
+        assert c.vms() == []

@@ -253,6 +253,7 @@ class BangerApp(App[None]):
     #ops { height: auto; max-height: 6; display: none; border-top: solid $primary 40%; }
     #ops.shown { display: block; }
     #msg { height: auto; max-height: 3; padding: 0 1; }
+    Table.stale { text-opacity: 50%; }
     .dialog { width: 72; max-width: 100%; height: auto; max-height: 100%;
               border: thick $primary 60%; background: $surface; padding: 0 1; }
     .dialog.wide { width: 100; }
@@ -360,7 +361,7 @@ class BangerApp(App[None]):
             id="ops",
         )
         yield Static("", id="msg")
-        yield Footer()
+        yield Footer(show_command_palette=False)
 
     def on_mount(self) -> None:
         # The main screen's widgets, kept so updates reach them while a dialog is open.
@@ -480,6 +481,7 @@ class BangerApp(App[None]):
         self.vm_features = frozenset(getattr(status, "features", ()) or ())
         banner = self.w_banner
         banner.remove_class("offline")
+        self.w_vms.remove_class("stale")
         if self.started_pid is not None:
             banner.update(f"started the banger daemon (pid {self.started_pid})")
             banner.add_class("info")
@@ -496,13 +498,15 @@ class BangerApp(App[None]):
     def _went_offline(self, exc: BangerError) -> None:
         if self.online is not False:
             self.online = False
+            self.w_vms.add_class("stale")
             self.agent_info.clear()
             self._following.clear()
             self.refresh_bindings()
         banner = self.w_banner
         banner.remove_class("info")
         banner.add_class("offline")
-        text = f"daemon not answering: {escape(exc.message)} — retrying every second"
+        text = f"the daemon is not answering on {escape(str(self.paths.socket))}"
+        text += " — retrying every second; the list below is from before"
         text += "\n[dim]press D to start it (or `banger daemon start`)[/]"
         banner.update(text)
         self._update_topbar()
@@ -588,13 +592,15 @@ class BangerApp(App[None]):
                 msg += f" — running at {op.result.get('ip', '?')}"
             self.set_message(msg)
             self.notify(msg, timeout=4)
-        elif op.state == "cancelled":
-            self.set_message(f"[yellow]cancelled:[/] {escape(what)}")
-            self.notify(f"cancelled: {what}", severity="warning")
+            return
+        asked = f"{op.kind.rsplit('.', 1)[-1]} {op.target}"  # "create web", "pull debian-6.1"
+        if op.state == "cancelled":
+            self.set_message(f"[yellow]cancelled:[/] {escape(asked)}")
+            self.notify(f"cancelled: {asked}", severity="warning")
         else:
             err = op.error
-            exc = BangerError(err.message, err.hint) if err else BangerError(f"{what} failed")
-            self.show_error(exc, prefix=what)
+            exc = BangerError(err.message, err.hint) if err else BangerError(f"{asked} failed")
+            self.show_error(exc, prefix=asked)
 
     def _tick(self) -> None:
         """Once a second: uptimes and operation ages move even without new data."""
