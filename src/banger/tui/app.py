@@ -754,8 +754,10 @@ class BangerApp(App[None]):
                 vm = targets[0]
                 hint = {
                     "ssh": f"start it first (u), or `banger vm start {vm.name}`",
-                    "stop": "it is not running",
-                    "start": "it is already running",
+                    "stop": "nothing to stop; u starts it",
+                    "restart": "u starts it",
+                    "start": "it is already running; s stops it",
+                    "ports": f"ports come from its running guest; u starts {vm.name}",
                 }.get(action.id, "")
                 self.show_error(BangerError(f"VM `{vm.name}` is {vm.state}", hint))
             return
