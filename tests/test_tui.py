@@ -374,3 +374,20 @@ async def test_create_form_starts_a_create_and_reports_its_failure(daemon: Runni
         assert ops.get("vm.create fresh") == "failed"
     with Client(daemon.paths) as c:
         assert c.vms() == []
+
+
+async def test_toggling_nat_on_marked_vms_changes_the_daemons_records(
+    daemon100: RunningDaemon,
+) -> None:
+    app = BangerApp(daemon100.paths, interval=0.3)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: len(vm_rows(app)) == 100, "rows")
+        await pilot.press("space", "space", "t")
+        with Client(daemon100.paths) as c:
+            await until(
+                pilot,
+                lambda: [v.nat for v in c.vms()[:3]] == [True, True, False],
+                "NAT on for the two marked VMs",
+            )
+        await until(pilot, lambda: vm_rows(app)["rec-001"][9] == "yes", "the NAT column")
+        assert vm_rows(app)["rec-002"][9] == "no"

@@ -8,7 +8,8 @@ the daemon does not list the feature in `GET /v1/status` (or the client lacks th
 method the action needs).
 
 Actions are one of three kinds:
-- `op`: starts a daemon operation per VM; several marked VMs fan out concurrently
+- `op`: calls the daemon per VM (an operation, followed in the panel, or a direct
+  change whose result is a line of text); several marked VMs fan out concurrently
   and each result is reported on its own;
 - `screen`: opens a view for one VM (logs, ports, health, details);
 - `terminal`: suspends the TUI and runs a real `banger` command in the terminal.
@@ -59,7 +60,7 @@ class VMAction:
     confirm: bool = False
     show: bool = True  # in the footer (every action is in the `?` key list)
     key_display: str | None = None
-    run: Callable[[Client, VM], Operation] | None = None
+    run: Callable[[Client, VM], Operation | str] | None = None
     argv: Callable[[VM, str], list[str]] | None = None  # terminal: `banger` arguments
     prompt: str = ""  # terminal actions that need a line of input first (e.g. a command)
     supported: Supported = _always
@@ -75,6 +76,13 @@ def _action(name: str) -> Callable[[Client, VM], Operation]:
 
 def _stop(c: Client, vm: VM) -> Operation:
     return c.vm_action(vm.name, "stop")
+
+
+def _toggle_nat(c: Client, vm: VM) -> str:
+    from banger.api.models import SetVM
+
+    after = c.set_vm(vm.name, SetVM(nat=not vm.nat))
+    return f"{vm.name}: NAT {'on' if after.nat else 'off'}"
 
 
 def _delete(c: Client, vm: VM) -> Operation:
@@ -108,6 +116,16 @@ VM_ACTIONS: list[VMAction] = [
         key_display="⏎",
         argv=lambda vm, _: ["vm", "ssh", vm.name],
         multi=False,
+    ),
+    VMAction(
+        "nat",
+        "t",
+        "Toggle NAT",
+        "",
+        "op",
+        frozenset({"running", "stopped", "error", "suspended"}),
+        show=False,
+        run=_toggle_nat,
     ),
     VMAction("logs", "l", "Logs", "", "screen", ANY, multi=False),
     VMAction("ports", "p", "Ports", "", "screen", RUNNING, show=False, multi=False),

@@ -816,7 +816,10 @@ class BangerApp(App[None]):
         except BangerError as exc:
             self._ui(self.show_error, exc, f"{action.label.lower()} {vm.name}")
             return
-        self._ui(self.mine.__setitem__, op.id, f"{vm.name} {action.verb}")
+        if isinstance(op, str):  # a direct change: done already
+            self._ui(self.set_message, f"[green]✓[/] {escape(op)}")
+        else:
+            self._ui(self.mine.__setitem__, op.id, f"{vm.name} {action.verb}")
         self._wake.set()
 
     def _in_terminal(self, action: VMAction, vm: VM, text: str = "", pause: bool = False) -> None:
