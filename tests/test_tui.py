@@ -391,3 +391,39 @@ async def test_toggling_nat_on_marked_vms_changes_the_daemons_records(
             )
         await until(pilot, lambda: vm_rows(app)["rec-001"][9] == "yes", "the NAT column")
         assert vm_rows(app)["rec-002"][9] == "no"
+
+
+async def test_images_tab_shows_and_removes_a_registered_image(
+    daemon: RunningDaemon, tmp_path: Path
+) -> None:
+    from banger.api.models import RegisterImage
+    from banger.artifacts import ext4
+
+    src = tmp_path / "src"
+    (src / "etc").mkdir(parents=True)
+    rootfs = tmp_path / "mine.ext4"
+    ext4.mkfs_from_dir(src, rootfs, 32 << 20, "root")
+    with Client(daemon.paths) as c:
+        c.register_image(RegisterImage(name="mine", rootfs=str(rootfs), kernel="debian-6.1"))
+    app = BangerApp(daemon.paths, interval=0.3)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.online, "the daemon")
+        await pilot.press("2")
+        images = app.w_images
+        await until(pilot, lambda: "mine" in images.rows, "the image row")
+        assert [str(x) for x in images.get_row("mine")][:4] == [
+            "mine",
+            "no",
+            "debian-6.1",
+            "no (slow path)",
+        ]
+        await pilot.press("i")
+        await until(pilot, lambda: app.screen.query("#details-body"), "the details")
+        assert str(rootfs) in plain(app.screen.query_one("#details-body"))
+        await pilot.press("escape", "x")
+        assert isinstance(app.screen, Confirm)
+        await pilot.press("y")
+        with Client(daemon.paths) as c:
+            await until(pilot, lambda: c.images() == [], "the removal")
+        await until(pilot, lambda: "mine" not in images.rows, "the row to go")
+    assert rootfs.exists()  # a registered image's files stay where the user keeps them
