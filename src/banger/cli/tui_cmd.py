@@ -14,7 +14,7 @@ import click
     help="Seconds between refreshes of the VM list.",
 )
 def tui(interval: float) -> None:
-    """Watch and drive VMs, images, kernels and operations in a terminal UI."""
+    """Terminal UI: VMs, images, kernels, operations, doctor."""
     from banger.tui.app import run
 
     run(interval=interval)
