@@ -524,6 +524,10 @@ class BangerApp(App[None]):
                     continue
                 view = self.ops[op.id] = OpView(op, stage=op.stage)
             if view.op.state == "running":
+                if op.state != "running":
+                    view.seen = time.monotonic()  # finished: keep it in view a while
+                    if op.kind.startswith(("image.", "kernel.")):
+                        self._artifacts_due = 0.0
                 view.op = op
                 view.stage = view.stage or op.stage
             if op.state == "running" and op.id not in self._following:
@@ -1098,7 +1102,7 @@ class BangerApp(App[None]):
             except BangerError as exc:
                 self._ui(self.show_error, exc)
                 return
-            self._ui(self.w_doctor.update, _doctor_text(report))
+            self._ui(self.w_doctor.update, _doctor_view(report))
 
         self.run_worker(go, thread=True, exit_on_error=False)
 
@@ -1183,8 +1187,14 @@ def _health_text(h: dict[str, Any]) -> str:
     return text + "\n".join(f"  [b]{k:<11}[/]{escape(str(v))}" for k, v in rows)
 
 
-def _doctor_text(report: DoctorReport) -> str:
-    mark = {"ok": "[green]OK  [/]", "warn": "[yellow]WARN[/]", "fail": "[red]FAIL[/]"}
+def _doctor_view(report: DoctorReport) -> Any:
+    """The checks grouped (worst group first), as a grid whose long details and fixes
+    wrap under their own column instead of back to the margin."""
+    from rich.console import Group
+    from rich.padding import Padding
+    from rich.table import Table as Grid
+
+    mark = {"ok": "[green]OK[/]", "warn": "[yellow]WARN[/]", "fail": "[red]FAIL[/]"}
     groups: dict[str, list[Any]] = {}
     for c in report.checks:
         groups.setdefault(c.group, []).append(c)
@@ -1195,18 +1205,21 @@ def _doctor_text(report: DoctorReport) -> str:
         if n_fail
         else "[green b]ready[/]" + (f" ({n_warn} warning(s))" if n_warn else "")
     )
-    lines = [head, ""]
+    parts: list[Any] = [Text.from_markup(head + "\n")]
     order = {"fail": 0, "warn": 1, "ok": 2}
     for group, checks in sorted(groups.items(), key=lambda kv: min(order[c.status] for c in kv[1])):
         worst = min((c.status for c in checks), key=order.__getitem__)
-        lines.append(f"[b]{escape(group)}[/] {mark[worst]}")
+        parts.append(Text.from_markup(f"[b]{escape(group)}[/] {mark[worst]}"))
+        grid = Grid.grid(padding=(0, 1))
+        grid.add_column(width=5, no_wrap=True)
+        grid.add_column(ratio=1)
         for c in sorted(checks, key=lambda c: order[c.status]):
-            lines.append(f"  {mark[c.status]} {escape(c.name)}: {escape(c.detail)}")
+            grid.add_row(mark[c.status], f"{escape(c.name)}: {escape(c.detail)}")
             if c.fix and c.status != "ok":
-                lines.append(f"       [dim]fix:[/] {escape(c.fix)}")
-        lines.append("")
-    lines.append("[dim]g: run the checks again[/]")
-    return "\n".join(lines)
+                grid.add_row("", f"[dim]fix:[/] {escape(c.fix)}")
+        parts += [Padding(grid, (0, 0, 0, 2)), Text("")]
+    parts.append(Text.from_markup("[dim]g: run the checks again[/]"))
+    return Group(*parts)
 
 
 def run(paths: Paths | None = None, interval: float = 0.8) -> None:
