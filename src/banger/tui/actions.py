@@ -60,39 +60,41 @@ class VMAction:
     confirm: bool = False
     show: bool = True  # in the footer (every action is in the `?` key list)
     key_display: str | None = None
-    run: Callable[[Client, VM], Operation | str] | None = None
+    run: Callable[[Client, VM, str], Operation | str] | None = None  # str: the prompt's answer
     argv: Callable[[VM, str], list[str]] | None = None  # terminal: `banger` arguments
-    prompt: str = ""  # terminal actions that need a line of input first (e.g. a command)
+    prompt: str = ""  # asked first (e.g. a command, a snapshot name); {name} is the VM
     supported: Supported = _always
     multi: bool = True  # applies to every marked VM (else: the highlighted one)
 
 
-def _action(name: str) -> Callable[[Client, VM], Operation]:
-    def run(c: Client, vm: VM) -> Operation:
+def _action(name: str) -> Callable[[Client, VM, str], Operation]:
+    def run(c: Client, vm: VM, _: str) -> Operation:
         return c.vm_action(vm.name, name)
 
     return run
 
 
-def _stop(c: Client, vm: VM) -> Operation:
-    return c.vm_action(vm.name, "stop")
+def _snapshot(c: Client, vm: VM, as_name: str) -> Operation:
+    result = getattr(c, "snapshot_vm")(vm.name, as_name or None)  # noqa: B009 (optional API)
+    assert isinstance(result, Operation)
+    return result
 
 
-def _toggle_nat(c: Client, vm: VM) -> str:
+def _toggle_nat(c: Client, vm: VM, _: str) -> str:
     from banger.api.models import SetVM
 
     after = c.set_vm(vm.name, SetVM(nat=not vm.nat))
     return f"{vm.name}: NAT {'on' if after.nat else 'off'}"
 
 
-def _delete(c: Client, vm: VM) -> Operation:
+def _delete(c: Client, vm: VM, _: str) -> Operation:
     # The confirmation dialog is the safeguard the CLI's --force stands for.
     return c.delete_vm(vm.name, force=vm.state == "running")
 
 
 VM_ACTIONS: list[VMAction] = [
     VMAction("start", "u", "Start", "started", "op", STOPPED, run=_action("start")),
-    VMAction("stop", "s", "Stop", "stopped", "op", RUNNING, run=_stop),
+    VMAction("stop", "s", "Stop", "stopped", "op", RUNNING, run=_action("stop")),
     VMAction(
         "restart", "r", "Restart", "restarted", "op", RUNNING, show=False, run=_action("restart")
     ),
@@ -142,6 +144,19 @@ VM_ACTIONS: list[VMAction] = [
         show=False,
         run=_action("suspend"),
         supported=_feature("suspend"),
+    ),
+    VMAction(
+        "snapshot",
+        "S",
+        "Snapshot",
+        "snapshotted",
+        "op",
+        frozenset({"running", "stopped", "suspended"}),
+        show=False,
+        prompt="Snapshot {name} as (empty: a name with the date)",
+        run=_snapshot,
+        supported=_client_has("snapshot_vm"),
+        multi=False,
     ),
     VMAction(
         "exec",

@@ -765,7 +765,15 @@ class BangerApp(App[None]):
                 }.get(action.id, "")
                 self.show_error(BangerError(f"VM `{vm.name}` is {vm.state}", hint))
             return
-        if action.kind == "op":
+        if action.kind == "op" and action.prompt:
+            vm = fit[0]
+
+            def then(text: str | None) -> None:
+                if text is not None:
+                    self._fan_out(action, [vm], text)
+
+            self.push_screen(Prompt(action.prompt.format(name=vm.name), allow_empty=True), then)
+        elif action.kind == "op":
             if action.confirm:
                 self._confirm_then(action, fit)
             else:
@@ -799,12 +807,12 @@ class BangerApp(App[None]):
 
         self.push_screen(Confirm(title, body, yes=action.label), done)
 
-    def _fan_out(self, action: VMAction, vms: list[VM]) -> None:
+    def _fan_out(self, action: VMAction, vms: list[VM], text: str = "") -> None:
         assert action.run is not None
         self.set_message(f"{action.label.lower()}: {', '.join(v.name for v in vms)}…")
         for vm in vms:
             self.run_worker(
-                partial(self._start_op, action, vm),
+                partial(self._start_op, action, vm, text),
                 thread=True,
                 group="actions",
                 exit_on_error=False,
@@ -812,11 +820,11 @@ class BangerApp(App[None]):
         if action.id == "delete":
             self.marked -= {v.id for v in vms}
 
-    def _start_op(self, action: VMAction, vm: VM) -> None:
+    def _start_op(self, action: VMAction, vm: VM, text: str = "") -> None:
         c = self.client
         assert c is not None and action.run is not None
         try:
-            op = action.run(c, vm)
+            op = action.run(c, vm, text)
         except BangerError as exc:
             self._ui(self.show_error, exc, f"{action.label.lower()} {vm.name}")
             return

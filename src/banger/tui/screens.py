@@ -67,9 +67,12 @@ class Prompt(ModalScreen[str | None]):
 
     BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
 
-    def __init__(self, title: str, value: str = "", placeholder: str = "") -> None:
+    def __init__(
+        self, title: str, value: str = "", placeholder: str = "", *, allow_empty: bool = False
+    ) -> None:
         super().__init__()
         self._title, self._value, self._placeholder = title, value, placeholder
+        self._allow_empty = allow_empty
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
@@ -79,7 +82,8 @@ class Prompt(ModalScreen[str | None]):
 
     @on(Input.Submitted)
     def _submit(self, event: Input.Submitted) -> None:
-        self.dismiss(event.value.strip() or None)
+        text = event.value.strip()
+        self.dismiss(text if text or self._allow_empty else None)
 
 
 class CreateForm(ModalScreen[str | None]):
