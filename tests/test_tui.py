@@ -431,3 +431,31 @@ async def test_images_tab_shows_and_removes_a_registered_image(
             await until(pilot, lambda: c.images() == [], "the removal")
         await until(pilot, lambda: "mine" not in images.rows, "the row to go")
     assert rootfs.exists()  # a registered image's files stay where the user keeps them
+
+
+async def test_clicking_a_header_sorts_and_keeps_the_highlighted_vm(
+    daemon100: RunningDaemon,
+) -> None:
+    app = BangerApp(daemon100.paths, interval=0.3)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: len(vm_rows(app)) == 100, "rows")
+        table = app.w_vms
+        await pilot.press("down", "down")  # rec-002 (3 vCPUs)
+        x = 0
+        for col in table.ordered_columns:
+            if str(col.key.value) == "vcpus":
+                break
+            x += col.get_render_width(table)
+        await pilot.click("#vm-table", offset=(x + 1, 0))
+
+        def order() -> list[int]:
+            return [app.vms[str(r.key.value)].vcpus for r in table.ordered_rows]
+
+        await until(pilot, lambda: order() == sorted(order()), "ascending vCPUs")
+        assert order()[0] == 1 and order()[-1] == 4
+        assert app.highlighted_vm() is not None and app.highlighted_vm().name == "rec-002"  # type: ignore[union-attr]
+        await pilot.click("#vm-table", offset=(x + 1, 0))
+        await until(pilot, lambda: order() == sorted(order(), reverse=True), "descending")
+        await pilot.pause(0.8)  # refreshes keep the order
+        assert order() == sorted(order(), reverse=True)
+        assert app.highlighted_vm().name == "rec-002"  # type: ignore[union-attr]

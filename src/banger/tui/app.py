@@ -137,6 +137,24 @@ VM_COLUMNS = (
 )
 
 
+def _ip_key(vm: VM) -> Any:
+    return tuple(int(p) for p in vm.ip.split(".")) if vm.ip else (999,)
+
+
+# What a click on a column header sorts by.
+SORT_KEYS: dict[str, Callable[[VM], Any]] = {
+    "name": lambda v: v.name,
+    "state": lambda v: v.state,
+    "ip": _ip_key,
+    "vcpus": lambda v: v.vcpus,
+    "memory": lambda v: v.memory_mib,
+    "uptime": lambda v: -(v.started_at or 0) if v.state == "running" else float("inf"),
+    "nat": lambda v: v.nat,
+    "image": lambda v: v.image,
+    "engine": lambda v: v.engine,
+}
+
+
 def _vm_bindings() -> list[BindingType]:
     out: list[BindingType] = [
         Binding("n", "create", "New"),
@@ -313,6 +331,7 @@ class BangerApp(App[None]):
         self._artifacts_due = 0.0
         self._stopping = threading.Event()
         self._busy = False
+        self.sort_by: tuple[str, bool] | None = None  # (column, reversed)
 
     # -- layout ------------------------------------------------------------------------
 
@@ -645,6 +664,49 @@ class BangerApp(App[None]):
         table = self.w_vms
         f = self.filter_text
         table.sync((v.id, self._vm_cells(v)) for v in self.vms.values() if not f or f in v.name)
+        if self.sort_by is not None:
+            self._sort_vms()
+
+    def _sort_vms(self) -> None:
+        """Keep rows in the chosen column's order (set by clicking its header) without
+        rebuilding the table, and keep the cursor on the same VM."""
+        table = self.w_vms
+        column, reverse = self.sort_by or ("name", False)
+        by = SORT_KEYS[column]
+
+        def key(vm_id: str) -> Any:
+            vm = self.vms.get(vm_id)
+            return (0, by(vm)) if vm else (1, 0)
+
+        wanted = sorted((str(r.key.value) for r in table.ordered_rows), key=key, reverse=reverse)
+        if [str(r.key.value) for r in table.ordered_rows] == wanted:
+            return
+        current = table.current_key()
+        order = {k: i for i, k in enumerate(wanted)}
+        table.sort(
+            "name",
+            key=lambda name: order.get(self._id_by_name(str(name)), 0),
+        )
+        if current is not None:
+            table.move_cursor(row=table.get_row_index(current), animate=False)
+
+    def _id_by_name(self, name: str) -> str:
+        for vm_id, vm in self.vms.items():
+            if vm.name == name:
+                return vm_id
+        return ""
+
+    @on(DataTable.HeaderSelected, "#vm-table")
+    def _header_clicked(self, event: DataTable.HeaderSelected) -> None:
+        column = str(event.column_key.value)
+        if column not in SORT_KEYS:
+            self.set_message(f"{column} is not sortable")
+            return
+        was = self.sort_by
+        self.sort_by = (column, not was[1]) if was and was[0] == column else (column, False)
+        self._sort_vms()
+        arrow = "▼" if self.sort_by[1] else "▲"
+        self.set_message(f"sorted by {column} {arrow} (click again to reverse)")
 
     def _render_ops(self) -> None:
         now = time.monotonic()
