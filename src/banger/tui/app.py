@@ -277,7 +277,7 @@ class BangerApp(App[None]):
     .dialog.wide { width: 100; }
     .dialog.full { width: 100%; height: 100%; }
     .dialog .title { text-style: bold; width: 100%; padding: 0 0 1 0; }
-    .dialog .scroll { height: auto; max-height: 20; }
+    .dialog .scroll { height: auto; max-height: 16; }
     .dialog Log { height: 1fr; }
     .form .row { height: 1; margin-bottom: 1; }
     .form .label { width: 12; }
@@ -1209,6 +1209,10 @@ def _vm_details(vm: VM) -> str:
     for key, val in vm.model_dump(exclude={"timings"}).items():
         if key in ("created_at", "started_at") and isinstance(val, float):
             val = _when(val)
+        elif key.endswith("_bytes") and isinstance(val, int):
+            val = format_size(val)
+        elif key == "memory_mib" and isinstance(val, int):
+            key, val = "memory", format_size(val * 1024**2)
         lines.append(f"[b]{key:<11}[/] {escape(str(val))}")
     if vm.timings:
         lines.append(

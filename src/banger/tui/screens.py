@@ -224,6 +224,9 @@ class Details(ModalScreen[None]):
                 yield Static(self._body, id="details-body")
             yield Static("[dim]escape: close[/]")
 
+    def on_mount(self) -> None:
+        self.query_one(".scroll", VerticalScroll).focus()  # arrows and pgup/pgdn scroll
+
     def update(self, body: str) -> None:
         self.query_one("#details-body", Static).update(body)
 
