@@ -26,9 +26,10 @@ vhost-vsock). virtio-serial is one stream, so connections are relayed one at a
 time; only the agent's port is connected, others are closed without a reply, as
 Firecracker does when nothing listens.
 
-Later features add a route: `ROUTES[(method, template)] = handler`, e.g. snapshots
-as `PUT /snapshot/create` over QEMU migration. A valid request with no handler is
-answered 400 "not implemented by the stand-in".
+`PATCH /vm` pauses and resumes the vCPUs (QMP `stop` / `cont`). Later features add
+a route: `ROUTES[(method, template)] = handler`, e.g. snapshots as
+`PUT /snapshot/create` / `PUT /snapshot/load` over QEMU migration. A valid request
+with no handler is answered 400 "not implemented by the stand-in".
 
 Environment: FAKE_FC_RECORD (JSON-lines file receiving every request and its
 status), FAKE_FC_GUEST=none (boot nothing: print a line on the console instead;
@@ -377,7 +378,24 @@ async def _vm_config(fc: StandIn, body: dict[str, Any], params: dict[str, str]) 
     return 200, out
 
 
+async def _patch_vm(fc: StandIn, body: dict[str, Any], params: dict[str, str]) -> Reply:
+    """Pause or resume the vCPUs (QMP `stop` / `cont`), as Firecracker's PATCH /vm."""
+    if not fc.started:
+        return _fault(NOT_BEFORE_START)
+    want = "Paused" if body["state"] == "Paused" else "Running"
+    if fc.guest:
+        from banger.engines.qemu import QMP_SOCKET, qmp_execute
+
+        try:
+            await qmp_execute(fc.run_dir / QMP_SOCKET, "stop" if want == "Paused" else "cont")
+        except Exception as exc:
+            return _fault(f"Failed to {body['state'].lower()} the microVM: {exc}")
+    fc.state = want
+    return 204, None
+
+
 ROUTES: dict[tuple[str, str], Handler] = {
+    ("PATCH", "/vm"): _patch_vm,
     ("GET", "/"): _info,
     ("GET", "/version"): _version,
     ("GET", "/machine-config"): _machine_config,

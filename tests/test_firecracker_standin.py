@@ -104,11 +104,19 @@ async def test_api_rejects_what_firecracker_rejects(tmp_path: Path) -> None:
                                                      "configuration."})  # fmt: skip
     status, body = await fc.dispatch("PUT", "/actions", {"action_type": "SendCtrlAltDel"})
     assert status == 400 and "before starting" in body["fault_message"]
+    status, body = await fc.dispatch("PATCH", "/vm", {"state": "Paused"})
+    assert status == 400 and "before starting" in body["fault_message"]
     await fc.dispatch("PUT", "/boot-source", {"kernel_image_path": str(f["vmlinux"])})
     assert await fc.dispatch("PUT", "/actions", {"action_type": "InstanceStart"}) == (204, None)
     status, body = await fc.dispatch("PUT", "/machine-config",
                                      {"vcpu_count": 1, "mem_size_mib": 256})  # fmt: skip
     assert status == 400 and "after starting" in body["fault_message"]
+    assert (await fc.dispatch("GET", "/", None))[1]["state"] == "Running"
+    assert await fc.dispatch("PATCH", "/vm", {"state": "Paused"}) == (204, None)
+    assert (await fc.dispatch("GET", "/", None))[1]["state"] == "Paused"
+    status, body = await fc.dispatch("PATCH", "/vm", {"state": "Frozen"})
+    assert status == 400 and "is not one of ['Paused', 'Resumed']" in body["fault_message"]
+    assert await fc.dispatch("PATCH", "/vm", {"state": "Resumed"}) == (204, None)
     assert (await fc.dispatch("GET", "/", None))[1]["state"] == "Running"
     status, body = await fc.dispatch("PUT", "/snapshot/create",
                                      {"snapshot_path": "/s", "mem_file_path": "/m"})  # fmt: skip
