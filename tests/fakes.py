@@ -357,6 +357,10 @@ class Harness:
         monkeypatch.setattr(vms_mod, "wait_for_ssh", self.guest.wait_for_ssh)
         monkeypatch.setattr(vms_mod, "wait_healthy", self.guest.wait_healthy)
         self.store = Store(self.paths.database)
+        # The daemon's fault-injection point (`fault=` of VMService): a create raises
+        # right after the named stage ("disks", "vsock", "network", "boot", "ssh").
+        self.fail_after: str | None = None
+        self.stages: list[str] = []  # the stages a create/start passed, in order
         self.caps: dict[str, Recorded] = {}
         self.vms = self._service()
 
@@ -378,7 +382,13 @@ class Harness:
             resolve_engine=lambda req: req or self.default_engine,
             capabilities=cast(list[Capability], list(self.caps.values())),
             ssh_key=self.ssh_key,
+            fault=self._fault,
         )
+
+    def _fault(self, stage: str) -> None:
+        self.stages.append(stage)
+        if stage == self.fail_after:
+            raise Injected(f"injected failure at stage `{stage}`")
 
     @property
     def cap_order(self) -> list[str]:

@@ -224,6 +224,19 @@ async def test_failed_create_undoes_everything_in_reverse(h: Harness, stage: str
     assert h.cids() == {"keeper": keep.vsock_cid}
 
 
+@pytest.mark.parametrize("stage", ["disks", "vsock", "network", "nat", "dns", "boot", "ssh"])
+async def test_daemon_fault_point_after_each_stage_rolls_back(h: Harness, stage: str) -> None:
+    """The stages the daemon's fail-at hook names: a failure right after each leaves
+    no record, no process, no lease, no TAP and no CID."""
+    h.fail_after = stage
+    with pytest.raises(Injected, match=f"stage `{stage}`"):
+        await h.create("devbox")
+    assert h.stages[-1] == stage
+    assert h.store.all("vms") == [] and h.cids() == {}
+    assert h.engine().alive == {} and h.network.leases == {} and h.network.taps == {}
+    assert not h.paths.vms_dir.exists() or list(h.paths.vms_dir.iterdir()) == []
+
+
 async def test_create_with_no_agent_channel_rolls_back(h: Harness) -> None:
     """The bug this service once had: an agent image on an engine given no CID."""
 
