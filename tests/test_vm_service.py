@@ -33,10 +33,6 @@ def h(monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
         harness.close()
 
 
-def test_harness_wires_the_daemons_capability_order(h: Harness) -> None:
-    assert h.cap_order == CAPS
-
-
 # -- the guest config each engine receives ------------------------------------------------
 
 
