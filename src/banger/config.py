@@ -44,6 +44,12 @@ class Config(BaseModel):
     # "off" builds images without them.
     npm_registry: str | None = None
     stop_timeout: float = Field(default=30.0, gt=0)
+    # Guests booting at once; 0: one per core, at most one per 2 GiB of host RAM.
+    max_concurrent_boots: int = Field(default=0, ge=0, le=256)
+    # VMs may hold up to this many times the host's RAM (guest memory is lazy).
+    memory_overcommit: float = Field(default=1.5, gt=0, le=100)
+    # Seconds a booting guest may go without console output before it counts as hung.
+    boot_stall_timeout: float = Field(default=180.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("default_memory", "default_disk_size", "default_work_size")

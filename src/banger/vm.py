@@ -23,9 +23,12 @@ class VMState(StrEnum):
     """A VM's lifecycle state, stored as its string value."""
 
     CREATING = "creating"  # being made; reconciliation removes it after a crash
+    STARTING = "starting"  # booting; reconciliation kills it and stops it after a crash
     RUNNING = "running"
+    STOPPING = "stopping"  # shutting down; reconciliation finishes that after a crash
     STOPPED = "stopped"
-    ERROR = "error"  # a create failed (the row is deleted) or a start failed
+    DELETING = "deleting"  # being removed; reconciliation finishes that after a crash
+    ERROR = "error"  # from earlier versions: a create failed or a start failed
 
 
 class WrongState(Conflict):

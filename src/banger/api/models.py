@@ -101,7 +101,7 @@ class PublishedPort(BaseModel):
 class VM(BaseModel):
     id: str
     name: str
-    state: Literal["creating", "running", "stopped", "error"]
+    state: Literal["creating", "starting", "running", "stopping", "stopped", "deleting", "error"]
     image: str
     kernel: str
     engine: str

@@ -63,7 +63,7 @@ class DiskPool:
         d = self.dir / key
         if not d.is_dir():
             return []
-        return sorted(e for e in d.iterdir() if e.is_dir() and not e.name.startswith("."))
+        return sorted(e for e in d.iterdir() if e.is_dir() and _complete(e))
 
     def take(self, spec: DiskSpec, rootfs: Path, work: Path) -> bool:
         """Move a ready pair into place; False when the pool has none for `spec`."""
@@ -111,6 +111,19 @@ class DiskPool:
         with self._lock:
             self._sweep(keep)
 
+    def sweep_partial(self) -> None:
+        """Remove entries a killed daemon left half-built or half-taken."""
+        if not self.dir.is_dir():
+            return
+        with self._lock:
+            for d in self.dir.iterdir():
+                if not d.is_dir():
+                    continue
+                for entry in d.iterdir():
+                    if entry.is_dir() and not _complete(entry):
+                        log.warning("disk pool: removing partial entry %s", entry)
+                        shutil.rmtree(entry, ignore_errors=True)
+
     def _sweep(self, keep: str | None) -> None:
         for d in self.dir.iterdir():
             if d.name != keep:
@@ -119,3 +132,10 @@ class DiskPool:
             for entry in d.iterdir():
                 if entry.name.startswith(".building-"):
                     shutil.rmtree(entry, ignore_errors=True)
+
+
+def _complete(entry: Path) -> bool:
+    """A ready entry: published (no leading dot) with both disks still in it."""
+    return (
+        not entry.name.startswith(".") and (entry / ROOTFS).is_file() and (entry / WORK).is_file()
+    )

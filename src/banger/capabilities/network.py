@@ -41,7 +41,9 @@ class NetworkCapability(Capability):
             if self._ready:
                 return
             ensure_bridge(self.bridge, self.subnet)
-            in_use = {vm.tap for vm in self.repo.running() if vm.tap}
+            # Any TAP a record names is that VM's, whatever its state (reconcile has
+            # released those of VMs that are gone); the pool also skips held TAPs.
+            in_use = {vm.tap for vm in self.repo.all() if vm.tap}
             report = self.pool.reclaim(in_use)
             if report.adopted or report.deleted:
                 log.info("TAP pool: adopted %s, deleted %s", report.adopted, report.deleted)

@@ -104,6 +104,19 @@ class WorkDiskCapability(Capability):
             tree.mkdir(mode=0o700, exist_ok=True)  # an image without /root: start empty
             ext4.mkfs_from_dir(tree, work, size, label="work", root_mode=0o700)
 
+    async def reclaim(self, vms: list[VMRecord]) -> None:
+        """At daemon start: remove VM directories no record owns (a record is always
+        saved before its directory is made) and half-built or half-taken pool entries."""
+        await asyncio.to_thread(self._recover, {vm.id for vm in vms})
+
+    def _recover(self, known: set[str]) -> None:
+        if self.vms_dir.is_dir():
+            for d in self.vms_dir.iterdir():
+                if d.name not in known:
+                    log.warning("removing %s: no VM owns it", d)
+                    shutil.rmtree(d, ignore_errors=True)
+        self.pool.sweep_partial()
+
     async def attach(self, vm: VMRecord, boot: BootContributions) -> None:
         boot.drives.append(Drive("rootfs", self.rootfs(vm), is_root=True))
         boot.drives.append(Drive("work", self.work(vm)))

@@ -89,6 +89,7 @@ class Daemon:
         task.add_done_callback(self._background.discard)
 
     async def shutdown(self) -> None:
+        await self.vms.watcher.close()
         await self.ops.shutdown()
         for task in list(self._background):
             task.cancel()
@@ -152,6 +153,7 @@ def build_daemon(paths: Paths, loaded: LoadedConfig) -> Daemon:
         ),
         ssh_key=key,
         fault=testhooks.maybe_fail,
+        point=testhooks.crash_point,
     )
     vms_ref.append(vms)
     host_dns = HostDns(

@@ -8,6 +8,7 @@ service stores so that a restarted daemon can re-adopt the process.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -61,6 +62,9 @@ class EngineHandle:
         return cls(**data)
 
 
+OnSpawn = Callable[[EngineHandle], None]
+
+
 @dataclass(frozen=True)
 class Availability:
     ok: bool
@@ -72,10 +76,14 @@ class Engine(Protocol):
 
     def availability(self) -> Availability: ...
 
-    async def start(self, config: GuestConfig) -> EngineHandle:
+    async def start(self, config: GuestConfig, on_spawn: OnSpawn | None = None) -> EngineHandle:
         """Launch the VM detached from the daemon (own session) and return once the
         hypervisor has accepted the configuration and the guest is booting. On failure
-        nothing is left running."""
+        nothing is left running.
+
+        `on_spawn` is called with the handle the moment the process exists, before any
+        wait for readiness, so the caller can record it: a daemon killed during the
+        wait leaves a pid the next daemon can find and kill."""
         ...
 
     async def stop(self, handle: EngineHandle, timeout: float) -> None:

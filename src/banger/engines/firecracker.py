@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from banger.engines import process
-from banger.engines.base import Availability, EngineHandle, GuestConfig
+from banger.engines.base import Availability, EngineHandle, GuestConfig, OnSpawn
 from banger.engines.kvm import probe_kvm
 from banger.errors import BangerError, CommandFailed, ToolMissing
 from banger.system import find_tool, run
@@ -185,7 +185,7 @@ class FirecrackerEngine(process.DetachedEngine):
         path = str(config.run_dir / VSOCK_SOCKET)
         return {"transport": "hybrid-vsock", "path": path, "cid": config.vsock_cid}
 
-    async def start(self, config: GuestConfig) -> EngineHandle:
+    async def start(self, config: GuestConfig, on_spawn: OnSpawn | None = None) -> EngineHandle:
         fc_bin = self._require_bin()
         run_dir = config.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -204,6 +204,8 @@ class FirecrackerEngine(process.DetachedEngine):
             extra["agent"] = agent
         handle = EngineHandle(self.name, spawned.pid, spawned.start_time, str(api_sock), extra)
         try:
+            if on_spawn is not None:
+                on_spawn(handle)
             await self._wait_ready(handle, lambda: _accepts(api_sock), fc_log, 0.005)
             async with ApiClient(api_sock) as api:
                 for req in build_requests(config, log_path=fc_log):

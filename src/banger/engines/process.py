@@ -146,6 +146,42 @@ async def terminate(pid: int, start_time: int, grace: float = 2.0) -> None:
         raise CommandFailed(f"process {pid} did not exit after SIGKILL")
 
 
+def processes_with_arg(fragment: str) -> list[Spawned]:
+    """Live processes whose command line has an argument containing `fragment`.
+
+    Finds a hypervisor by the VM directory its argv names, for the one instant a
+    daemon can die in: after the process exists but before its pid was recorded.
+    """
+    found = []
+    needle = fragment.encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(needle in arg for arg in argv[1:]):
+            start = pid_start_time(int(entry.name))
+            if start is not None:
+                found.append(Spawned(int(entry.name), start))
+    return found
+
+
+def open_pidfd(pid: int, start_time: int) -> int | None:
+    """A pidfd for our process (readable once it exits), or None when it is already
+    gone. Raises OSError where the kernel has no pidfd_open (callers poll instead)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+    # The pid may have been recycled between the record and the open: check after.
+    if not is_alive(pid, start_time):
+        os.close(fd)
+        return None
+    return fd
+
+
 def log_tail(path: Path, lines: int = 5, max_bytes: int = 8192) -> str:
     """The last lines of a log file, joined with ' | ', for error messages."""
     try:

@@ -25,7 +25,7 @@ from typing import Any, Literal
 from qemu.qmp import QMPClient, QMPError
 
 from banger.engines import process
-from banger.engines.base import Availability, EngineHandle, GuestConfig
+from banger.engines.base import Availability, EngineHandle, GuestConfig, OnSpawn
 from banger.engines.kvm import probe_kvm
 from banger.errors import BangerError, CommandFailed, ToolMissing
 from banger.system import find_tool, run
@@ -137,7 +137,7 @@ class QemuEngine(process.DetachedEngine):
         accel: Literal["auto", "kvm", "tcg"] = "auto",
         kvm_cache: Path | None = None,
         vhost_vsock: bool | None = None,
-        start_timeout: float = 10.0,
+        start_timeout: float = 60.0,
     ) -> None:
         self._qemu_bin = qemu_bin
         self._accel = accel
@@ -202,7 +202,7 @@ class QemuEngine(process.DetachedEngine):
             return {"transport": "vsock", "cid": config.vsock_cid}
         return {"transport": "virtio-serial", "path": str(config.run_dir / AGENT_SOCKET)}
 
-    async def start(self, config: GuestConfig) -> EngineHandle:
+    async def start(self, config: GuestConfig, on_spawn: OnSpawn | None = None) -> EngineHandle:
         qemu_bin = self._require_bin()
         accel = self.accel()
         agent = self.agent_channel(config)
@@ -225,6 +225,8 @@ class QemuEngine(process.DetachedEngine):
             extra={"accel": accel, "log": str(qemu_log), "agent": agent},
         )
         try:
+            if on_spawn is not None:
+                on_spawn(handle)
             await self._wait_ready(handle, lambda: _is_running(qmp_sock), qemu_log, 0.02)
         except BaseException:
             await process.terminate(handle.pid, handle.start_time, grace=0.5)

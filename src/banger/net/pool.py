@@ -25,7 +25,14 @@ from dataclasses import dataclass, field
 
 from banger.errors import Conflict, InvalidInput, NotFound
 from banger.net._ns import check_ifname
-from banger.net.tap import attach_tap, create_tap, default_owner, delete_tap, list_taps
+from banger.net.tap import (
+    attach_tap,
+    create_tap,
+    default_owner,
+    delete_tap,
+    held_taps,
+    list_taps,
+)
 
 log = logging.getLogger(__name__)
 
@@ -178,10 +185,13 @@ class TapPool:
     def reclaim(self, in_use: set[str]) -> ReclaimReport:
         """Adopt leftover pool TAPs after a daemon restart.
 
-        Devices named in `in_use` belong to running VMs. Other `prefixN` TAPs become
-        idle up to `size` when they have our owner and flags; the rest are deleted.
+        Devices named in `in_use` belong to VMs. So does any TAP a process holds open
+        (a hypervisor whose record was lost): it is left alone, neither adopted nor
+        deleted. Other `prefixN` TAPs become idle up to `size` when they have our
+        owner and flags; the rest are deleted.
         """
         report = ReclaimReport()
+        in_use = in_use | set(held_taps(self.netns))
         with self._lock:
             ours = {n for n in in_use if self.owns(n)}
             for name in ours & set(self._idle):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
@@ -67,6 +68,39 @@ def delete_tap(name: str, netns: str | None = None) -> bool:
 def list_taps(prefix: str = "", netns: str | None = None) -> list[TapInfo]:
     """TAP devices whose name starts with `prefix`, sorted by name."""
     return [TapInfo(**t) for t in dispatch("list_taps", prefix=prefix, netns=netns)]
+
+
+def held_taps(netns: str | None = None) -> dict[str, int]:
+    """TAP names some process holds open (name -> a holder's pid), in `netns`.
+
+    A hypervisor attaches with TUNSETIFF on a `/dev/net/tun` descriptor, whose
+    /proc/<pid>/fdinfo shows `iff:\t<name>`. A TAP held that way must never go
+    back into the warm pool: attaching a second VM to it fails with EBUSY.
+    Processes in other network namespaces are skipped (their names are theirs).
+    """
+    want = _netns_inode(netns)
+    held: dict[str, int] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if want is not None and os.stat(proc / "ns" / "net").st_ino != want:
+                continue
+            fds = [fd for fd in (proc / "fd").iterdir() if os.readlink(fd) == "/dev/net/tun"]
+            for fd in fds:
+                for line in (proc / "fdinfo" / fd.name).read_text().splitlines():
+                    if line.startswith("iff:"):
+                        held.setdefault(line.split(":", 1)[1].strip(), int(proc.name))
+        except OSError:
+            continue  # gone meanwhile, or not ours to look at
+    return held
+
+
+def _netns_inode(netns: str | None) -> int | None:
+    try:
+        return os.stat(f"/run/netns/{netns}" if netns else "/proc/self/ns/net").st_ino
+    except OSError:
+        return None
 
 
 def tap_exists(name: str, netns: str | None = None) -> bool:

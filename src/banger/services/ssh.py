@@ -108,10 +108,12 @@ async def wait_for_ssh(
     names: list[str],
     timeout: float,
     is_alive: Callable[[], bool] | None = None,
+    check: Callable[[], None] | None = None,
 ) -> float:
     """Poll until OpenSSH logs in with `key` and runs `true`; returns seconds waited.
 
-    `is_alive` returns False once the VM process has died, which ends the wait early.
+    `is_alive` returns False once the VM process has died, which ends the wait early;
+    `check` raises to end it (a dead or hung guest, see `readiness.BootWatch`).
     """
     start = time.monotonic()
     deadline = start + timeout
@@ -119,6 +121,8 @@ async def wait_for_ssh(
     denied_since: float | None = None
     known_hosts.parent.mkdir(parents=True, exist_ok=True)
     while time.monotonic() < deadline:
+        if check is not None:
+            check()
         if is_alive is not None and not is_alive():
             raise BangerError(
                 "the VM process exited while waiting for SSH",

@@ -1,8 +1,18 @@
 """The VM lifecycle: create, start, stop, restart, delete, set, and re-adoption.
 
-One path for create: resolve artifacts (pulling what is missing) → capabilities
-prepare (disks, lease) → capabilities attach (TAP, …) → guest config → engine
-start → SSH ready. A failure at any step undoes, in reverse, whatever ran.
+One path for create: record the VM → resolve artifacts (pulling what is missing)
+→ capabilities prepare (disks, lease) → wait for a boot slot (`queued`) →
+capabilities attach (TAP, …) → guest config → engine start → SSH ready. A failure
+or cancel at any step undoes, in reverse, whatever ran.
+
+Crash safety rests on three rules:
+- intent before action: the record (and each resource in it: lease, TAP, engine
+  pid) is saved before or the instant the resource exists, so `reconcile` at the
+  next daemon start can find and remove whatever a killed daemon left;
+- one operation per VM at a time: create, start, stop, restart, set and delete take
+  the VM's lock and read its state under it; delete and stop cancel a create;
+- the daemon watches each running VM's process (`EngineWatcher`) and marks the VM
+  stopped, with the reason, the moment it exits.
 """
 
 from __future__ import annotations
@@ -14,18 +24,23 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 from banger.agent.client import wait_healthy
 from banger.api.models import CreateVM, SetVM
 from banger.capabilities.base import BootContributions, Capability, PrepareContext
 from banger.config import Config
-from banger.engines.base import Engine
+from banger.engines import process
+from banger.engines.base import Engine, EngineHandle
 from banger.engines.guest_config import MAX_VCPUS, build_guest_config, mac_for
 from banger.errors import Conflict, InvalidInput
 from banger.paths import Paths
 from banger.progress import Progress
+from banger.services.admission import Admission, default_boot_limit, host_memory_mib
 from banger.services.artifacts import ArtifactService, BootKernel
+from banger.services.readiness import BootWatch, exit_reason
 from banger.services.ssh import forget_host, wait_for_ssh
+from banger.services.watch import EngineWatcher
 from banger.store import Store
 from banger.units import check_vm_name, parse_size
 from banger.vm import VMRecord, VMRepository, VMState
@@ -34,9 +49,13 @@ log = logging.getLogger("banger.vms")
 
 EngineFactory = Callable[[str], Engine]
 FaultHook = Callable[[str], None]  # called after each create stage; raises to inject a failure
+PointHook = Callable[[str], None]  # called at each named crash point (tests kill the daemon)
 NOT_RUNNING = (VMState.CREATING, VMState.STOPPED, VMState.ERROR)
-SSH_TIMEOUT = 180.0
-AGENT_TIMEOUT = 30.0  # after SSH works; the agent starts with multi-user.target too
+# Readiness lasts as long as the guest makes progress (BootWatch); this only caps it.
+READY_LIMIT = 3600.0
+AGENT_TIMEOUT = 60.0  # after SSH works; the agent starts with multi-user.target too
+# States in which a VM's memory counts against the host (admission).
+HOLDS_MEMORY = (VMState.CREATING, VMState.STARTING, VMState.RUNNING, VMState.STOPPING)
 
 
 class VMService:
@@ -51,11 +70,15 @@ class VMService:
         resolve_engine: Callable[[str | None], str],
         capabilities: list[Capability],
         ssh_key: Path,
+        admission: Admission | None = None,
+        watcher: EngineWatcher | None = None,
         fault: FaultHook = lambda stage: None,
+        point: PointHook = lambda name: None,
     ) -> None:
         self.store = store
         self.repo = VMRepository(store)
         self.fault = fault
+        self.point = point
         self.paths = paths
         self.config = config
         self.artifacts = artifacts
@@ -63,7 +86,15 @@ class VMService:
         self.resolve_engine = resolve_engine
         self.capabilities = capabilities
         self.ssh_key = ssh_key
+        self.admission = admission or Admission(
+            config.max_concurrent_boots or default_boot_limit(),
+            config.memory_overcommit,
+            host_memory_mib(),
+        )
+        self.watcher = watcher or EngineWatcher()
         self._locks: dict[str, asyncio.Lock] = {}
+        # The task of each create in flight, so a delete or stop can cancel it.
+        self._creates: dict[str, asyncio.Task[Any]] = {}
 
     # -- queries -------------------------------------------------------------------
 
@@ -102,6 +133,7 @@ class VMService:
         options = req.model_dump()
         for cap in self.capabilities:  # their own options (e.g. --publish), before anything
             cap.validate(options)
+        self.admission.check_memory(name, memory_mib, self._memory_held())
         vm_id = secrets.token_hex(6)
         return VMRecord(
             id=vm_id,
@@ -126,50 +158,82 @@ class VMService:
                 return name
         raise Conflict("could not generate a free VM name", hint="pass --name")
 
+    def _memory_held(self, exclude: str | None = None) -> int:
+        return sum(
+            vm.memory_mib for vm in self.all() if vm.state in HOLDS_MEMORY and vm.id != exclude
+        )
+
     async def create(self, req: CreateVM, progress: Progress) -> VMRecord:
+        """Create and boot a VM. Holds the VM's lock throughout; a `delete` or `stop`
+        of the VM meanwhile cancels it, and the rollback removes all it made."""
         vm = self.new_record(req)
+        task = asyncio.current_task()
+        assert task is not None
+        async with self.lock(vm.id):
+            self._creates[vm.id] = task
+            try:
+                return await self._create_locked(vm, req, progress)
+            finally:
+                self._creates.pop(vm.id, None)
+
+    async def _create_locked(self, vm: VMRecord, req: CreateVM, progress: Progress) -> VMRecord:
         timings: dict[str, float] = {}
         t0 = time.monotonic()
-        progress("image", vm.image)
-        image = await self.artifacts.ensure_image(vm.image, progress, refresh=True)
-        kernel = await self.artifacts.ensure_kernel_for(image, req.kernel, progress)
-        vm.kernel = kernel.name
-        timings["image"] = time.monotonic() - t0
-        self.repo.save(vm)  # state "creating": reconciliation removes it if we crash
+        # Intent first: the record exists before anything it owns, so a daemon
+        # killed from here on finds it (state "creating") and removes what it made.
+        self.repo.save(vm)
         log.info("creating vm %s (%s) image=%s engine=%s", vm.name, vm.id, vm.image, vm.engine)
-        async with self.lock(vm.id), AsyncExitStack() as undo:
+        async with AsyncExitStack() as undo:
+            undo.push_async_callback(self._forget, vm)  # runs last
             try:
-                ctx = PrepareContext(
-                    self.vm_dir(vm), image.rootfs, image.work_seed, progress, req.model_dump()
-                )
-                for cap in self.capabilities:
-                    t = time.monotonic()
-                    stage = cap.stage
-                    progress(stage, "")
-                    undo.push_async_callback(cap.destroy, vm)
-                    await cap.prepare(vm, ctx)
-                    timings[stage] = timings.get(stage, 0.0) + time.monotonic() - t
-                    self.fault(stage)
+                self.point("create:recorded")
+                progress("image", vm.image)
+                image = await self.artifacts.ensure_image(vm.image, progress, refresh=True)
+                kernel = await self.artifacts.ensure_kernel_for(image, req.kernel, progress)
+                vm.kernel = kernel.name
+                self.repo.save(vm)
+                timings["image"] = time.monotonic() - t0
+                await self._prepare(vm, req, image.rootfs, image.work_seed, progress, timings, undo)
                 # A new VM has a new identity: whatever was recorded for its address
                 # or name belonged to a VM that is gone.
-                forget_host(
-                    self.paths.known_hosts, [h for h in (vm.ip, vm.name, f"{vm.name}.vm") if h]
-                )
-                await self._boot(vm, kernel, image.agent, progress, timings, undo)
+                forget_host(self.paths.known_hosts, _host_names(vm))
+                await self._boot(vm, kernel, image.agent, progress, timings, undo, op="create")
             except BaseException as exc:
-                log.warning("create of %s failed (%s); rolling back", vm.name, exc)
+                log.warning("create of %s failed (%r); rolling back", vm.name, exc)
                 vm.state = VMState.ERROR
                 raise
-            else:
-                undo.pop_all()
-            finally:
-                if vm.state is VMState.ERROR:
-                    self.repo.delete(vm.id)
+            undo.pop_all()
         vm.timings = {k: round(v, 3) for k, v in timings.items()}
         vm.timings["total"] = round(time.monotonic() - t0, 3)
-        self.repo.save(vm)
+        self._mark_running(vm)
         log.info("vm %s ready in %.2fs: %s", vm.name, vm.timings["total"], vm.timings)
         return vm
+
+    async def _prepare(
+        self,
+        vm: VMRecord,
+        req: CreateVM,
+        rootfs: Path,
+        work_seed: Path | None,
+        progress: Progress,
+        timings: dict[str, float],
+        undo: AsyncExitStack,
+    ) -> None:
+        """Every capability's `prepare` (disks, lease), each undone by its `destroy`."""
+        ctx = PrepareContext(self.vm_dir(vm), rootfs, work_seed, progress, req.model_dump())
+        for cap in self.capabilities:
+            t = time.monotonic()
+            stage = cap.stage
+            progress(stage, "")
+            undo.push_async_callback(cap.destroy, vm)
+            await _whole(cap.prepare(vm, ctx))
+            self.repo.save(vm)
+            timings[stage] = timings.get(stage, 0.0) + time.monotonic() - t
+            self.fault(stage)
+            self.point(f"create:{cap.name}")
+
+    async def _forget(self, vm: VMRecord) -> None:
+        self.repo.delete(vm.id)
 
     async def _boot(
         self,
@@ -179,18 +243,52 @@ class VMService:
         progress: Progress,
         timings: dict[str, float],
         undo: AsyncExitStack,
+        *,
+        op: str,
     ) -> None:
-        """Attach runtime resources, start the engine, wait for SSH (and the guest agent
-        when the image has one). Pushes undo steps."""
+        """Attach runtime resources, start the engine, wait until the guest answers on
+        SSH (and its agent, when the image has one). Pushes undo steps. Waits for a
+        boot slot first (`queued`), so the host is not asked to boot more than it can."""
+        t = time.monotonic()
+        async with self.admission.boot_slot(progress):
+            timings["queued"] = time.monotonic() - t
+            boot = await self._attach(vm, progress, timings, undo)
+            self.point(f"{op}:attached")
+            engine, handle = await self._spawn(vm, kernel, boot, progress, timings, undo, op)
+            self.point(f"{op}:booted")
+            await self._wait_ready(vm, engine, handle, expect_agent, progress, timings)
+        if op == "create":
+            self.point("create:ready")
+        if not timings["queued"] >= 0.01:
+            del timings["queued"]
+
+    async def _attach(
+        self, vm: VMRecord, progress: Progress, timings: dict[str, float], undo: AsyncExitStack
+    ) -> BootContributions:
+        """Every capability's `attach` (TAP, NAT rule, DNS record), undone by `detach`.
+        The record is saved after each, so the TAP a VM holds is known at once."""
         boot = BootContributions()
         t = time.monotonic()
         progress("network", "")
         for cap in self.capabilities:
             undo.push_async_callback(cap.detach, vm)
-            await cap.attach(vm, boot)
+            await _whole(cap.attach(vm, boot))
+            self.repo.save(vm)
         timings["network"] = timings.get("network", 0.0) + time.monotonic() - t
         self.fault("network")
+        return boot
 
+    async def _spawn(
+        self,
+        vm: VMRecord,
+        kernel: BootKernel,
+        boot: BootContributions,
+        progress: Progress,
+        timings: dict[str, float],
+        undo: AsyncExitStack,
+        op: str,
+    ) -> tuple[Engine, EngineHandle]:
+        """Start the hypervisor; its handle is recorded the moment the process exists."""
         t = time.monotonic()
         progress("boot", vm.engine)
         engine = self.engine_for(vm.engine)
@@ -216,27 +314,49 @@ class VMService:
             mac=nic.mac if nic else vm.mac,
             extra_cmdline=boot.cmdline,
             vsock_cid=boot.vsock_cid,
-            console_log=self.vm_dir(vm) / "console.log",
+            console_log=self.console_log(vm),
         )
-        handle = await engine.start(cfg)
-        undo.push_async_callback(engine.kill, handle)
-        vm.handle = handle.to_dict()
-        vm.state = VMState.RUNNING
+
+        def spawned(handle: EngineHandle) -> None:
+            vm.handle = handle.to_dict()
+            self.repo.save(vm)
+            undo.push_async_callback(engine.kill, handle)
+            self.point(f"{op}:spawned")
+
+        handle = await engine.start(cfg, on_spawn=spawned)
+        if vm.handle != handle.to_dict():  # an engine that did not call on_spawn
+            spawned(handle)
         vm.started_at = time.time()
         self.repo.save(vm)
         timings["boot"] = time.monotonic() - t
         self.fault("boot")
+        return engine, handle
 
+    async def _wait_ready(
+        self,
+        vm: VMRecord,
+        engine: Engine,
+        handle: EngineHandle,
+        expect_agent: bool,
+        progress: Progress,
+        timings: dict[str, float],
+    ) -> None:
+        """Wait for SSH (then the agent) for as long as the guest makes progress."""
         t = time.monotonic()
         progress("ssh", f"{vm.ip}:22")
         assert vm.ip is not None
+        watch = BootWatch(
+            self.console_log(vm),
+            lambda: engine.is_running(handle),
+            self.config.boot_stall_timeout,
+        )
         await wait_for_ssh(
             vm.ip,
             self.ssh_key,
             self.paths.known_hosts,
             [vm.name, f"{vm.name}.vm"],
-            SSH_TIMEOUT,
-            is_alive=lambda: engine.is_running(handle),
+            READY_LIMIT,
+            check=watch,
         )
         timings["ssh"] = time.monotonic() - t
         self.fault("ssh")
@@ -246,56 +366,109 @@ class VMService:
             await wait_healthy(handle.extra.get("agent"), AGENT_TIMEOUT)
             timings["agent"] = time.monotonic() - t
 
+    def console_log(self, vm: VMRecord) -> Path:
+        return self.vm_dir(vm) / "console.log"
+
+    # -- watching running VMs ------------------------------------------------------
+
+    def _mark_running(self, vm: VMRecord) -> None:
+        vm.state = VMState.RUNNING
+        vm.last_error = None
+        self.repo.save(vm)
+        self._watch(vm)
+
+    def _watch(self, vm: VMRecord) -> None:
+        handle = vm.engine_handle
+        if handle is not None:
+            vm_id = vm.id
+            self.watcher.watch(vm_id, handle, lambda: self._engine_exited(vm_id, handle))
+
+    async def _engine_exited(self, vm_id: str, handle: EngineHandle) -> None:
+        """A running VM's process ended on its own: the VM is stopped, and says why."""
+        async with self.lock(vm_id):
+            vm = self.repo.find(vm_id)
+            if vm is None or not vm.running or vm.handle != handle.to_dict():
+                return  # stopped or restarted by an operation meanwhile
+            reason = self._exit_reason(vm, handle)
+            log.warning("vm %s: %s", vm.name, reason)
+            await self._release_runtime(vm, last_error=reason)
+
+    def _exit_reason(self, vm: VMRecord, handle: EngineHandle) -> str:
+        engine_log = handle.extra.get("log")
+        return exit_reason(
+            vm.engine, handle.pid, self.console_log(vm), Path(engine_log) if engine_log else None
+        )
+
     # -- start / stop / restart ----------------------------------------------------
 
     async def start(self, name: str, progress: Progress) -> VMRecord:
         vm = self.get(name)
         async with self.lock(vm.id):
-            vm = self.get(vm.id)
-            if vm.running:
+            return await self._start_locked(self.get(vm.id), progress)
+
+    async def _start_locked(self, vm: VMRecord, progress: Progress) -> VMRecord:
+        if vm.running:
+            handle = vm.engine_handle
+            if handle is not None and self.engine_for(vm.engine).is_running(handle):
                 return vm
-            vm.require(VMState.STOPPED, VMState.ERROR, action="start", hint="wait for it to finish")
-            image = await self.artifacts.ensure_image(vm.image, progress, refresh=False)
-            kernel = await self.artifacts.ensure_kernel_for(image, vm.kernel or None, progress)
-            timings: dict[str, float] = {}
-            t0 = time.monotonic()
+            # Its process is gone and nobody noticed yet: release, then boot it.
+            await self._release_runtime(
+                vm, last_error=self._exit_reason(vm, handle) if handle else None
+            )
+        vm.require(VMState.STOPPED, VMState.ERROR, action="start", hint="wait for it to finish")
+        self.admission.check_memory(vm.name, vm.memory_mib, self._memory_held(exclude=vm.id))
+        image = await self.artifacts.ensure_image(vm.image, progress, refresh=False)
+        kernel = await self.artifacts.ensure_kernel_for(image, vm.kernel or None, progress)
+        timings: dict[str, float] = {}
+        t0 = time.monotonic()
+        vm.state = VMState.STARTING
+        self.repo.save(vm)
+        self.point("start:recorded")
+        try:
             async with AsyncExitStack() as undo:
-                try:
-                    await self._boot(vm, kernel, image.agent, progress, timings, undo)
-                except BaseException as exc:
-                    vm.state = VMState.STOPPED
-                    vm.handle = None
-                    vm.last_error = str(exc)
-                    raise
-                else:
-                    undo.pop_all()
-                finally:
-                    self.repo.save(vm)
-            vm.timings = {k: round(v, 3) for k, v in timings.items()}
-            vm.timings["total"] = round(time.monotonic() - t0, 3)
-            vm.last_error = None
-            self.repo.save(vm)
-            return vm
+                await self._boot(vm, kernel, image.agent, progress, timings, undo, op="start")
+                undo.pop_all()
+        except BaseException as exc:
+            await self._release_runtime(vm, last_error=f"start failed: {exc}")
+            raise
+        vm.timings = {k: round(v, 3) for k, v in timings.items()}
+        vm.timings["total"] = round(time.monotonic() - t0, 3)
+        self._mark_running(vm)
+        return vm
 
     async def stop(self, name: str, progress: Progress, *, force: bool = False) -> VMRecord:
+        """Stop a VM; a VM still being created is cancelled and rolled back instead."""
         vm = self.get(name)
+        if await self._cancel_create(vm, progress):
+            vm.state = VMState.DELETING  # and now gone
+            return vm
         async with self.lock(vm.id):
             vm = self.get(vm.id)
-            if not vm.running:
-                return vm
-            handle = vm.engine_handle
-            if handle is not None:
-                engine = self.engine_for(vm.engine)
-                progress("shutdown", "kill" if force else "graceful")
-                if force:
-                    await engine.kill(handle)
-                else:
-                    await engine.stop(handle, self.config.stop_timeout)
-            await self._release_runtime(vm)
-            progress("stopped", vm.name)
+            if vm.running:
+                await self._halt(vm, progress, force=force, op="stop")
             return vm
 
-    async def _release_runtime(self, vm: VMRecord) -> None:
+    async def _halt(self, vm: VMRecord, progress: Progress, *, force: bool, op: str) -> None:
+        """Stop the engine (gracefully unless `force`), then release runtime resources."""
+        vm.state = VMState.STOPPING
+        self.repo.save(vm)
+        self.watcher.unwatch(vm.id)
+        self.point(f"{op}:recorded")
+        handle = vm.engine_handle
+        if handle is not None:
+            engine = self.engine_for(vm.engine)
+            progress("shutdown", "kill" if force else "graceful")
+            if force:
+                await engine.kill(handle)
+            else:
+                await engine.stop(handle, self.config.stop_timeout)
+        self.point(f"{op}:halted")
+        await self._release_runtime(vm)
+        progress("stopped", vm.name)
+
+    async def _release_runtime(self, vm: VMRecord, last_error: str | None = None) -> None:
+        """Undo every `attach` (idempotent) and record the VM as stopped."""
+        self.watcher.unwatch(vm.id)
         for cap in reversed(self.capabilities):
             try:
                 await cap.detach(vm)
@@ -303,11 +476,28 @@ class VMService:
                 log.exception("detach %s for %s failed", cap.name, vm.name)
         vm.state = VMState.STOPPED
         vm.handle = None
+        if last_error is not None:
+            vm.last_error = last_error
         self.repo.save(vm)
 
     async def restart(self, name: str, progress: Progress) -> VMRecord:
-        await self.stop(name, progress)
-        return await self.start(name, progress)
+        vm = self.get(name)
+        async with self.lock(vm.id):
+            vm = self.get(vm.id)
+            if vm.running:
+                await self._halt(vm, progress, force=False, op="stop")
+            return await self._start_locked(vm, progress)
+
+    async def _cancel_create(self, vm: VMRecord, progress: Progress) -> bool:
+        """Cancel the create of `vm` if one runs; True once its rollback is done."""
+        task = self._creates.get(vm.id)
+        if task is None or task.done() or not task.cancel():
+            return False
+        progress("cancel", f"cancelling the create of {vm.name}")
+        await asyncio.wait([task])
+        return True
+
+    # -- delete --------------------------------------------------------------------
 
     def check_deletable(self, vm: VMRecord, force: bool) -> None:
         if not force:
@@ -318,20 +508,51 @@ class VMService:
             )
 
     async def delete(self, name: str, progress: Progress, *, force: bool = False) -> str:
+        """Delete a VM (killing it with `force`); a VM still being created is cancelled
+        and rolled back. The state is read under the VM's lock, never before."""
         vm = self.get(name)
-        self.check_deletable(vm, force)
-        if vm.running:
-            await self.stop(name, progress, force=True)
+        if await self._cancel_create(vm, progress):
+            return vm.name
         async with self.lock(vm.id):
             vm = self.get(vm.id)
+            self.check_deletable(vm, force)
+            if vm.running:
+                await self._halt(vm, progress, force=True, op="delete")
+            vm.state = VMState.DELETING
+            self.repo.save(vm)
+            self.point("delete:recorded")
             progress("delete", vm.name)
-            hosts = [h for h in (vm.ip, vm.name, f"{vm.name}.vm") if h]
-            for cap in reversed(self.capabilities):
-                await cap.destroy(vm)
-            forget_host(self.paths.known_hosts, hosts)
-            self.repo.delete(vm.id)
+            await self._teardown(vm)
         self._locks.pop(vm.id, None)
         return vm.name
+
+    async def _teardown(self, vm: VMRecord, *, quiet: bool = False) -> None:
+        """Remove everything a VM owns, in reverse order of creation, then its record.
+        Idempotent: reconciliation runs it for a VM whose create or delete was cut."""
+        await self._kill_engine(vm)
+        self.point("delete:halted")
+        await self._release_runtime(vm)
+        self.point("delete:detached")
+        for cap in reversed(self.capabilities):
+            if quiet:
+                await _quietly(cap.destroy(vm))
+            else:
+                await cap.destroy(vm)
+            if cap.name in ("disks", "network"):
+                self.point(f"delete:{cap.name}")
+        forget_host(self.paths.known_hosts, _host_names(vm))
+        self.repo.delete(vm.id)
+
+    async def _kill_engine(self, vm: VMRecord) -> None:
+        """Kill the VM's hypervisor: the recorded one, and any process whose argv
+        names the VM's directory (spawned in the instant before its pid was saved)."""
+        engine = self.engine_for(vm.engine)
+        handle = vm.engine_handle
+        if handle is not None:
+            await engine.kill(handle)
+        for orphan in await asyncio.to_thread(process.processes_with_arg, f"{self.vm_dir(vm)}/"):
+            log.warning("vm %s: killing unrecorded process %d", vm.name, orphan.pid)
+            await process.terminate(orphan.pid, orphan.start_time, grace=0.0)
 
     async def update(self, name: str, req: SetVM) -> VMRecord:
         vm = self.get(name)
@@ -368,26 +589,63 @@ class VMService:
     # -- daemon start: re-adopt what survived, reclaim what did not ---------------
 
     async def reconcile(self) -> None:
-        """At daemon start: re-adopt running VMs, release what dead ones held, and
-        remove VMs that were mid-create (the TAP pool adopts devices on first use)."""
+        """At daemon start, square every record with the host.
+
+        - mid-create or mid-delete: the VM goes, with all it made (its process too);
+        - mid-start or mid-stop: the process is killed, the VM is stopped;
+        - running: re-adopted and watched when its process lives, else stopped;
+        - stopped with runtime resources still recorded: they are released.
+        The daemon then has each capability `reclaim` what no record owns (stray
+        TAPs, NAT rules, VM directories, half-built pool disks).
+        """
         for vm in self.all():
-            if vm.state is VMState.CREATING:
-                log.warning("vm %s was mid-create when the daemon died; removing it", vm.name)
-                handle = vm.engine_handle
-                if handle is not None:
-                    await self.engine_for(vm.engine).kill(handle)
-                for cap in reversed(self.capabilities):
-                    await _quietly(cap.detach(vm))
-                    await _quietly(cap.destroy(vm))
-                self.repo.delete(vm.id)
-            elif vm.running:
-                handle = vm.engine_handle
-                engine = self.engine_for(vm.engine)
-                if handle is not None and engine.is_running(handle):
-                    log.info("re-adopted running vm %s (pid %s)", vm.name, handle.pid)
-                else:
-                    log.warning("vm %s died while the daemon was away; marking stopped", vm.name)
-                    await self._release_runtime(vm)
+            try:
+                await self._reconcile_one(vm)
+            except Exception:
+                log.exception("reconciling vm %s failed", vm.name)
+
+    async def _reconcile_one(self, vm: VMRecord) -> None:
+        handle = vm.engine_handle
+        engine = self.engine_for(vm.engine)
+        if vm.state in (VMState.CREATING, VMState.DELETING):
+            log.warning("vm %s was %s when the daemon died; removing it", vm.name, vm.state)
+            await self._teardown(vm, quiet=True)
+        elif vm.running and handle is not None and engine.is_running(handle):
+            log.info("re-adopted running vm %s (pid %s)", vm.name, handle.pid)
+            self._watch(vm)
+        elif vm.running:
+            reason = self._exit_reason(vm, handle) if handle else "no engine process recorded"
+            log.warning("vm %s died while the daemon was away: %s", vm.name, reason)
+            await self._release_runtime(vm, last_error=reason)
+        elif vm.state in (VMState.STARTING, VMState.STOPPING) or vm.handle or vm.tap:
+            was = vm.state
+            await self._kill_engine(vm)
+            await self._release_runtime(
+                vm,
+                last_error="the daemon stopped during `vm start`; start the VM again"
+                if was is VMState.STARTING
+                else None,
+            )
+
+
+def _host_names(vm: VMRecord) -> list[str]:
+    return [h for h in (vm.ip, vm.name, f"{vm.name}.vm") if h]
+
+
+async def _whole(aw: Awaitable[None]) -> None:
+    """Await a lifecycle step that a cancel must not cut in half.
+
+    Hooks run work in threads (disk clones, netlink) that an asyncio cancel cannot
+    stop; rolling back while they still write would race them. The step finishes,
+    then the cancel takes effect.
+    """
+    task = asyncio.ensure_future(aw)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():
+            await asyncio.wait([task])
+        raise
 
 
 async def _quietly(aw: Awaitable[None]) -> None:

@@ -132,5 +132,15 @@ async def debug_fail_at(request: web.Request) -> web.Response:
     return ok({"fail_at": request.query.get("stage") or None})
 
 
+@routes.post("/v1/debug/crash-at")
+async def debug_crash_at(request: web.Request) -> web.Response:
+    """Test-only: SIGKILL the daemon when it reaches a named crash point (empty: clear)."""
+    if not testhooks.enabled():
+        raise web.HTTPNotFound()
+    point = request.query.get("point") or None
+    testhooks.set_crash_at(point)
+    return ok({"crash_at": point})
+
+
 def setup(app: web.Application) -> None:
     app.add_routes(routes)
