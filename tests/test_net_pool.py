@@ -135,3 +135,44 @@ async def test_arefill_and_drain(ns: str) -> None:
     assert await pool.arefill() == 2
     assert sorted(pool.drain()) == ["tap-pool-0", "tap-pool-1"]
     assert _devices(ns) == []
+
+
+_HOLD_TAP = """
+import fcntl, os, struct, sys, time
+fd = os.open("/dev/net/tun", os.O_RDWR)
+fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH", sys.argv[1].encode(), 0x0002 | 0x1000))
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_reclaim_never_adopts_a_tap_a_process_holds(ns: str) -> None:
+    """A hypervisor whose record was lost still holds its TAP: a new daemon's pool must
+    neither hand that TAP to another VM (EBUSY) nor delete it from under the process."""
+    import subprocess
+    import sys
+
+    from banger.net.tap import held_taps
+
+    old = TapPool("banger0", size=2, netns=ns)
+    assert old.refill() == 2
+    holder = subprocess.Popen(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", _HOLD_TAP, "tap-pool-0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        assert "tap-pool-0" in held_taps(ns)
+        assert "tap-pool-0" not in held_taps(None)  # another namespace's device
+
+        fresh = TapPool("banger0", size=2, netns=ns)  # the next daemon, knowing no VM
+        report = fresh.reclaim(set())
+        assert report.adopted == ["tap-pool-1"]
+        assert "tap-pool-0" in report.in_use and "tap-pool-0" not in report.deleted
+        assert tap_exists("tap-pool-0", netns=ns)
+        assert fresh.acquire() == "tap-pool-1"
+        assert fresh.acquire() not in ("tap-pool-0", "tap-pool-1")  # cold, a new name
+    finally:
+        holder.kill()
+        holder.wait()
