@@ -46,11 +46,11 @@ def list_(as_json: bool) -> None:
     from rich.table import Table
 
     t = Table("name", "state", "ip", "image", "engine", "cpu", "mem", "uptime")
-    colors = {"running": "green", "stopped": "dim", "error": "red", "creating": "yellow"}
+    colors = {"running": "green", "stopped": "dim", "error": "red"}
     for v in vms:
         t.add_row(
             v.name,
-            f"[{colors.get(v.state, '')}]{v.state}[/]",
+            f"[{colors.get(v.state, 'yellow')}]{v.state}[/]",
             v.ip or "-",
             v.image,
             v.engine,
@@ -125,24 +125,27 @@ def _fan_out(names: tuple[str, ...], action: str, verb: str, **params: object) -
     """Run one action on several VMs concurrently; report each; exit 1 if any failed."""
     c = client()
 
-    def one(name: str) -> tuple[str, str | None]:
+    def one(name: str) -> tuple[str, str | None, str]:
         try:
             with Client(c.paths) as own:
                 if action == "delete":
                     op = own.delete_vm(name, force=bool(params.get("force")))
                 else:
                     op = own.vm_action(name, action, **params)
-                own.wait(op)
-            return name, None
+                final = own.wait(op)
+            result = final.result if isinstance(final.result, dict) else {}
+            if action == "stop" and result.get("state") == "deleted":
+                return name, None, "was still being created: create cancelled, VM removed"
+            return name, None, verb
         except BangerError as exc:
-            return name, exc.message + (f" ({exc.hint})" if exc.hint else "")
+            return name, exc.message + (f" ({exc.hint})" if exc.hint else ""), verb
 
     with ThreadPoolExecutor(max_workers=min(16, len(names))) as pool:
         results = list(pool.map(one, names))
     failed = 0
-    for name, error in results:
+    for name, error, said in results:
         if error is None:
-            out.print(f"[green]✓[/] {name} {verb}")
+            out.print(f"[green]✓[/] {name} {said}")
         else:
             failed += 1
             err.print(f"[red]✗[/] {name}: {error}")
