@@ -21,7 +21,7 @@ from banger.engines.base import EngineHandle
 from banger.errors import BangerError, Conflict
 from banger.services.admission import Admission, default_boot_limit
 from banger.services.readiness import BootWatch
-from banger.services.records import VMRecord
+from banger.vm import VMRecord, VMState
 from tests.vmservice_kit import Kit, vm_kit
 
 
@@ -162,7 +162,7 @@ def _spawn_for(kit: Kit, vm_id: str) -> process.Spawned:
 
 def _left_by_dead_daemon(kit: Kit, name: str, state: str, *, pid: bool, live: bool) -> VMRecord:
     vm = kit.vms.new_record(CreateVM(name=name))
-    vm.state = state
+    vm.state = VMState(state)
     vm.ip, vm.tap = "10.9.0.2", "tap-pool-9"
     (kit.paths.vms_dir / vm.id).mkdir(parents=True, exist_ok=True)
     for cap in kit.caps:
@@ -173,7 +173,7 @@ def _left_by_dead_daemon(kit: Kit, name: str, state: str, *, pid: bool, live: bo
             vm.handle = EngineHandle("qemu", s.pid, s.start_time, "", {}).to_dict()
     elif pid:
         vm.handle = EngineHandle("qemu", 999_999, 1, "", {}).to_dict()
-    vm.save(kit.store)
+    kit.vms.repo.save(vm)
     return vm
 
 
@@ -303,7 +303,15 @@ async def test_disks_recover_removes_unowned_vm_dirs_and_partial_pool_entries(
     (building / WORK).write_bytes(b"w")  # a daemon died before publishing it
     # half_taken: the rootfs was moved out, then the daemon died
 
-    await cap.recover({"owned"})
+    await cap.reclaim([_owned()])
     assert sorted(p.name for p in vms_dir.iterdir()) == ["owned"]
     assert sorted(p.name for p in key.iterdir()) == ["a1"]
     assert cap.pool._ready("k") == [ready]
+
+
+def _owned() -> VMRecord:
+    from tests.records import vm_record
+
+    vm = vm_record("owned", None)
+    vm.id = "owned"
+    return vm

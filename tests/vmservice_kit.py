@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from banger.api.models import CreateVM
-from banger.capabilities.base import BootContributions, PrepareContext
+from banger.capabilities.base import BootContributions, Capability, PrepareContext
 from banger.config import Config
 from banger.engines import process
 from banger.engines.base import Availability, Drive, EngineHandle, GuestConfig, NetIface, OnSpawn
@@ -30,9 +30,9 @@ from banger.progress import Progress
 from banger.services import vms as vms_module
 from banger.services.admission import Admission
 from banger.services.artifacts import BootImage, BootKernel
-from banger.services.records import VMRecord
 from banger.services.vms import VMService
 from banger.store import Store
+from banger.vm import VMRecord
 
 _SLEEPER = "import time, sys; print('booting', flush=True); time.sleep(600)"
 
@@ -83,7 +83,7 @@ class RecordingEngine:
 
 
 @dataclass
-class RecordingCap:
+class RecordingCap(Capability):
     """A capability that records its hooks and holds what it made in `held`."""
 
     name: str
