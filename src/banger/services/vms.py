@@ -529,6 +529,7 @@ class VMService:
     async def _teardown(self, vm: VMRecord, *, quiet: bool = False) -> None:
         """Remove everything a VM owns, in reverse order of creation, then its record.
         Idempotent: reconciliation runs it for a VM whose create or delete was cut."""
+        hosts = _host_names(vm)  # before `destroy` gives the address back
         await self._kill_engine(vm)
         self.point("delete:halted")
         await self._release_runtime(vm)
@@ -540,7 +541,7 @@ class VMService:
                 await cap.destroy(vm)
             if cap.name in ("disks", "network"):
                 self.point(f"delete:{cap.name}")
-        forget_host(self.paths.known_hosts, _host_names(vm))
+        forget_host(self.paths.known_hosts, hosts)
         self.repo.delete(vm.id)
 
     async def _kill_engine(self, vm: VMRecord) -> None:
