@@ -50,6 +50,11 @@ class Admission:
         return self._booting
 
     @property
+    def full(self) -> bool:
+        """Whether a boot asking now would have to wait."""
+        return self._slots.locked()
+
+    @property
     def queued(self) -> int:
         return self._queued
 
@@ -69,7 +74,7 @@ class Admission:
     @asynccontextmanager
     async def boot_slot(self, progress: Progress) -> AsyncIterator[None]:
         """Hold one of the boot slots; report `queued` while waiting for one."""
-        if self._slots.locked():
+        if self.full:
             self._queued += 1
             progress(
                 "queued",

@@ -249,9 +249,10 @@ class VMService:
         """Attach runtime resources, start the engine, wait until the guest answers on
         SSH (and its agent, when the image has one). Pushes undo steps. Waits for a
         boot slot first (`queued`), so the host is not asked to boot more than it can."""
-        t = time.monotonic()
+        t, queued = time.monotonic(), self.admission.full
         async with self.admission.boot_slot(progress):
-            timings["queued"] = time.monotonic() - t
+            if queued:
+                timings["queued"] = time.monotonic() - t
             boot = await self._attach(vm, progress, timings, undo)
             self.point(f"{op}:attached")
             engine, handle = await self._spawn(vm, kernel, boot, progress, timings, undo, op)
@@ -259,8 +260,6 @@ class VMService:
             await self._wait_ready(vm, engine, handle, expect_agent, progress, timings)
         if op == "create":
             self.point("create:ready")
-        if not timings["queued"] >= 0.01:
-            del timings["queued"]
 
     async def _attach(
         self, vm: VMRecord, progress: Progress, timings: dict[str, float], undo: AsyncExitStack
