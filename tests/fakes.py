@@ -35,7 +35,14 @@ from banger.api.models import CreateVM
 from banger.capabilities.base import BootContributions, Capability, PrepareContext
 from banger.capabilities.vsock import VsockCapability
 from banger.config import Config
-from banger.engines.base import Availability, Drive, EngineHandle, GuestConfig, NetIface
+from banger.engines.base import (
+    Availability,
+    Drive,
+    EngineHandle,
+    GuestConfig,
+    NetIface,
+    OnSpawn,
+)
 from banger.engines.firecracker import FirecrackerEngine
 from banger.engines.qemu import QemuEngine
 from banger.errors import BangerError
@@ -90,7 +97,7 @@ class FakeEngine:
     def availability(self) -> Availability:
         return Availability(True, f"fake {self.name}")
 
-    async def start(self, config: GuestConfig) -> EngineHandle:
+    async def start(self, config: GuestConfig, on_spawn: OnSpawn | None = None) -> EngineHandle:
         self.events.append(f"engine.start:{config.name}")
         self.configs.append(config)
         if self.fail_start is not None:
@@ -102,7 +109,10 @@ class FakeEngine:
         agent = self._channel(config)
         if agent is not None:
             extra["agent"] = agent
-        return EngineHandle(self.name, pid, pid * 7, str(config.run_dir / "ctl.sock"), extra)
+        handle = EngineHandle(self.name, pid, pid * 7, str(config.run_dir / "ctl.sock"), extra)
+        if on_spawn is not None:
+            on_spawn(handle)
+        return handle
 
     async def stop(self, handle: EngineHandle, timeout: float) -> None:
         self.events.append(f"engine.stop:{self.names.get(handle.pid, handle.pid)}")
@@ -299,11 +309,14 @@ class FakeGuest:
         names: list[str],
         timeout: float,
         is_alive: Callable[[], bool] | None = None,
+        check: Callable[[], None] | None = None,
     ) -> float:
         self.events.append(f"ssh:{names[0]}")
         self.ssh_hosts.append(host)
         if self.on_ssh is not None:
             self.on_ssh()
+        if check is not None:
+            check()
         if is_alive is not None and not is_alive():
             raise BangerError("the VM process exited while waiting for SSH")
         if self.ssh_error is not None:

@@ -280,7 +280,7 @@ def test_boot_watch_fails_fast_on_panic_and_on_silence(tmp_path: Path) -> None:
         f.write("[ 3.1] Kernel panic - not syncing: VFS: Unable to mount root fs\n")
     with pytest.raises(BangerError, match="Kernel panic - not syncing: VFS"):
         BootWatch(console, lambda: True, stall=10)()
-    with pytest.raises(BangerError, match="exited while booting"):
+    with pytest.raises(BangerError, match="exited while waiting for SSH"):
         BootWatch(console, lambda: False, stall=10)()
 
 

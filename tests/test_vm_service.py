@@ -264,7 +264,8 @@ async def test_cancelled_create_rolls_back(h: Harness) -> None:
 # -- states -------------------------------------------------------------------------------------
 
 
-async def test_state_is_creating_until_the_engine_runs_then_running(h: Harness) -> None:
+async def test_state_is_creating_until_the_guest_answers_then_running(h: Harness) -> None:
+    """A VM is `creating` until it is ready: a daemon killed before that removes it."""
     seen: list[tuple[str, str]] = []
 
     def spy(hook: str, vm: VMRecord) -> None:
@@ -278,7 +279,7 @@ async def test_state_is_creating_until_the_engine_runs_then_running(h: Harness) 
         return str(h.store.all("vms")[0]["id"])
 
     vm = await h.create("devbox")
-    assert seen == [("prepare", "creating"), ("attach", "creating"), ("ssh", "running")]
+    assert seen == [("prepare", "creating"), ("attach", "creating"), ("ssh", "creating")]
     row = h.row(vm.id)
     assert row is not None and row["state"] == "running" and row["handle"]["pid"] > 0
     assert set(vm.timings) >= {"image", "disks", "vsock", "network", "boot", "ssh", "total"}

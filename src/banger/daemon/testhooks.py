@@ -39,9 +39,8 @@ POINTS = (
     "start:booted",
     "stop:recorded",
     "stop:halted",  # the process is gone, runtime resources not yet released
+    "delete:halted",  # a running VM was killed and released (a stopped one: no-op)
     "delete:recorded",
-    "delete:halted",
-    "delete:detached",
     "delete:disks",
     "delete:network",
 )

@@ -77,7 +77,7 @@ class BootWatch:
     def __call__(self) -> None:
         if not self.is_running():
             raise BangerError(
-                "the VM process exited while booting",
+                "the VM process exited while waiting for SSH",
                 hint=f"see the console: {self.console_log}",
             )
         try:

@@ -380,7 +380,13 @@ class VMService:
         handle = vm.engine_handle
         if handle is not None:
             vm_id = vm.id
-            self.watcher.watch(vm_id, handle, lambda: self._engine_exited(vm_id, handle))
+            engine = self.engine_for(vm.engine)
+            self.watcher.watch(
+                vm_id,
+                handle,
+                lambda: self._engine_exited(vm_id, handle),
+                lambda: engine.is_running(handle),
+            )
 
     async def _engine_exited(self, vm_id: str, handle: EngineHandle) -> None:
         """A running VM's process ended on its own: the VM is stopped, and says why."""
@@ -428,7 +434,8 @@ class VMService:
                 await self._boot(vm, kernel, image.agent, progress, timings, undo, op="start")
                 undo.pop_all()
         except BaseException as exc:
-            await self._release_runtime(vm, last_error=f"start failed: {exc}")
+            # The undo stack killed the engine and detached; only the record is left.
+            self._mark_stopped(vm, last_error=str(exc) or f"start {type(exc).__name__}")
             raise
         vm.timings = {k: round(v, 3) for k, v in timings.items()}
         vm.timings["total"] = round(time.monotonic() - t0, 3)
@@ -452,7 +459,8 @@ class VMService:
         vm.state = VMState.STOPPING
         self.repo.save(vm)
         self.watcher.unwatch(vm.id)
-        self.point(f"{op}:recorded")
+        if op == "stop":
+            self.point("stop:recorded")
         handle = vm.engine_handle
         if handle is not None:
             engine = self.engine_for(vm.engine)
@@ -461,7 +469,8 @@ class VMService:
                 await engine.kill(handle)
             else:
                 await engine.stop(handle, self.config.stop_timeout)
-        self.point(f"{op}:halted")
+        if op == "stop":
+            self.point("stop:halted")
         await self._release_runtime(vm)
         progress("stopped", vm.name)
 
@@ -473,6 +482,10 @@ class VMService:
                 await cap.detach(vm)
             except Exception:
                 log.exception("detach %s for %s failed", cap.name, vm.name)
+        self._mark_stopped(vm, last_error)
+
+    def _mark_stopped(self, vm: VMRecord, last_error: str | None = None) -> None:
+        self.watcher.unwatch(vm.id)
         vm.state = VMState.STOPPED
         vm.handle = None
         if last_error is not None:
@@ -517,22 +530,23 @@ class VMService:
             self.check_deletable(vm, force)
             if vm.running:
                 await self._halt(vm, progress, force=True, op="delete")
+            self.point("delete:halted")
             vm.state = VMState.DELETING
             self.repo.save(vm)
             self.point("delete:recorded")
             progress("delete", vm.name)
-            await self._teardown(vm)
+            await self._teardown(vm, runtime=False)
         self._locks.pop(vm.id, None)
         return vm.name
 
-    async def _teardown(self, vm: VMRecord, *, quiet: bool = False) -> None:
-        """Remove everything a VM owns, in reverse order of creation, then its record.
+    async def _teardown(self, vm: VMRecord, *, runtime: bool = True, quiet: bool = False) -> None:
+        """Remove everything a VM owns, in reverse order of creation, then its record:
+        with `runtime`, its process and runtime resources first (a stopped VM has none).
         Idempotent: reconciliation runs it for a VM whose create or delete was cut."""
         hosts = _host_names(vm)  # before `destroy` gives the address back
-        await self._kill_engine(vm)
-        self.point("delete:halted")
-        await self._release_runtime(vm)
-        self.point("delete:detached")
+        if runtime:
+            await self._kill_engine(vm)
+            await self._release_runtime(vm)
         for cap in reversed(self.capabilities):
             if quiet:
                 await _quietly(cap.destroy(vm))

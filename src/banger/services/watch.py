@@ -29,18 +29,28 @@ class EngineWatcher:
         self._polls: dict[str, asyncio.Task[None]] = {}
         self._handlers: set[asyncio.Task[None]] = set()
 
-    def watch(self, key: str, handle: EngineHandle, on_exit: OnExit) -> None:
+    def watch(
+        self,
+        key: str,
+        handle: EngineHandle,
+        on_exit: OnExit,
+        is_running: Callable[[], bool] | None = None,
+    ) -> None:
         """Call `on_exit` once the process behind `handle` has ended (at once if it
-        already has). Replaces an earlier watch under `key`."""
+        already has). Replaces an earlier watch under `key`. `is_running` is the
+        engine's own liveness check, polled where no pidfd can be had."""
         self.unwatch(key)
         loop = asyncio.get_running_loop()
+        alive = is_running or (lambda: process.is_alive(handle.pid, handle.start_time))
         try:
             fd = process.open_pidfd(handle.pid, handle.start_time)
         except OSError:
-            self._polls[key] = loop.create_task(self._poll(key, handle, on_exit))
-            return
+            fd = None
         if fd is None:
-            self._fire(key, on_exit)
+            if alive():  # no pidfd here, or not a host process: poll the engine
+                self._polls[key] = loop.create_task(self._poll(key, alive, on_exit))
+            else:
+                self._fire(key, on_exit)
             return
         self._fds[key] = fd
         loop.add_reader(fd, self._fire, key, on_exit)
@@ -70,8 +80,8 @@ class EngineWatcher:
         except Exception:
             log.exception("handling the exit of %s failed", key)
 
-    async def _poll(self, key: str, handle: EngineHandle, on_exit: OnExit) -> None:
-        while process.is_alive(handle.pid, handle.start_time):
+    async def _poll(self, key: str, alive: Callable[[], bool], on_exit: OnExit) -> None:
+        while alive():
             await asyncio.sleep(POLL)
         self._polls.pop(key, None)
         self._fire(key, on_exit)
