@@ -315,3 +315,25 @@ def _owned() -> VMRecord:
     vm = vm_record("owned", None)
     vm.id = "owned"
     return vm
+
+
+async def test_every_crash_point_an_operation_passes_is_a_documented_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from banger.daemon.testhooks import POINTS
+
+    with vm_kit(tmp_path, monkeypatch) as kit:
+        passed: list[str] = []
+        kit.vms.point = passed.append
+        await kit.create("p")
+        await kit.vms.stop("p", kit.progress)
+        await kit.vms.start("p", kit.progress)
+        await kit.vms.delete("p", kit.progress, force=True)
+        assert passed == [
+            "create:recorded", "create:disks", "create:network", "create:attached",
+            "create:spawned", "create:booted", "create:ready",
+            "stop:recorded", "stop:halted",
+            "start:recorded", "start:attached", "start:spawned", "start:booted",
+            "delete:halted", "delete:recorded", "delete:network", "delete:disks",
+        ]  # fmt: skip
+        assert set(passed) <= set(POINTS)
