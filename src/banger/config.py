@@ -49,7 +49,7 @@ class Config(BaseModel):
     # VMs may hold up to this many times the host's RAM (guest memory is lazy).
     memory_overcommit: float = Field(default=1.5, gt=0, le=100)
     # Seconds a booting guest may go without console output before it counts as hung.
-    boot_stall_timeout: float = Field(default=180.0, gt=0)
+    boot_stall_timeout: float = Field(default=600.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("default_memory", "default_disk_size", "default_work_size")
