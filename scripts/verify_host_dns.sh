@@ -55,6 +55,7 @@ grep -q '^systemd-resolve:' "$W/passwd" || echo 'systemd-resolve:x:991:991::/:/u
 grep -q '^systemd-resolve:' "$W/group" || echo 'systemd-resolve:x:991:' >>"$W/group"
 mount --bind "$W/passwd" /etc/passwd
 mount --bind "$W/group" /etc/group
+chown systemd-resolve:systemd-resolve /run/systemd/resolve  # resolved insists
 echo "nameserver 127.0.0.53" >"$W/resolv.conf"
 mount --bind "$W/resolv.conf" /etc/resolv.conf
 cat >"$W/bus.conf" <<CONF
