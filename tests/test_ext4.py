@@ -150,3 +150,23 @@ def test_tree_size_counts_blocks(tmp_path: Path) -> None:
     os.link(tmp_path / "b", tmp_path / "b2")  # hard link: counted once
     size = ext4.tree_size(tmp_path)
     assert size == 4096 + 256 + (256 + 4096) + (256 + 8192)
+
+
+@pytest.mark.parametrize("kind", ["ext2", "ext3"])
+def test_ext2_and_ext3_are_refused_as_ext4(tmp_path: Path, kind: str) -> None:
+    """The ext magic is shared by ext2/3/4; only a filesystem with extents is ext4."""
+    old = tmp_path / f"{kind}.img"
+    run(["mke2fs", "-q", "-F", "-t", kind, str(old), "16M"])
+    assert ext4.is_ext4(old)  # the magic alone says yes
+    with pytest.raises(ext4.NotExt4) as err:
+        ext4.require_ext4(old, "rootfs")
+    assert f"is {kind}, not ext4" in err.value.message
+    assert "tune2fs -O extents" in err.value.hint
+
+
+def test_truncated_ext4_is_refused(image: Path, tmp_path: Path) -> None:
+    cut = tmp_path / "cut.ext4"
+    cut.write_bytes(image.read_bytes()[: 2 * MiB])
+    with pytest.raises(ext4.NotExt4, match="is truncated"):
+        ext4.require_ext4(cut, "rootfs")
+    ext4.require_ext4(image, "rootfs")  # the whole image passes

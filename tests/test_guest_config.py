@@ -85,8 +85,8 @@ def test_mac_is_stable_local_unicast_and_distinct() -> None:
 @pytest.mark.parametrize(
     ("kw", "needle"),
     [
-        ({"vcpus": 0}, "vcpus must be between 1"),
-        ({"vcpus": 33}, "vcpus must be between 1"),
+        ({"vcpus": 0}, "--vcpus"),
+        ({"vcpus": 33}, "--vcpus"),
         ({"memory_mib": 64}, "at least 128 MiB"),
         ({"name": "bad_name"}, "not a valid hostname"),
         ({"name": "-x"}, "not a valid hostname"),

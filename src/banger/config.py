@@ -14,11 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from banger.errors import InvalidInput
 from banger.paths import Paths
-from banger.units import parse_size
+from banger.sizing import MAX_VCPUS, check_disks, check_memory
 
 
 class Config(BaseModel):
@@ -30,7 +37,7 @@ class Config(BaseModel):
     ssh_key_path: str | None = None
     default_image: str = "debian-bookworm"
     default_kernel: str = "debian-6.1"
-    default_vcpus: int = Field(default=2, ge=1, le=32)
+    default_vcpus: int = Field(default=2, ge=1, le=MAX_VCPUS)
     default_memory: str = "1G"
     default_disk_size: str = "4G"
     default_work_size: str = "2G"
@@ -52,11 +59,23 @@ class Config(BaseModel):
     boot_stall_timeout: float = Field(default=600.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    @field_validator("default_memory", "default_disk_size", "default_work_size")
+    @field_validator("default_memory")
     @classmethod
-    def _size(cls, v: str) -> str:
+    def _memory(cls, v: str) -> str:
         try:
-            parse_size(v)
+            check_memory(v)
+        except InvalidInput as exc:
+            raise ValueError(f"{exc.message}; {exc.hint}") from None
+        return v
+
+    @field_validator("default_disk_size", "default_work_size")
+    @classmethod
+    def _size(cls, v: str, info: ValidationInfo) -> str:
+        try:
+            if info.field_name == "default_disk_size":
+                check_disks(v, "1G")
+            else:
+                check_disks("1G", v)
         except InvalidInput as exc:
             raise ValueError(f"{exc.message}; {exc.hint}") from None
         return v

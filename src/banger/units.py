@@ -7,15 +7,18 @@ import re
 from banger.errors import InvalidInput
 
 _UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
-_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+# fullmatch, ASCII only: `$` would let a trailing newline through, `\d` Unicode digits.
+_SIZE_RE = re.compile(r" *([0-9]+(?:\.[0-9]+)?) *([KMGT]?)(?:I?B)? *", re.IGNORECASE | re.ASCII)
+_LABEL_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", re.ASCII)
 
 
 def parse_size(text: str | int) -> int:
     """Bytes from `2G`, `512M`, `1.5GiB` or a plain byte count."""
-    if isinstance(text, int):
+    if isinstance(text, int) and not isinstance(text, bool):
         return text
-    m = _SIZE_RE.match(text)
+    if not isinstance(text, str):
+        raise InvalidInput(f"{text!r} is not a size", hint="use e.g. 512M, 2G, 1.5GiB")
+    m = _SIZE_RE.fullmatch(text)
     if not m:
         raise InvalidInput(
             f"`{text}` is not a size",
@@ -47,9 +50,9 @@ def format_duration(seconds: float | None) -> str:
 
 
 def check_vm_name(name: str) -> str:
-    if not _LABEL_RE.match(name):
+    if not isinstance(name, str) or not _LABEL_RE.fullmatch(name):
         raise InvalidInput(
-            f"`{name}` is not a valid VM name",
+            f"{name!r} is not a valid VM name",
             hint="use 1-63 lowercase letters, digits and hyphens, not starting or ending "
             "with a hyphen (it becomes the DNS name <name>.vm)",
         )

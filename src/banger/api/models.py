@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 OpState = Literal["running", "succeeded", "failed", "cancelled"]
 
@@ -130,7 +130,16 @@ class PublishPorts(BaseModel):
     specs: list[str]
 
 
-class CreateVM(BaseModel):
+class _Request(BaseModel):
+    """A request body: unknown fields are refused and types are strict (no `"2"` or
+    `true` where an integer belongs)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class CreateVM(_Request):
+    """`name` absent (None) generates one; an explicit empty name is refused."""
+
     name: str | None = None
     image: str | None = None
     kernel: str | None = None
@@ -143,13 +152,13 @@ class CreateVM(BaseModel):
     publish: list[str] = Field(default_factory=list)  # [ADDR:]HOST_PORT:GUEST_PORT[/udp]
 
 
-class SetVM(BaseModel):
+class SetVM(_Request):
     vcpus: int | None = None
     memory: str | None = None
     nat: bool | None = None
 
 
-class RegisterImage(BaseModel):
+class RegisterImage(_Request):
     name: str
     rootfs: str
     work_seed: str | None = None

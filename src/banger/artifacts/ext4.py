@@ -33,6 +33,10 @@ _STATE_VALID = 0x0001  # s_state: cleanly unmounted
 _STATE_ERROR = 0x0002  # s_state: errors detected
 _INCOMPAT_RECOVER = 0x0004  # journal needs replay
 _INCOMPAT_64BIT = 0x0080  # block counts have a high 32-bit half
+_COMPAT_HAS_JOURNAL = 0x0004
+_INCOMPAT_COMPRESSION = 0x0001  # never supported by Linux
+_INCOMPAT_JOURNAL_DEV = 0x0008  # an external journal, not a filesystem
+_INCOMPAT_EXTENTS = 0x0040  # the defining ext4 feature (ext2/ext3 lack it)
 _FICLONE = 0x40049409  # _IOW(0x94, 9, int), linux/fs.h
 
 
@@ -51,6 +55,9 @@ class Superblock:
     last_check: int
     state: int
     incompat: int
+    compat: int = 0
+    rev_level: int = 1
+    log_block_size: int = 2
 
     @property
     def size_bytes(self) -> int:
@@ -94,11 +101,14 @@ def read_superblock(path: Path) -> Superblock | None:
     blocks_hi = u32(0x150) if incompat & _INCOMPAT_64BIT else 0
     return Superblock(
         blocks=u32(0x04) | (blocks_hi << 32),
-        block_size=1024 << u32(0x18),
+        block_size=1024 << min(u32(0x18), 16),
         mount_time=u32(0x2C),
         last_check=u32(0x40),
         state=u16(0x3A),
         incompat=incompat,
+        compat=u32(0x5C),
+        rev_level=u32(0x4C),
+        log_block_size=u32(0x18),
     )
 
 
@@ -132,7 +142,31 @@ def require_ext4(path: Path, what: str = "image") -> Superblock:
             hint="pass a raw ext4 image, e.g. made with `mkfs.ext4 -d DIR FILE SIZE`; "
             "partitioned disks, qcow2 and tarballs must be converted first",
         )
+    problem = _ext4_problem(sb, path.stat().st_size)
+    if problem:
+        raise NotExt4(
+            f"{what} {path} {problem}",
+            hint="make a real ext4 image (`mkfs.ext4 -d DIR FILE SIZE`), or convert an "
+            f"ext2/ext3 one: `tune2fs -O extents,has_journal {shlex.quote(str(path))}` "
+            "then `e2fsck -fy` it",
+        )
     return sb
+
+
+def _ext4_problem(sb: Superblock, file_size: int) -> str:
+    """Why a filesystem with the ext magic is not an ext4 image a guest can boot, or ""."""
+    if sb.rev_level < 1 or sb.log_block_size > 6 or sb.blocks == 0:
+        return "has a damaged or ancient ext superblock (revision 0 or a bad block size)"
+    if sb.incompat & _INCOMPAT_JOURNAL_DEV:
+        return "is an external ext journal device, not a filesystem"
+    if sb.incompat & _INCOMPAT_COMPRESSION:
+        return "uses ext2 compression, which Linux never supported"
+    if not sb.incompat & _INCOMPAT_EXTENTS:
+        kind = "ext3" if sb.compat & _COMPAT_HAS_JOURNAL else "ext2"
+        return f"is {kind}, not ext4 (no `extents` feature)"
+    if sb.size_bytes > file_size:
+        return f"is truncated: its superblock says {sb.size_bytes} bytes, the file has {file_size}"
+    return ""
 
 
 def tree_size(root: Path) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 from aiohttp import web
 
 from banger.daemon.peer import peer_allowed, peer_uid
-from banger.errors import BangerError, Conflict, PrivilegeError
+from banger.errors import BangerError, Conflict, PrivilegeError, from_os_error
 
 log = logging.getLogger("banger.server")
 
@@ -63,10 +63,20 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise
     except json.JSONDecodeError as exc:
         return web.json_response(
-            {"error": {"code": "invalid_input", "message": f"bad JSON body: {exc}", "hint": ""}},
+            {
+                "error": {
+                    "code": "invalid_input",
+                    "message": f"bad JSON body: {exc}",
+                    "hint": "send a JSON object",
+                }
+            },
             status=400,
         )
     except Exception as exc:
+        mapped = from_os_error(exc)
+        if mapped is not None:
+            log.info("%s %s: %s", request.method, request.path, mapped.message)
+            return error_response(mapped)
         log.exception("unhandled error in %s %s", request.method, request.path)
         return web.json_response(
             {

@@ -17,9 +17,8 @@ from pathlib import Path
 
 from banger.engines.base import Drive, GuestConfig, NetIface
 from banger.errors import InvalidInput
+from banger.sizing import check_memory, check_vcpus
 
-MIN_MEMORY_MIB = 128
-MAX_VCPUS = 32  # Firecracker's limit; QEMU microvm gets the same so VMs stay portable
 # Linux x86 COMMAND_LINE_SIZE is 2048 including the NUL; Firecracker enforces it too.
 MAX_CMDLINE = 2047
 BASE_CMDLINE = "console=ttyS0 reboot=k panic=1 root=/dev/vda rw rootfstype=ext4"
@@ -90,15 +89,13 @@ def build_guest_config(
     """
     if not vm_id:
         raise InvalidInput("vm id must not be empty")
-    if not _HOSTNAME.match(name):
+    if not _HOSTNAME.fullmatch(name):
         raise InvalidInput(
             f"VM name {name!r} is not a valid hostname",
             hint="use 1-63 letters, digits and inner hyphens",
         )
-    if not 1 <= vcpus <= MAX_VCPUS:
-        raise InvalidInput(f"vcpus must be between 1 and {MAX_VCPUS}, got {vcpus}")
-    if memory_mib < MIN_MEMORY_MIB:
-        raise InvalidInput(f"memory must be at least {MIN_MEMORY_MIB} MiB, got {memory_mib}")
+    check_vcpus(vcpus)
+    check_memory(memory_mib * 1024**2)
     if len(str(run_dir).encode()) > MAX_RUN_DIR:
         raise InvalidInput(
             f"run dir {run_dir} is too long for UNIX socket paths (max {MAX_RUN_DIR} bytes)",
@@ -116,10 +113,10 @@ def build_guest_config(
     if (ip, gateway, tap) != (None, None, None):
         if ip is None or gateway is None or tap is None:
             raise InvalidInput("guest networking needs ip, gateway and tap together")
-        if not _TAP.match(tap):
+        if not _TAP.fullmatch(tap):
             raise InvalidInput(f"TAP name {tap!r} is not a valid interface name")
         mac = (mac or mac_for(vm_id)).lower()
-        if not _MAC.match(mac) or int(mac[:2], 16) & 1:
+        if not _MAC.fullmatch(mac) or int(mac[:2], 16) & 1:
             raise InvalidInput(f"MAC {mac!r} is not a unicast MAC address")
         parts.append(_ip_param(ip, prefix, gateway, name, dns))
         nics = (NetIface("eth0", tap, mac),)

@@ -53,7 +53,7 @@ PRIVILEGE_HINT = (
 
 def check_ifname(name: str, what: str = "interface") -> str:
     """Reject names the kernel would refuse (or that could smuggle nft syntax)."""
-    if not (0 < len(name) <= IFNAMSIZ) or not _IFNAME.match(name):
+    if not (0 < len(name) <= IFNAMSIZ) or not _IFNAME.fullmatch(name):
         raise InvalidInput(
             f"invalid {what} name {name!r}",
             hint=f"use 1-{IFNAMSIZ} characters from A-Z a-z 0-9 _ . -",
@@ -65,7 +65,7 @@ def netns_path(netns: str) -> str:
     """Map a namespace name (as in `ip netns`) or an nsfs path to a path."""
     if netns.startswith("/"):
         path = netns
-    elif _NSNAME.match(netns):
+    elif _NSNAME.fullmatch(netns):
         path = os.path.join(NETNS_RUN_DIR, netns)
     else:
         raise InvalidInput(f"invalid network namespace name {netns!r}")

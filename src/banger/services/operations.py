@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from banger.api.models import ErrorBody, Operation, OperationEvent, OpState
-from banger.errors import BangerError, Cancelled, NotFound
+from banger.errors import BangerError, Cancelled, NotFound, from_os_error
 from banger.progress import Progress
 from banger.store import Store
 
@@ -133,13 +133,18 @@ class OperationManager:
             op.state = "failed"
             op.error = ErrorBody(**exc.to_dict())
         except Exception as exc:
-            log.exception("operation %s failed", op.id)
+            mapped = from_os_error(exc)
             op.state = "failed"
-            op.error = ErrorBody(
-                code="internal",
-                message=f"{op.kind} {op.target} failed: {exc}",
-                hint="see the daemon log (banger daemon status shows where)",
-            )
+            if mapped is not None:
+                log.warning("operation %s failed: %s", op.id, mapped.message)
+                op.error = ErrorBody(**mapped.to_dict())
+            else:
+                log.exception("operation %s failed", op.id)
+                op.error = ErrorBody(
+                    code="internal",
+                    message=f"{op.kind} {op.target} failed: {exc}",
+                    hint="see the daemon log (banger daemon status shows where)",
+                )
         finally:
             op.finished_at = time.time()
             if op.key is not None:

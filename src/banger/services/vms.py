@@ -32,8 +32,8 @@ from banger.capabilities.base import BootContributions, Capability, PrepareConte
 from banger.config import Config
 from banger.engines import process
 from banger.engines.base import Engine, EngineHandle
-from banger.engines.guest_config import MAX_VCPUS, build_guest_config, mac_for
-from banger.errors import Conflict, InvalidInput
+from banger.engines.guest_config import build_guest_config, mac_for
+from banger.errors import Conflict
 from banger.paths import Paths
 from banger.progress import Progress
 from banger.services.admission import Admission, default_boot_limit, host_memory_mib
@@ -41,8 +41,9 @@ from banger.services.artifacts import ArtifactService, BootKernel
 from banger.services.readiness import BootWatch, exit_reason
 from banger.services.ssh import forget_host, wait_for_ssh
 from banger.services.watch import EngineWatcher
+from banger.sizing import HostLimits, check_memory, check_sizing, check_vcpus
 from banger.store import Store
-from banger.units import check_vm_name, parse_size
+from banger.units import check_vm_name
 from banger.vm import VMRecord, VMRepository, VMState
 
 log = logging.getLogger("banger.vms")
@@ -114,26 +115,25 @@ class VMService:
 
     def new_record(self, req: CreateVM) -> VMRecord:
         """Validate a create request into a record (nothing is made or stored yet)."""
-        name = check_vm_name(req.name) if req.name else self._generate_name()
+        # Only an absent name generates one: an explicit "" is a mistake, not a request.
+        name = check_vm_name(req.name) if req.name is not None else self._generate_name()
         if self.repo.name_taken(name):
             raise Conflict(
                 f"a VM named `{name}` already exists",
                 hint=f"pick another --name, or `banger vm delete {name}`",
             )
-        vcpus = req.vcpus if req.vcpus is not None else self.config.default_vcpus
-        if not 1 <= vcpus <= MAX_VCPUS:
-            raise InvalidInput(f"--vcpus {vcpus} is out of range", hint=f"use 1 to {MAX_VCPUS}")
-        memory_mib = parse_size(req.memory or self.config.default_memory) // 1024**2
-        if memory_mib < 128:
-            raise InvalidInput(f"--memory {req.memory} is too small", hint="use at least 128M")
-        disk = parse_size(req.disk_size or self.config.default_disk_size)
-        work = parse_size(req.work_size or self.config.default_work_size)
-        if work < 16 * 1024**2:
-            raise InvalidInput(f"--work-size {req.work_size} is too small", hint="use at least 16M")
+        c = self.config
+        size = check_sizing(
+            req.vcpus if req.vcpus is not None else c.default_vcpus,
+            req.memory if req.memory is not None else c.default_memory,
+            req.disk_size if req.disk_size is not None else c.default_disk_size,
+            req.work_size if req.work_size is not None else c.default_work_size,
+            self.host_limits(),
+        )
         options = req.model_dump()
         for cap in self.capabilities:  # their own options (e.g. --publish), before anything
             cap.validate(options)
-        self.admission.check_memory(name, memory_mib, self._memory_held())
+        self.admission.check_memory(name, size.memory_mib, self._memory_held())
         vm_id = secrets.token_hex(6)
         return VMRecord(
             id=vm_id,
@@ -142,13 +142,17 @@ class VMService:
             image=req.image or self.config.default_image,
             kernel=req.kernel or "",
             engine=self.resolve_engine(req.engine),
-            vcpus=vcpus,
-            memory_mib=memory_mib,
-            disk_bytes=disk,
-            work_bytes=work,
+            vcpus=size.vcpus,
+            memory_mib=size.memory_mib,
+            disk_bytes=size.disk_bytes,
+            work_bytes=size.work_bytes,
             mac=mac_for(vm_id),
             nat=req.nat,
         )
+
+    def host_limits(self) -> HostLimits:
+        """What one VM may be given here (RAM, CPUs, free space where disks live)."""
+        return HostLimits.probe(self.paths.vms_dir)
 
     def _generate_name(self) -> str:
         taken = {vm.name for vm in self.all()}
@@ -579,18 +583,9 @@ class VMService:
                     hint=f"`banger vm stop {vm.name}` first",
                 )
             if req.vcpus is not None:
-                if not 1 <= req.vcpus <= MAX_VCPUS:
-                    raise InvalidInput(
-                        f"--vcpus {req.vcpus} is out of range", hint=f"use 1 to {MAX_VCPUS}"
-                    )
-                vm.vcpus = req.vcpus
+                vm.vcpus = check_vcpus(req.vcpus, self.host_limits())
             if req.memory is not None:
-                mib = parse_size(req.memory) // 1024**2
-                if mib < 128:
-                    raise InvalidInput(
-                        f"--memory {req.memory} is too small", hint="use at least 128M"
-                    )
-                vm.memory_mib = mib
+                vm.memory_mib = check_memory(req.memory, self.host_limits())
             if req.nat is not None and req.nat != vm.nat:
                 vm.nat = req.nat
                 if vm.running:

@@ -158,7 +158,7 @@ class ImageInfo(ImageManifest):
 
 
 def check_name(name: str) -> str:
-    if not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InvalidInput(
             f"image name {name!r} is not valid",
             hint="use 1-63 characters: lower-case letters, digits, '.', '_' and '-', "

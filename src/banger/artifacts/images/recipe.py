@@ -67,7 +67,7 @@ class Units(_Strict):
     @classmethod
     def _names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for unit in value:
-            if not _UNIT.match(unit):
+            if not _UNIT.fullmatch(unit):
                 raise ValueError(f"{unit!r} is not a systemd unit name")
         return value
 
@@ -128,7 +128,7 @@ class Recipe(_Strict):
     @classmethod
     def _package_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for pkg in value:
-            if not _PACKAGE.match(pkg):
+            if not _PACKAGE.fullmatch(pkg):
                 raise ValueError(f"{pkg!r} is not a Debian package name")
         return value
 

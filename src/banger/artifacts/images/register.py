@@ -23,12 +23,27 @@ from banger.artifacts.images.info import (
     describe_files,
 )
 from banger.artifacts.images.store import build_lock, load_image, publish, work_dir
-from banger.errors import Conflict, InvalidInput
+from banger.errors import Conflict, InvalidInput, from_os_error
 from banger.progress import Progress, null_progress
 
 
 def _readable(path: Path, what: str) -> Path:
-    """`path` made absolute, if it is a non-empty regular file this user can read."""
+    """`path` made absolute, if it is a non-empty regular file this user can read.
+
+    Hostile paths (NUL bytes, symlink loops, names too long, unreadable parents) are
+    input errors naming the file, never crashes."""
+    try:
+        return _check_readable(path, what)
+    except (OSError, ValueError, RuntimeError) as exc:
+        mapped = from_os_error(exc, what)
+        if mapped is None and isinstance(exc, RuntimeError):  # e.g. `~nobody/x`
+            mapped = InvalidInput(f"{what} {path!r}: {exc}", hint="pass an absolute path")
+        if mapped is None:
+            raise
+        raise mapped from None
+
+
+def _check_readable(path: Path, what: str) -> Path:
     path = Path(path).expanduser().resolve()
     if not path.exists():
         raise InvalidInput(f"{what} {path} does not exist", hint="check the path")

@@ -12,7 +12,8 @@ from aiohttp import web
 from banger import API_VERSION, __version__
 from banger.api.models import Operation, Status
 from banger.daemon import testhooks
-from banger.daemon.routes.common import daemon_of, ok
+from banger.daemon.routes.common import daemon_of, int_param, ok
+from banger.errors import BadRequest
 from banger.progress import Progress
 from banger.services.doctor import run_doctor
 
@@ -87,7 +88,7 @@ async def operation_events(request: web.Request) -> web.StreamResponse:
     """NDJSON stream: one `{"event": …}` line per progress event, then
     `{"operation": …}` with the final state."""
     d = daemon_of(request)
-    since = int(request.query.get("since", "0"))
+    since = int_param(request, "since", 0, hi=2**31)
     events = d.ops.events(request.match_info["op_id"], since)
     first = await anext(events)  # raises NotFound before the stream starts
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
@@ -111,8 +112,13 @@ async def debug_ticker(request: web.Request) -> web.Response:
     if not testhooks.enabled():
         raise web.HTTPNotFound()
     d = daemon_of(request)
-    ticks = int(request.query.get("ticks", "5"))
-    interval = float(request.query.get("interval", "0.1"))
+    ticks = int_param(request, "ticks", 5, hi=1000)
+    try:
+        interval = float(request.query.get("interval", "0.1"))
+    except ValueError:
+        interval = -1.0
+    if not 0 <= interval <= 10:  # also refuses nan
+        raise BadRequest("query parameter `interval` must be 0 to 10 seconds", hint="interval=0.1")
 
     async def work(progress: Progress) -> dict[str, int]:
         for i in range(ticks):

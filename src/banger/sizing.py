@@ -1,0 +1,122 @@
+"""The VM sizing rules, in one place: vCPUs, memory, root and work disk sizes.
+
+`vm create`, `vm set`, the CLI and the guest-config builder all validate through
+here. Static rules (syntax, minimums, the engines' vCPU limit) need nothing; the
+host bounds (RAM, CPUs, free space where the disks live) come from `HostLimits`,
+probed by whoever knows the state directory (the daemon).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from banger.errors import InvalidInput
+from banger.units import format_size, parse_size
+
+MiB = 1024**2
+MAX_VCPUS = 32  # Firecracker's limit; QEMU microvm gets the same so VMs stay portable
+MIN_MEMORY_MIB = 128
+MIN_WORK_BYTES = 16 * MiB
+MIN_DISK_BYTES = 64 * MiB  # the rootfs is never shrunk below its image; this catches typos
+
+
+@dataclass(frozen=True)
+class HostLimits:
+    """What this host can give one VM."""
+
+    cpus: int
+    memory_bytes: int
+    disk_free_bytes: int
+    disk_dir: Path
+
+    @classmethod
+    def probe(cls, disk_dir: Path) -> HostLimits:
+        mem = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        d = disk_dir
+        while not d.exists() and d != d.parent:
+            d = d.parent
+        st = os.statvfs(d)
+        return cls(
+            cpus=os.cpu_count() or 1,
+            memory_bytes=mem,
+            disk_free_bytes=st.f_bavail * st.f_frsize,
+            disk_dir=disk_dir,
+        )
+
+
+def _size(flag: str, value: str | int) -> int:
+    try:
+        n = parse_size(value)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{flag}: {exc.message}", hint=exc.hint) from None
+    if n < 0:
+        raise InvalidInput(f"{flag} {value} is negative", hint="use a positive size, e.g. 2G")
+    return n
+
+
+def check_vcpus(vcpus: int, host: HostLimits | None = None) -> int:
+    if isinstance(vcpus, bool) or not isinstance(vcpus, int):
+        raise InvalidInput(f"--vcpus {vcpus!r} is not a whole number", hint="e.g. --vcpus 2")
+    top = MAX_VCPUS if host is None else min(MAX_VCPUS, host.cpus)
+    if not 1 <= vcpus <= top:
+        why = f" (this host has {host.cpus} CPUs)" if host is not None and top < MAX_VCPUS else ""
+        raise InvalidInput(f"--vcpus {vcpus} is out of range{why}", hint=f"use 1 to {top}")
+    return vcpus
+
+
+def check_memory(value: str | int, host: HostLimits | None = None) -> int:
+    """Memory in MiB from `1G`, `512M`, … within [128 MiB, host RAM]."""
+    n = _size("--memory", value)
+    mib = n // MiB
+    if mib < MIN_MEMORY_MIB:
+        raise InvalidInput(
+            f"--memory {value} is too small: a VM needs at least {MIN_MEMORY_MIB} MiB",
+            hint=f"use at least {MIN_MEMORY_MIB}M",
+        )
+    if host is not None and n > host.memory_bytes:
+        raise InvalidInput(
+            f"--memory {value} is more than this host's {format_size(host.memory_bytes)} of RAM",
+            hint=f"use at most {host.memory_bytes // 1024**3}G",
+        )
+    return mib
+
+
+def check_disks(
+    disk: str | int, work: str | int, host: HostLimits | None = None
+) -> tuple[int, int]:
+    """Root and work disk sizes in bytes; together at most the free space where they live."""
+    disk_bytes = _size("--disk-size", disk)
+    work_bytes = _size("--work-size", work)
+    if disk_bytes < MIN_DISK_BYTES:
+        raise InvalidInput(
+            f"--disk-size {disk} is too small", hint=f"use at least {MIN_DISK_BYTES // MiB}M"
+        )
+    if work_bytes < MIN_WORK_BYTES:
+        raise InvalidInput(
+            f"--work-size {work} is too small", hint=f"use at least {MIN_WORK_BYTES // MiB}M"
+        )
+    if host is not None and disk_bytes + work_bytes > host.disk_free_bytes:
+        free = format_size(host.disk_free_bytes)
+        raise InvalidInput(
+            f"--disk-size {format_size(disk_bytes)} + --work-size {format_size(work_bytes)} "
+            f"is more than the {free} free on {host.disk_dir}",
+            hint="use smaller disks or free some space there",
+        )
+    return disk_bytes, work_bytes
+
+
+@dataclass(frozen=True)
+class Sizing:
+    vcpus: int
+    memory_mib: int
+    disk_bytes: int
+    work_bytes: int
+
+
+def check_sizing(
+    vcpus: int, memory: str | int, disk: str | int, work: str | int, host: HostLimits | None
+) -> Sizing:
+    disk_bytes, work_bytes = check_disks(disk, work, host)
+    return Sizing(check_vcpus(vcpus, host), check_memory(memory, host), disk_bytes, work_bytes)
