@@ -7,6 +7,7 @@ XDG_* (or BANGER_HOME) at a temporary directory.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,11 @@ class Paths:
     @property
     def daemon_log(self) -> Path:
         return self.log_dir / "bangerd.log"
+
+    @property
+    def failed_logs_dir(self) -> Path:
+        """Console and engine logs of failed creates (whose VM directory is gone)."""
+        return self.log_dir / "failed"
 
     @property
     def vms_dir(self) -> Path:
@@ -87,8 +93,8 @@ def default_paths() -> Paths:
     if home:
         # One root for everything (tests, benchmarks); BANGER_DATA_DIR lets several
         # such roots share the pulled artifacts.
-        root = Path(home)
-        data = Path(os.environ.get("BANGER_DATA_DIR") or root / "data")
+        root = Path(home).absolute()  # the daemon runs from /
+        data = Path(os.environ.get("BANGER_DATA_DIR") or root / "data").absolute()
         return Paths(root / "config", root / "state", data, root / "run")
     return Paths(
         config_dir=Path(platformdirs.user_config_dir("banger")),
@@ -98,9 +104,16 @@ def default_paths() -> Paths:
     )
 
 
+PRIVATE_DIR = 0o700
+
+
 def ensure_dirs(paths: Paths) -> None:
+    """Create banger's directories, private to this user (0700)."""
     for d in (paths.config_dir, paths.state_dir, paths.data_dir, paths.log_dir, paths.vms_dir):
-        d.mkdir(parents=True, exist_ok=True)
+        d.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    for d in (paths.config_dir, paths.state_dir, paths.data_dir):
+        if stat.S_IMODE(d.stat().st_mode) & 0o077:
+            os.chmod(d, PRIVATE_DIR)
     paths.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     st = paths.runtime_dir.stat()
     if st.st_uid != os.getuid():
@@ -111,3 +124,32 @@ def ensure_dirs(paths: Paths) -> None:
             hint="remove it or set XDG_RUNTIME_DIR to a directory you own",
         )
     os.chmod(paths.runtime_dir, 0o700)
+
+
+def tighten(paths: Paths) -> int:
+    """Make everything under banger's config, state and data directories private to
+    this user (no group/other bits), as files from earlier versions were not. Symlinks
+    and files owned by others are left alone. Returns how many modes changed."""
+    changed = 0
+    uid = os.getuid()
+    for top in (paths.config_dir, paths.state_dir, paths.data_dir):
+        if not top.is_dir():
+            continue
+        for root, dirs, files in os.walk(top):
+            for name in [*dirs, *files]:
+                changed += _private(os.path.join(root, name), uid)
+        changed += _private(str(top), uid)
+    return changed
+
+
+def _private(path: str, uid: int) -> int:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return 0
+    if stat.S_ISLNK(st.st_mode) or st.st_uid != uid or not st.st_mode & 0o077:
+        return 0
+    if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+        return 0  # sockets, fifos: not ours to change
+    os.chmod(path, stat.S_IMODE(st.st_mode) & ~0o077)
+    return 1

@@ -25,7 +25,7 @@ from banger.daemon.routes import setup_routes
 from banger.daemon.routes.common import DAEMON_KEY
 from banger.daemon.server import bind_socket, errors, peer_check, serve
 from banger.errors import BangerError, Conflict
-from banger.paths import Paths, default_paths, ensure_dirs
+from banger.paths import Paths, default_paths, ensure_dirs, tighten
 
 log = logging.getLogger("banger.daemon")
 
@@ -94,6 +94,10 @@ async def _serve_forever(paths: Paths) -> None:
 def main(foreground: bool, debug: bool) -> None:
     """The banger daemon."""
     paths = default_paths()
+    # Everything the daemon (and the VMs it starts) writes is private to this user,
+    # and it holds no directory of whoever started it.
+    os.umask(0o077)
+    os.chdir("/")
     try:
         ensure_dirs(paths)
         if not foreground:
@@ -109,8 +113,11 @@ def main(foreground: bool, debug: bool) -> None:
             click.echo(f"bangerd started (pid {pid}), listening on {paths.socket}")
             return
         lock = _take_lock(paths)
+        tightened = tighten(paths)
         level = "debug" if debug else load_config(paths).config.log_level
         _setup_logging(paths, level, to_stderr=True)
+        if tightened:
+            log.info("made %d files and directories private (0600/0700)", tightened)
         asyncio.run(_serve_forever(paths))
         lock.close()
     except BangerError as exc:

@@ -132,9 +132,12 @@ async def arun(
 def spawn_detached(argv: Sequence[str], *, log_path: os.PathLike[str] | str) -> int:
     """Start a long-lived process in its own session, output appended to log_path.
 
-    Used for the daemon; it must not die with the CLI that started it.
+    Used for the daemon; it must not die with the CLI that started it. The log is
+    private (0600) and the process starts with umask 077, so what it writes is too.
     """
-    with open(log_path, "ab") as log:
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "ab") as log:
         proc = subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,
@@ -142,6 +145,7 @@ def spawn_detached(argv: Sequence[str], *, log_path: os.PathLike[str] | str) -> 
             stderr=log,
             start_new_session=True,
             close_fds=True,
+            umask=0o077,
         )
     return proc.pid
 
