@@ -202,13 +202,18 @@ class Client:
 
     def wait(self, op: Operation, on_event: EventCallback | None = None) -> Operation:
         """Follow an operation to the end; raise its error if it failed."""
-        final = op
+        final = None
         for item in self.stream(op.id):
             if isinstance(item, OperationEvent):
                 if on_event:
                     on_event(item)
             else:
                 final = item
+        if final is None:  # the stream ended without the operation's outcome
+            raise DaemonUnavailable(
+                f"lost contact with the banger daemon during {op.kind} {op.target}",
+                hint="the daemon stopped before the operation finished: `banger daemon status`",
+            )
         if final.state != "succeeded":
             err = final.error
             if err is None:

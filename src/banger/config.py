@@ -25,7 +25,7 @@ from pydantic import (
 
 from banger.errors import InvalidInput
 from banger.paths import Paths
-from banger.sizing import MAX_VCPUS, check_disks, check_memory
+from banger.sizing import MAX_VCPUS, precheck
 
 
 class Config(BaseModel):
@@ -59,23 +59,16 @@ class Config(BaseModel):
     boot_stall_timeout: float = Field(default=600.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    @field_validator("default_memory")
-    @classmethod
-    def _memory(cls, v: str) -> str:
-        try:
-            check_memory(v)
-        except InvalidInput as exc:
-            raise ValueError(f"{exc.message}; {exc.hint}") from None
-        return v
-
-    @field_validator("default_disk_size", "default_work_size")
+    @field_validator("default_memory", "default_disk_size", "default_work_size")
     @classmethod
     def _size(cls, v: str, info: ValidationInfo) -> str:
         try:
-            if info.field_name == "default_disk_size":
-                check_disks(v, "1G")
-            else:
-                check_disks("1G", v)
+            field = str(info.field_name)
+            precheck(
+                memory=v if field == "default_memory" else None,
+                disk_size=v if field == "default_disk_size" else None,
+                work_size=v if field == "default_work_size" else None,
+            )
         except InvalidInput as exc:
             raise ValueError(f"{exc.message}; {exc.hint}") from None
         return v

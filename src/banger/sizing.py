@@ -83,20 +83,29 @@ def check_memory(value: str | int, host: HostLimits | None = None) -> int:
     return mib
 
 
+def check_disk_size(value: str | int) -> int:
+    n = _size("--disk-size", value)
+    if n < MIN_DISK_BYTES:
+        raise InvalidInput(
+            f"--disk-size {value} is too small", hint=f"use at least {MIN_DISK_BYTES // MiB}M"
+        )
+    return n
+
+
+def check_work_size(value: str | int) -> int:
+    n = _size("--work-size", value)
+    if n < MIN_WORK_BYTES:
+        raise InvalidInput(
+            f"--work-size {value} is too small", hint=f"use at least {MIN_WORK_BYTES // MiB}M"
+        )
+    return n
+
+
 def check_disks(
     disk: str | int, work: str | int, host: HostLimits | None = None
 ) -> tuple[int, int]:
     """Root and work disk sizes in bytes; together at most the free space where they live."""
-    disk_bytes = _size("--disk-size", disk)
-    work_bytes = _size("--work-size", work)
-    if disk_bytes < MIN_DISK_BYTES:
-        raise InvalidInput(
-            f"--disk-size {disk} is too small", hint=f"use at least {MIN_DISK_BYTES // MiB}M"
-        )
-    if work_bytes < MIN_WORK_BYTES:
-        raise InvalidInput(
-            f"--work-size {work} is too small", hint=f"use at least {MIN_WORK_BYTES // MiB}M"
-        )
+    disk_bytes, work_bytes = check_disk_size(disk), check_work_size(work)
     if host is not None and disk_bytes + work_bytes > host.disk_free_bytes:
         free = format_size(host.disk_free_bytes)
         raise InvalidInput(
@@ -105,6 +114,25 @@ def check_disks(
             hint="use smaller disks or free some space there",
         )
     return disk_bytes, work_bytes
+
+
+def precheck(
+    *,
+    vcpus: int | None = None,
+    memory: str | None = None,
+    disk_size: str | None = None,
+    work_size: str | None = None,
+) -> None:
+    """The host-independent rules for whichever values were given (the CLI runs this
+    before it contacts the daemon, which applies the host bounds too)."""
+    if vcpus is not None:
+        check_vcpus(vcpus)
+    if memory is not None:
+        check_memory(memory)
+    if disk_size is not None:
+        check_disk_size(disk_size)
+    if work_size is not None:
+        check_work_size(work_size)
 
 
 @dataclass(frozen=True)

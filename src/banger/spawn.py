@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import sys
 import time
+from pathlib import Path
 
 from banger.errors import DaemonUnavailable
 from banger.paths import Paths
@@ -22,10 +23,18 @@ def socket_answers(paths: Paths) -> bool:
 
 
 def start_detached(paths: Paths, timeout: float = 15.0) -> int:
+    """Start `bangerd --foreground` detached and return the pid that answers.
+
+    The config is checked first, here: a broken config.toml is reported at once
+    (naming the file and key) instead of as a daemon that never comes up.
+    """
+    from banger.config import load_config
     from banger.system import spawn_detached  # only when a daemon must be started
 
-    paths.log_dir.mkdir(parents=True, exist_ok=True)
+    load_config(paths)
+    paths.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     log_path = paths.log_dir / "bangerd.out"
+    start = log_path.stat().st_size if log_path.exists() else 0
     pid = spawn_detached([sys.executable, "-m", "banger.daemon", "--foreground"], log_path=log_path)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -37,11 +46,18 @@ def start_detached(paths: Paths, timeout: float = 15.0) -> int:
             except (OSError, ValueError):
                 return pid
         time.sleep(0.02)
-    tail = (
-        log_path.read_text(errors="replace").strip().splitlines()[-3:] if log_path.exists() else []
-    )
+    tail = _new_lines(log_path, start)[-3:]  # this attempt's lines, not an earlier one's
     raise DaemonUnavailable(
         "the daemon did not come up within "
         f"{timeout:.0f}s" + (f": {' | '.join(tail)}" if tail else ""),
         hint=f"run `bangerd --foreground --debug` to see why (log: {paths.daemon_log})",
     )
+
+
+def _new_lines(path: Path, offset: int) -> list[str]:
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace").strip().splitlines()
+    except OSError:
+        return []

@@ -10,6 +10,7 @@ import click
 from banger.api.models import Operation
 from banger.cli.output import StageProgress, err
 from banger.client import Client
+from banger.errors import BangerError, DaemonUnavailable, NotFound
 
 
 def client() -> Client:
@@ -29,12 +30,44 @@ def client() -> Client:
 
 
 def follow(op: Operation, title: str, quiet: bool = False) -> Operation:
-    """Stream an operation's stages to stderr and return its final state."""
+    """Stream an operation's stages to stderr and return its final state.
+
+    If the daemon is lost mid-way, the error (exit 3) says what became of the
+    operation's VM, as a restarted daemon sees it."""
     c = client()
-    with StageProgress(title, enabled=not quiet) as prog:
-        final = c.wait(op, on_event=prog)
-        prog.done(final)
+    try:
+        with StageProgress(title, enabled=not quiet) as prog:
+            final = c.wait(op, on_event=prog)
+            prog.done(final)
+    except DaemonUnavailable as exc:
+        raise after_daemon_loss(c, op, exc) from None
     return final
+
+
+def after_daemon_loss(c: Client, op: Operation, exc: DaemonUnavailable) -> DaemonUnavailable:
+    """The error for an operation whose daemon went away: ask a (re)started daemon
+    what state the operation's VM ended in."""
+    lost = f"the banger daemon stopped during {op.kind} {op.target}"
+    if not op.kind.startswith("vm."):
+        return DaemonUnavailable(f"{lost}; its outcome is unknown", hint=exc.hint)
+    try:
+        with Client.connect(c.paths) as fresh:
+            vm = fresh.vm(op.target)
+    except NotFound:
+        return DaemonUnavailable(
+            f"{lost}; the restarted daemon has no VM `{op.target}` (it was rolled back)",
+            hint="run the command again",
+        )
+    except BangerError as again:
+        return DaemonUnavailable(
+            f"{lost}; the daemon cannot be reached: {again.message}", hint=again.hint or exc.hint
+        )
+    hint = {
+        "running": f"it works: `banger vm ssh {vm.name}`",
+        "stopped": f"`banger vm start {vm.name}` boots it",
+    }.get(vm.state, f"`banger vm show {vm.name}` for details")
+    why = f" ({vm.last_error})" if vm.last_error else ""
+    return DaemonUnavailable(f"{lost}; {vm.name} is now {vm.state}{why}", hint=hint)
 
 
 json_option: Callable[[Any], Any] = click.option(

@@ -11,11 +11,12 @@ from typing import Any, TypeVar
 
 import click
 
-from banger.api.models import VM, CreateVM, PublishedPort, SetVM
-from banger.cli.common import client, follow, json_option
+from banger.api.models import VM, CreateVM, Operation, PublishedPort, SetVM
+from banger.cli.common import after_daemon_loss, client, follow, json_option
 from banger.cli.output import err, out, print_json
 from banger.client import Client
-from banger.errors import BangerError
+from banger.errors import BangerError, DaemonUnavailable
+from banger.sizing import precheck
 from banger.units import format_duration, format_size
 
 ENGINES = click.Choice(["auto", "qemu", "firecracker"])
@@ -91,9 +92,12 @@ def _create_options(f: F) -> F:
     return f
 
 
-def _create(c: Client, quiet: bool, **kw: object) -> VM:
-    kw["publish"] = list(kw.get("publish") or ())  # type: ignore[call-overload]
+def _create(quiet: bool, **kw: Any) -> VM:
+    """Check what can be checked here, then create through the daemon (started if need be)."""
+    kw["publish"] = list(kw.get("publish") or ())
     req = CreateVM.model_validate({k: v for k, v in kw.items() if v is not None})
+    precheck(vcpus=req.vcpus, memory=req.memory, disk_size=req.disk_size, work_size=req.work_size)
+    c = client()
     op = c.create_vm(req)
     final = follow(op, f"creating {op.target}", quiet=quiet)
     vm_ = c.vm(final.result["name"])
@@ -105,7 +109,7 @@ def _create(c: Client, quiet: bool, **kw: object) -> VM:
 @json_option
 def create(as_json: bool, **kw: object) -> None:
     """Create and boot a VM; returns when SSH is ready."""
-    v = _create(client(), as_json, **kw)
+    v = _create(as_json, **kw)
     if as_json:
         print_json(v)
         return
@@ -125,7 +129,11 @@ def _fan_out(names: tuple[str, ...], action: str, verb: str, **params: object) -
     """Run one action on several VMs concurrently; report each; exit 1 if any failed."""
     c = client()
 
+    lost = False
+
     def one(name: str) -> tuple[str, str | None, str]:
+        nonlocal lost
+        op: Operation | None = None
         try:
             with Client(c.paths) as own:
                 if action == "delete":
@@ -138,6 +146,10 @@ def _fan_out(names: tuple[str, ...], action: str, verb: str, **params: object) -
                 return name, None, "was still being created: create cancelled, VM removed"
             return name, None, verb
         except BangerError as exc:
+            if isinstance(exc, DaemonUnavailable):
+                lost = True
+                if op is not None:
+                    exc = after_daemon_loss(c, op, exc)
             return name, exc.message + (f" ({exc.hint})" if exc.hint else ""), verb
 
     with ThreadPoolExecutor(max_workers=min(16, len(names))) as pool:
@@ -150,7 +162,7 @@ def _fan_out(names: tuple[str, ...], action: str, verb: str, **params: object) -
             failed += 1
             err.print(f"[red]✗[/] {name}: {error}")
     if failed:
-        sys.exit(1)
+        sys.exit(DaemonUnavailable.exit_code if lost else 1)
 
 
 @vm.command()
@@ -211,6 +223,7 @@ def show(name: str, as_json: bool) -> None:
 @click.option("--nat/--no-nat", default=None)
 def set_(names: tuple[str, ...], vcpus: int | None, memory: str | None, nat: bool | None) -> None:
     """Change VM settings (vcpus/memory only while stopped)."""
+    precheck(vcpus=vcpus, memory=memory)
     c = client()
     req = SetVM(vcpus=vcpus, memory=memory, nat=nat)
     failed = 0
@@ -310,26 +323,42 @@ def logs(name: str, follow_: bool) -> None:
             time.sleep(0.2)
 
 
-@vm.command(context_settings={"ignore_unknown_options": True})
+class _RunCommand(click.Command):
+    """`vm run [IMAGE] [-- CMD...]`: everything after `--` is the command, never the
+    image (click alone would hand the command's first word to IMAGE)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            i = args.index("--")
+            ctx.meta["banger.command"] = tuple(args[i + 1 :])
+            args = args[:i]
+        return super().parse_args(ctx, args)
+
+
+@vm.command(cls=_RunCommand)
 @click.argument("image", required=False)
 @click.option("--name", help="VM name (default: generated).")
 @click.option("--rm", "remove", is_flag=True, help="Delete the VM when the session ends.")
 @click.option("--nat", is_flag=True, help="Give the VM internet access.")
 @click.option("--engine", type=ENGINES)
 @_publish_option
-@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
 def run(
+    ctx: click.Context,
     image: str | None,
     name: str | None,
     remove: bool,
     nat: bool,
     engine: str | None,
     publish: tuple[str, ...],
-    command: tuple[str, ...],
 ) -> None:
-    """Pull what is missing, create a VM, and open a shell in it (or run `-- CMD`)."""
+    """Pull what is missing, create a VM, and open a shell in it (or run `-- CMD`).
+
+    IMAGE defaults to the configured default image: `banger vm run --rm -- uname -a`
+    runs `uname -a` in a throwaway VM of it."""
+    command: tuple[str, ...] = ctx.meta.get("banger.command", ())
+    v = _create(False, name=name, image=image, nat=nat or None, engine=engine, publish=publish)
     c = client()
-    v = _create(c, False, name=name, image=image, nat=nat or None, engine=engine, publish=publish)
     out.print(f"[green]✓[/] {v.name} is running at {v.ip}")
     try:
         rc = _ssh(c, v.name, command)

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
+import shutil
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -33,7 +35,7 @@ from banger.config import Config
 from banger.engines import process
 from banger.engines.base import Engine, EngineHandle
 from banger.engines.guest_config import build_guest_config, mac_for
-from banger.errors import Conflict
+from banger.errors import BangerError, Conflict
 from banger.paths import Paths
 from banger.progress import Progress
 from banger.services.admission import Admission, default_boot_limit, host_memory_mib
@@ -57,6 +59,7 @@ READY_LIMIT = 3600.0
 AGENT_TIMEOUT = 60.0  # after SSH works; the agent starts with multi-user.target too
 # States in which a VM's memory counts against the host (admission).
 HOLDS_MEMORY = (VMState.CREATING, VMState.STARTING, VMState.RUNNING, VMState.STOPPING)
+FAILED_LOGS_KEPT = 10  # logs/failed/ keeps the newest failed creates' logs
 
 
 class VMService:
@@ -205,6 +208,7 @@ class VMService:
             except BaseException as exc:
                 log.warning("create of %s failed (%r); rolling back", vm.name, exc)
                 vm.state = VMState.ERROR
+                self._keep_failed_logs(vm, exc)
                 raise
             undo.pop_all()
         vm.timings = {k: round(v, 3) for k, v in timings.items()}
@@ -238,6 +242,37 @@ class VMService:
 
     async def _forget(self, vm: VMRecord) -> None:
         self.repo.delete(vm.id)
+
+    def _keep_failed_logs(self, vm: VMRecord, exc: BaseException) -> None:
+        """Rollback deletes the VM's directory: keep its console and engine logs under
+        logs/failed/ (the newest FAILED_LOGS_KEPT) and point the error's hint there."""
+        vm_dir = self.vm_dir(vm)
+        logs = [vm_dir / "console.log", *sorted((vm_dir / "run").glob("*.log"))]
+        logs = [p for p in logs if p.is_file() and p.stat().st_size > 0]
+        if not logs:
+            return
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        dest = self.paths.failed_logs_dir / f"{stamp}-{vm.name}-{vm.id}"
+        try:
+            dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for p in logs:
+                shutil.copyfile(p, dest / p.name)
+                os.chmod(dest / p.name, 0o600)
+            kept = sorted(self.paths.failed_logs_dir.iterdir())
+            for old in kept[:-FAILED_LOGS_KEPT]:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError as err:
+            log.warning("could not keep the logs of failed create %s: %s", vm.name, err)
+            return
+        log.info("kept the logs of failed create %s in %s", vm.name, dest)
+        if isinstance(exc, BangerError):
+            for old_dir in (str(vm_dir / "run"), str(vm_dir)):
+                exc.message = exc.message.replace(old_dir, str(dest))
+                exc.hint = exc.hint.replace(old_dir, str(dest))
+            exc.hint = exc.hint.replace("`banger vm logs`", f"{dest / 'console.log'}")
+            if str(dest) not in exc.hint:
+                names = ", ".join(p.name for p in logs)
+                exc.hint = (exc.hint + "; " if exc.hint else "") + f"logs ({names}) kept in {dest}"
 
     async def _boot(
         self,
