@@ -31,6 +31,7 @@ LAYER_OF = {
     "errors": "base",
     "paths": "base",
     "units": "base",
+    "sizing": "base",  # the VM sizing rules, shared by CLI, daemon and engines
     "progress": "base",
     "config": "base",
 }

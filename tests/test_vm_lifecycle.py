@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import sys
@@ -59,6 +60,13 @@ def assert_nothing_left(b: NsBanger) -> None:
     assert not vms_dir.exists() or list(vms_dir.iterdir()) == []
 
 
+def wait_ssh(b: NsBanger, name: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while b.run("vm", "ssh", name, "--", "true", check=False).returncode != 0:
+        assert time.monotonic() < deadline, f"{name} never answered ssh"
+        time.sleep(1)
+
+
 def test_lifecycle_persists_disks_survives_daemon_kill_and_cleans_up(b: NsBanger) -> None:
     vm = b.json("vm", "create", "--name", "a", "--memory", "512M")
     assert vm["state"] == "running" and vm["ip"].startswith("172.30.0.")
@@ -73,8 +81,24 @@ def test_lifecycle_persists_disks_survives_daemon_kill_and_cleans_up(b: NsBanger
     b.run("vm", "stop", "a")
     assert b.json("vm", "show", "a")["state"] == "stopped"
     assert b.qemu_pids() == []
-    b.run("vm", "start", "a")
+    # The daemon dies mid-start: the CLI exits 3 and says what the restarted daemon
+    # sees (the QEMU it started lives on and is re-adopted).
+    starting = b.popen("vm", "start", "a")
+    deadline = time.monotonic() + 120
+    while not b.qemu_pids() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    lost_pid = b.daemon_pid()
+    assert lost_pid is not None and b.qemu_pids()
+    os.kill(lost_pid, signal.SIGKILL)
+    _, stderr = starting.communicate(timeout=120)
+    assert starting.returncode == 3, stderr
+    assert "the banger daemon stopped during vm.start a; a is now running" in stderr, stderr
+    assert "Traceback" not in stderr
+    wait_ssh(b, "a")
     assert b.run("vm", "ssh", "a", "--", "cat /root/f").stdout.strip() == "hi"
+    # Private by default: nothing banger wrote is readable by group or others.
+    loose = b.in_ns("find", str(b.home / "state"), str(b.home / "config"), "-perm", "/077")
+    assert loose.strip() == ""
 
     # The guest outlives the daemon; a new daemon re-adopts it.
     pid = b.daemon_pid()
@@ -150,6 +174,12 @@ def test_failed_create_rolls_back_everything(b: NsBanger, stage: str) -> None:
     res = b.run("vm", "create", "--name", "doomed", check=False)
     assert res.returncode != 0
     assert f"injected failure at stage `{stage}`" in res.stderr
+    if stage == "boot":  # the hint names the failed create's logs, which still exist
+        kept = re.search(r"kept in (\S+)", res.stderr)
+        assert kept, res.stderr
+        logs_dir = Path(kept.group(1))
+        assert logs_dir.parent == b.home / "state" / "logs" / "failed"
+        assert (logs_dir / "qemu.log").is_file()
     assert b.json("vm", "list") == []
     time.sleep(0.5)  # the killed QEMU is reaped by init
     assert_nothing_left(b)

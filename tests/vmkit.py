@@ -80,6 +80,16 @@ class NsBanger:
             )
         return res
 
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        """Start the CLI without waiting (stdout and stderr piped)."""
+        return subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, sys.executable, "-m", "banger.cli", *args],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
     def json(self, *args: str) -> Any:
         return json.loads(self.run(*args, "--json").stdout)
 

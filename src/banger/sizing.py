@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from banger.errors import InvalidInput
-from banger.units import format_size, parse_size
+from banger.units import parse_size
 
 MiB = 1024**2
 MAX_VCPUS = 32  # Firecracker's limit; QEMU microvm gets the same so VMs stay portable
@@ -44,6 +44,14 @@ class HostLimits:
             disk_free_bytes=st.f_bavail * st.f_frsize,
             disk_dir=disk_dir,
         )
+
+
+def human(n: int) -> str:
+    """`23.5G`, `512M`: sizes in messages, rounded for reading."""
+    for unit, scale in (("T", 1024**4), ("G", 1024**3), ("M", MiB)):
+        if n >= scale:
+            return f"{n / scale:.1f}".removesuffix(".0") + unit
+    return f"{n}B"
 
 
 def _size(flag: str, value: str | int) -> int:
@@ -77,7 +85,7 @@ def check_memory(value: str | int, host: HostLimits | None = None) -> int:
         )
     if host is not None and n > host.memory_bytes:
         raise InvalidInput(
-            f"--memory {value} is more than this host's {format_size(host.memory_bytes)} of RAM",
+            f"--memory {value} is more than this host's {human(host.memory_bytes)} of RAM",
             hint=f"use at most {host.memory_bytes // 1024**3}G",
         )
     return mib
@@ -107,9 +115,9 @@ def check_disks(
     """Root and work disk sizes in bytes; together at most the free space where they live."""
     disk_bytes, work_bytes = check_disk_size(disk), check_work_size(work)
     if host is not None and disk_bytes + work_bytes > host.disk_free_bytes:
-        free = format_size(host.disk_free_bytes)
+        free = human(host.disk_free_bytes)
         raise InvalidInput(
-            f"--disk-size {format_size(disk_bytes)} + --work-size {format_size(work_bytes)} "
+            f"--disk-size {human(disk_bytes)} + --work-size {human(work_bytes)} "
             f"is more than the {free} free on {host.disk_dir}",
             hint="use smaller disks or free some space there",
         )

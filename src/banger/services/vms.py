@@ -248,7 +248,7 @@ class VMService:
         logs/failed/ (the newest FAILED_LOGS_KEPT) and point the error's hint there."""
         vm_dir = self.vm_dir(vm)
         logs = [vm_dir / "console.log", *sorted((vm_dir / "run").glob("*.log"))]
-        logs = [p for p in logs if p.is_file() and p.stat().st_size > 0]
+        logs = [p for p in logs if p.is_file()]
         if not logs:
             return
         stamp = time.strftime("%Y%m%dT%H%M%S")

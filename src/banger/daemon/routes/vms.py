@@ -88,9 +88,9 @@ async def publish(request: web.Request) -> web.Response:
 @routes.post("/v1/vms/{name}/{action:start|stop|restart}")
 async def vm_action(request: web.Request) -> web.Response:
     d = daemon_of(request)
+    force = flag(request, "force")
     vm = d.vms.get(request.match_info["name"])
     action = request.match_info["action"]
-    force = flag(request, "force")
 
     async def work(progress: Progress) -> dict[str, str]:
         if action == "start":
@@ -107,8 +107,8 @@ async def vm_action(request: web.Request) -> web.Response:
 @routes.delete("/v1/vms/{name}")
 async def delete_vm(request: web.Request) -> web.Response:
     d = daemon_of(request)
-    vm = d.vms.get(request.match_info["name"])
     force = flag(request, "force")
+    vm = d.vms.get(request.match_info["name"])
     d.vms.check_deletable(vm, force)  # refuse in the request, not in the operation
 
     async def work(progress: Progress) -> dict[str, str]:
