@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 import click
 
-from banger.api.models import Operation
+from banger.api.models import VM, Operation
 from banger.cli.output import StageProgress, err
 from banger.client import Client
 from banger.errors import BangerError, DaemonUnavailable, NotFound
@@ -51,8 +52,7 @@ def after_daemon_loss(c: Client, op: Operation, exc: DaemonUnavailable) -> Daemo
     if not op.kind.startswith("vm."):
         return DaemonUnavailable(f"{lost}; its outcome is unknown", hint=exc.hint)
     try:
-        with Client.connect(c.paths) as fresh:
-            vm = fresh.vm(op.target)
+        vm = _ask_again(c, op.target)
     except NotFound:
         return DaemonUnavailable(
             f"{lost}; the restarted daemon has no VM `{op.target}` (it was rolled back)",
@@ -73,3 +73,17 @@ def after_daemon_loss(c: Client, op: Operation, exc: DaemonUnavailable) -> Daemo
 json_option: Callable[[Any], Any] = click.option(
     "--json", "as_json", is_flag=True, help="Print machine-readable JSON."
 )
+
+
+def _ask_again(c: Client, name: str, patience: float = 30.0) -> VM:
+    """The VM as a (re)started daemon reports it. A dying daemon's socket can still
+    accept for a moment, so contact is retried for a while."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            with Client.connect(c.paths) as fresh:
+                return fresh.vm(name)
+        except DaemonUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
