@@ -7,12 +7,14 @@ with Client.connect() as c:
 
 from __future__ import annotations
 
+import builtins
 import http.client
 import json
 import socket
 import urllib.parse
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -30,6 +32,9 @@ from banger.api.models import (
 )
 from banger.errors import BangerError, DaemonUnavailable, from_dict
 from banger.paths import Paths, default_paths
+
+if TYPE_CHECKING:
+    from banger.stream import ExecResult, GuestStream
 
 M = TypeVar("M", bound=BaseModel)
 EventCallback = Callable[[OperationEvent], None]
@@ -307,3 +312,173 @@ class Client:
     def vm_ports(self, name: str) -> dict[str, Any]:
         """Listening TCP ports in the guest: {"name", "ip", "ports": [...]}."""
         return dict(self._request("GET", f"/v1/vms/{name}/ports"))
+
+    # -- VMs, the short way ------------------------------------------------------------
+
+    def list(self) -> list[VM]:
+        """Every VM."""
+        return self.vms()
+
+    def get(self, name: str) -> VM:
+        """One VM by name (NotFound when there is none)."""
+        return self.vm(name)
+
+    def create(
+        self,
+        name: str | None = None,
+        image: str | None = None,
+        *,
+        vcpus: int | None = None,
+        memory: str | None = None,
+        nat: bool = False,
+        on_event: EventCallback | None = None,
+    ) -> VM:
+        """Create and boot a VM; returns it running (the image is pulled if needed)."""
+        req = CreateVM(name=name, image=image, vcpus=vcpus, memory=memory, nat=nat)
+        final = self.wait(self.create_vm(req), on_event)
+        return self.vm(str(final.result["name"]))
+
+    def start(self, name: str) -> VM:
+        self.wait(self.vm_action(name, "start"))
+        return self.vm(name)
+
+    def stop(self, name: str, force: bool = False) -> VM:
+        self.wait(self.vm_action(name, "stop", force=force))
+        return self.vm(name)
+
+    def delete(self, name: str, force: bool = False) -> None:
+        """Delete a VM and its disks (force: even while running)."""
+        self.wait(self.delete_vm(name, force=force))
+
+    # -- exec and files (through the guest agent; no SSH involved) ----------------------
+
+    def open_stream(self, name: str, spec: dict[str, Any]) -> GuestStream:
+        """A raw guest stream; see `banger.stream` (exec_stream is the friendly form)."""
+        from banger.stream import GuestStream
+
+        return GuestStream(self.paths.socket, name, spec)
+
+    def exec_stream(
+        self,
+        name: str,
+        argv: builtins.list[str] | tuple[str, ...],
+        *,
+        stdin: bool = False,
+        tty: bool = False,
+        env: dict[str, str] | None = None,
+        workdir: str | None = None,
+        user: str | None = None,
+        timeout: float | None = None,
+    ) -> GuestStream:
+        """Start a command and stream it: iterate `.events()` (stdout/stderr chunks in
+        order, then exit), `.write()` input when `stdin`, `.resize()`, `.signal()`.
+        Use it as a context manager: closing it kills the command if still running."""
+        from banger.stream import exec_spec
+
+        spec = exec_spec(
+            argv, stdin=stdin, tty=tty, env=env, workdir=workdir, user=user, timeout=timeout
+        )
+        return self.open_stream(name, spec)
+
+    def exec(
+        self,
+        name: str,
+        argv: builtins.list[str] | tuple[str, ...] | str,
+        *,
+        input: bytes | str | None = None,
+        env: dict[str, str] | None = None,
+        workdir: str | None = None,
+        user: str | None = None,
+        timeout: float | None = None,
+        check: bool = False,
+    ) -> ExecResult:
+        """Run a command in the VM and wait for it: exit code, stdout, stderr.
+
+        `argv` as a string runs through `sh -c`. `check` raises when the exit code is
+        not 0. `timeout` kills the command after that many seconds (exit code 124)."""
+        from banger.stream import collect
+
+        if isinstance(argv, str):
+            argv = ["sh", "-c", argv]
+        data = input.encode() if isinstance(input, str) else input
+        with self.exec_stream(
+            name,
+            argv,
+            stdin=data is not None,
+            env=env,
+            workdir=workdir,
+            user=user,
+            timeout=timeout,
+        ) as s:
+            result = collect(s, data)
+        if check and result.exit_code != 0:
+            detail = result.error or result.stderr.decode(errors="replace").strip()[-500:]
+            raise BangerError(f"`{' '.join(argv)}` in {name} exited {result.exit_code}: {detail}")
+        return result
+
+    def copy_to(
+        self,
+        name: str,
+        local: str | Path,
+        remote: str,
+        progress: Callable[[int], None] | None = None,
+    ) -> dict[str, Any]:
+        """Copy a local file or directory into the VM (like `cp -a`): into `remote`
+        when it is a directory, else as `remote`. Returns {"files", "dirs", "bytes"}."""
+        from banger.stream import _check, send_tree
+
+        src = Path(local)
+        if not src.exists() and not src.is_symlink():
+            raise BangerError(f"{src} does not exist", hint="check the local path")
+        real = src.resolve() if src.is_symlink() else src
+        arcname = src.resolve().name or "root"
+        with self.open_stream(name, {"kind": "tar-in", "path": _abs(remote)}) as s:
+            info = send_tree(s, real, arcname, progress) if "error" not in s.opened else {}
+            if not info:
+                info = next(ev.info for ev in s.events() if ev.kind == "exit")
+        return _check(info, f"copy into {name}:{remote} failed")
+
+    def copy_from(
+        self,
+        name: str,
+        remote: str,
+        local: str | Path,
+        progress: Callable[[int], None] | None = None,
+        on_total: Callable[[int], None] | None = None,
+    ) -> dict[str, int]:
+        """Copy a file or directory out of the VM to `local` (into it when it is a
+        directory). Ownership is kept when running as root."""
+        from banger.stream import _check, local_extract
+
+        with self.open_stream(name, {"kind": "tar-out", "path": _abs(remote)}) as s:
+            if on_total and "total" in s.opened:
+                on_total(int(s.opened["total"]))
+            info, stats = local_extract(s, Path(local), progress)
+        _check(info, f"copy from {name}:{remote} failed")
+        return stats
+
+    def read_file(self, name: str, path: str, limit: int | None = None) -> bytes:
+        """The contents of a file in the VM (`limit`: refuse larger files)."""
+        from banger.stream import untar_one
+
+        with self.open_stream(name, {"kind": "tar-out", "path": _abs(path)}) as s:
+            return untar_one(s, limit)
+
+    def write_file(self, name: str, path: str, data: bytes | str, mode: int = 0o644) -> None:
+        """Create or replace a file in the VM (parent directories are created)."""
+        import posixpath
+
+        from banger.stream import _check, collect, tar_bytes
+
+        path = _abs(path)
+        raw = data.encode() if isinstance(data, str) else data
+        archive = tar_bytes(posixpath.basename(path), raw, mode)
+        spec = {"kind": "tar-in", "path": path, "exact": True}
+        with self.open_stream(name, spec) as s:
+            result = collect(s, archive)
+        _check({"code": result.exit_code, "error": result.error}, f"write to {name}:{path} failed")
+
+
+def _abs(path: str) -> str:
+    """Guest paths: relative ones are relative to /root (the default user's home)."""
+    return path if path.startswith("/") else f"/root/{path}"

@@ -1,4 +1,4 @@
-"""The host side of banger-agent: HTTP/1.1 GETs over whichever channel the VM has.
+"""The host side of banger-agent: one multiplexed session per VM channel.
 
 The channel comes from the engine handle, `EngineHandle.extra["agent"]`:
 
@@ -6,10 +6,11 @@ The channel comes from the engine handle, `EngineHandle.extra["agent"]`:
   {"transport": "vsock", "cid": N}                            QEMU with vhost-vsock
   {"transport": "hybrid-vsock", "path": ".../v.sock", "cid": N}  Firecracker
 
-virtio-serial is one byte stream per VM, and QEMU's chardev takes one client at a
-time, so requests to one path are serialised here, and every request carries an
-`X-Request-Id` that the agent echoes: an answer left over from an earlier client
-that gave up is skipped instead of being taken for ours.
+QEMU's virtio-serial chardev takes one client at a time, so the daemon keeps one
+connection per channel (`AgentSession`, shared through a small pool) and runs every
+request and stream over it as frames (see `banger.agent.guest` for the protocol).
+The same code serves vsock and hybrid vsock: a byte stream is all it needs, so it
+also survives a transparent relay in between.
 """
 
 from __future__ import annotations
@@ -20,22 +21,304 @@ import json
 import secrets
 import socket
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from banger.agent import VSOCK_PORT
+from banger.agent import guest as proto
 from banger.engines.firecracker_vsock import open_hybrid_vsock
 from banger.errors import BangerError
 
 DEFAULT_TIMEOUT = 5.0
-MAX_BODY = 4 << 20
-
-_serial_locks: dict[str, asyncio.Lock] = {}
+HELLO_RETRY = 0.5
 
 
 class AgentUnavailable(BangerError):
     code = "agent_unavailable"
     http_status = 503
+
+
+@dataclass
+class StreamEvent:
+    """What a guest stream produced: `kind` is opened, stdout, stderr or exit."""
+
+    kind: str
+    data: bytes = b""
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class AgentStream:
+    """One exec/tar stream on a session. Read events with `next_event()`; every
+    stdout/stderr event must be acknowledged with `consumed(n)` once handled (that
+    is the flow control: the guest stops sending when the window is used up)."""
+
+    def __init__(self, session: AgentSession, sid: int) -> None:
+        self.session = session
+        self.sid = sid
+        self.events: asyncio.Queue[StreamEvent] = asyncio.Queue()
+        self.credit = proto.WINDOW_INITIAL
+        self.credit_changed = asyncio.Event()
+        self.done = False
+
+    async def next_event(self) -> StreamEvent:
+        return await self.events.get()
+
+    async def write(self, data: bytes) -> None:
+        """Send input, waiting for the guest's window; b"" ends the input."""
+        if not data:
+            await self.session.send(proto.encode(proto.STDIN, self.sid))
+            return
+        view = memoryview(data)
+        while view:
+            while self.credit <= 0:
+                if self.done:
+                    return
+                self.credit_changed.clear()
+                await self.credit_changed.wait()
+            n = min(len(view), self.credit, proto.CHUNK)
+            self.credit -= n
+            await self.session.send(proto.encode(proto.STDIN, self.sid, bytes(view[:n])))
+            view = view[n:]
+
+    async def consumed(self, n: int) -> None:
+        if n and not self.done:
+            await self.session.send(proto.encode(proto.WINDOW, self.sid, proto.window(n)))
+
+    async def resize(self, rows: int, cols: int) -> None:
+        await self.session.send(
+            proto.encode_json(proto.RESIZE, self.sid, {"rows": rows, "cols": cols})
+        )
+
+    async def signal(self, signum: int) -> None:
+        await self.session.send(proto.encode_json(proto.SIGNAL, self.sid, {"signal": signum}))
+
+    async def close(self) -> None:
+        """Abandon the stream: the guest kills what it runs. Idempotent."""
+        if self.done:
+            return
+        self.done = True
+        self.session.streams.pop(self.sid, None)
+        with contextlib.suppress(BangerError, OSError):
+            await self.session.send(proto.encode(proto.CLOSE, self.sid))
+
+    def _deliver(self, ftype: int, payload: bytes) -> None:
+        if ftype == proto.WINDOW:
+            self.credit += proto.parse_window(payload)
+            self.credit_changed.set()
+        elif ftype in (proto.STDOUT, proto.STDERR):
+            self.events.put_nowait(
+                StreamEvent("stdout" if ftype == proto.STDOUT else "stderr", payload)
+            )
+        elif ftype == proto.OPENED:
+            self.events.put_nowait(StreamEvent("opened", info=_json(payload)))
+        elif ftype == proto.EXIT:
+            self.done = True
+            self.credit_changed.set()
+            self.events.put_nowait(StreamEvent("exit", info=_json(payload)))
+
+    def _lost(self, why: str) -> None:
+        if not self.done:
+            self.done = True
+            self.credit_changed.set()
+            self.events.put_nowait(StreamEvent("exit", info={"code": 255, "error": why}))
+
+
+class AgentSession:
+    """One connection to a guest agent carrying any number of streams."""
+
+    def __init__(self, agent: dict[str, Any], describe: str) -> None:
+        self.agent = agent
+        self.describe = describe
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.wlock = asyncio.Lock()
+        self.next_sid = 1
+        self.streams: dict[int, AgentStream] = {}
+        self.requests: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.hello: dict[str, Any] = {}
+        self.task: asyncio.Task[None] | None = None
+        self.dead = False
+        self.loop = asyncio.get_running_loop()
+
+    async def connect(self, timeout: float) -> None:
+        reader, writer = await _open_channel(self.agent, timeout)
+        self.reader, self.writer = reader, writer
+        session_id = secrets.token_hex(8)
+        hello = proto.encode_json(
+            proto.HELLO, 0, {"session": session_id, "version": proto.PROTOCOL_VERSION}
+        )
+        buf = bytearray()
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                # A guest that is still booting (or out of step) may miss a HELLO: repeat.
+                writer.write(hello)
+                await writer.drain()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                try:
+                    async with asyncio.timeout(min(HELLO_RETRY, left)):
+                        self.hello = await self._hunt(reader, buf, session_id)
+                    break
+                except TimeoutError:
+                    continue
+        except BaseException:
+            writer.close()
+            raise
+        self.task = asyncio.create_task(self._read_loop(bytes(buf)))
+
+    @staticmethod
+    async def _hunt(
+        reader: asyncio.StreamReader, buf: bytearray, session_id: str
+    ) -> dict[str, Any]:
+        """Skip everything up to the HELLO answer carrying our session id."""
+        prefix = proto.MAGIC + bytes([proto.HELLO])
+        while True:
+            i = buf.find(prefix)
+            if i >= 0 and len(buf) - i >= proto.HEADER.size:
+                try:
+                    _, _, length = proto.decode_header(bytes(buf[i : i + proto.HEADER.size]))
+                except proto.FrameError:
+                    del buf[: i + 1]
+                    continue
+                end = i + proto.HEADER.size + length
+                if len(buf) >= end:
+                    payload = bytes(buf[i + proto.HEADER.size : end])
+                    del buf[:end]
+                    answer = _json(payload)
+                    if answer.get("session") == session_id:
+                        return answer
+                    continue
+            elif i < 0 and len(buf) > len(prefix):
+                del buf[: len(buf) - len(prefix)]
+            chunk = await reader.read(65536)
+            if not chunk:
+                raise EOFError("the agent channel closed")
+            buf += chunk
+
+    async def _read_loop(self, pending: bytes) -> None:
+        assert self.reader is not None
+        reader = self.reader
+        buf = bytearray(pending)
+        why = "the agent channel closed"
+
+        async def readexactly(n: int) -> bytes:
+            while len(buf) < n:
+                chunk = await reader.read(max(65536, n - len(buf)))
+                if not chunk:
+                    raise EOFError
+                buf.extend(chunk)
+            out = bytes(buf[:n])
+            del buf[:n]
+            return out
+
+        try:
+            while True:
+                ftype, sid, length = proto.decode_header(await readexactly(proto.HEADER.size))
+                payload = await readexactly(length)
+                if ftype == proto.RESPONSE:
+                    fut = self.requests.pop(sid, None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(_json(payload))
+                elif (stream := self.streams.get(sid)) is not None:
+                    stream._deliver(ftype, payload)
+                    if ftype == proto.EXIT:
+                        self.streams.pop(sid, None)
+        except (EOFError, OSError, asyncio.IncompleteReadError):
+            pass
+        except proto.FrameError as exc:
+            why = f"the agent sent garbage ({exc})"
+        finally:
+            self._fail(why)
+
+    def _fail(self, why: str) -> None:
+        self.dead = True
+        for fut in self.requests.values():
+            if not fut.done():
+                fut.set_exception(AgentUnavailable(f"guest agent ({self.describe}): {why}"))
+        self.requests.clear()
+        for stream in list(self.streams.values()):
+            stream._lost(why)
+        self.streams.clear()
+        if self.writer is not None:
+            self.writer.close()
+
+    def _sid(self) -> int:
+        sid = self.next_sid
+        self.next_sid = (self.next_sid + 1) % 2**32 or 1
+        return sid
+
+    async def send(self, frame: bytes) -> None:
+        if self.dead or self.writer is None:
+            raise AgentUnavailable(f"guest agent ({self.describe}): the connection is gone")
+        async with self.wlock:
+            self.writer.write(frame)
+            await self.writer.drain()
+
+    async def request(self, path: str) -> tuple[int, dict[str, Any]]:
+        sid = self._sid()
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.requests[sid] = fut
+        try:
+            await self.send(proto.encode_json(proto.REQUEST, sid, {"path": path}))
+            answer = await fut
+        finally:
+            self.requests.pop(sid, None)
+        body = answer.get("body")
+        return int(answer.get("status", 500)), body if isinstance(body, dict) else {}
+
+    async def open(self, spec: dict[str, Any]) -> AgentStream:
+        sid = self._sid()
+        stream = AgentStream(self, sid)
+        self.streams[sid] = stream
+        await self.send(proto.encode_json(proto.OPEN, sid, spec))
+        return stream
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(OSError):
+                await self.writer.wait_closed()
+
+
+async def _open_channel(
+    agent: dict[str, Any], timeout: float
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    transport = agent["transport"]
+    limit = 1 << 20
+    if transport == "virtio-serial":
+        async with asyncio.timeout(timeout):
+            return await asyncio.open_unix_connection(str(agent["path"]), limit=limit)
+    if transport == "hybrid-vsock":
+        return await open_hybrid_vsock(Path(agent["path"]), VSOCK_PORT, timeout)
+    sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        async with asyncio.timeout(timeout):
+            await asyncio.get_running_loop().sock_connect(sock, (int(agent["cid"]), VSOCK_PORT))
+    except BaseException:
+        sock.close()
+        raise
+    return await asyncio.open_connection(sock=sock, limit=limit)
+
+
+# One session per channel, shared by every caller in this process (the daemon).
+_sessions: dict[str, AgentSession] = {}
+_connecting: dict[str, asyncio.Lock] = {}
+
+
+async def close_sessions() -> None:
+    """Close every pooled session (daemon shutdown)."""
+    sessions = list(_sessions.values())
+    _sessions.clear()
+    for s in sessions:
+        await s.close()
 
 
 class AgentClient:
@@ -50,6 +333,7 @@ class AgentClient:
         if self.transport not in ("virtio-serial", "vsock", "hybrid-vsock"):
             raise AgentUnavailable(f"unknown guest agent transport {self.transport!r}")
         self.timeout = timeout
+        self.key = json.dumps(self.agent, sort_keys=True)
 
     def describe(self) -> str:
         if self.transport == "vsock":
@@ -66,24 +350,6 @@ class AgentClient:
     async def info(self) -> dict[str, Any]:
         return await self.get("/info")
 
-    async def get(self, path: str) -> dict[str, Any]:
-        """GET `path` from the agent; raises AgentUnavailable when it does not answer."""
-        try:
-            if self.transport == "virtio-serial":
-                key = str(self.agent["path"])
-                lock = _serial_locks.setdefault(key, asyncio.Lock())
-                async with asyncio.timeout(self.timeout), lock:
-                    return await self._exchange(path)
-            async with asyncio.timeout(self.timeout):
-                return await self._exchange(path)
-        except TimeoutError as exc:
-            raise self._unavailable(f"did not answer {path} within {self.timeout:g}s") from exc
-        except (OSError, EOFError, BangerError) as exc:
-            if isinstance(exc, AgentUnavailable):
-                raise
-            msg = exc.message if isinstance(exc, BangerError) else str(exc) or type(exc).__name__
-            raise self._unavailable(f"{path}: {msg}") from exc
-
     def _unavailable(self, what: str) -> AgentUnavailable:
         return AgentUnavailable(
             f"guest agent ({self.describe()}) {what}",
@@ -91,74 +357,59 @@ class AgentClient:
             "in it: `banger vm ssh NAME -- systemctl status banger-agent`",
         )
 
-    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        if self.transport == "virtio-serial":
-            return await asyncio.open_unix_connection(str(self.agent["path"]))
-        if self.transport == "hybrid-vsock":
-            return await open_hybrid_vsock(Path(self.agent["path"]), VSOCK_PORT, self.timeout)
-        sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
-        sock.setblocking(False)
+    async def session(self) -> AgentSession:
+        """The pooled session for this channel, connecting (bounded) when needed."""
+        loop = asyncio.get_running_loop()
+        current = _sessions.get(self.key)
+        if current is not None and not current.dead and current.loop is loop:
+            return current
+        lock = _connecting.get(self.key)
+        if lock is None or lock._loop not in (None, loop):  # type: ignore[attr-defined]
+            lock = _connecting[self.key] = asyncio.Lock()
         try:
-            await asyncio.get_running_loop().sock_connect(
-                sock, (int(self.agent["cid"]), VSOCK_PORT)
-            )
-        except BaseException:
-            sock.close()
-            raise
-        return await asyncio.open_connection(sock=sock)
+            async with asyncio.timeout(self.timeout), lock:
+                current = _sessions.get(self.key)
+                if current is not None and not current.dead and current.loop is loop:
+                    return current
+                fresh = AgentSession(self.agent, self.describe())
+                await fresh.connect(self.timeout)
+                _sessions[self.key] = fresh
+                return fresh
+        except TimeoutError as exc:
+            raise self._unavailable(f"did not answer within {self.timeout:g}s") from exc
+        except (OSError, EOFError, BangerError) as exc:
+            if isinstance(exc, AgentUnavailable):
+                raise
+            msg = exc.message if isinstance(exc, BangerError) else str(exc) or type(exc).__name__
+            raise self._unavailable(f"cannot be reached: {msg}") from exc
 
-    async def _exchange(self, path: str) -> dict[str, Any]:
-        reader, writer = await self._open()
+    async def get(self, path: str) -> dict[str, Any]:
+        """A request/response message (`/healthz`, `/ports`, `/info`, ...)."""
+        session = await self.session()
         try:
-            rid = secrets.token_hex(8)
-            writer.write(
-                f"GET {path} HTTP/1.1\r\nHost: banger-agent\r\nX-Request-Id: {rid}\r\n"
-                "Connection: close\r\n\r\n".encode()
-            )
-            await writer.drain()
-            while True:
-                status, headers, body = await read_response(reader)
-                if headers.get("x-request-id") == rid:
-                    break  # anything else is a stale answer to an earlier client
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+            async with asyncio.timeout(self.timeout):
+                status, body = await session.request(path)
+        except TimeoutError as exc:
+            raise self._unavailable(f"did not answer {path} within {self.timeout:g}s") from exc
+        if status != 200:
+            raise BangerError(f"guest agent answered {path} with {status}: {body.get('error')}")
+        return body
+
+    async def open(self, spec: dict[str, Any]) -> tuple[AgentStream, dict[str, Any]]:
+        """Open an exec/tar stream; returns it with the OPENED info. A stream the
+        agent refused comes back with an exit event queued instead (info has "error")."""
+        session = await self.session()
+        stream = await session.open(spec)
         try:
-            data = json.loads(body)
-        except ValueError as exc:
-            raise AgentUnavailable(f"guest agent sent invalid JSON for {path}") from exc
-        if status != 200 or not isinstance(data, dict):
-            err = data.get("error") if isinstance(data, dict) else None
-            raise BangerError(f"guest agent answered {path} with {status}: {err or data}")
-        return data
-
-
-async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
-    """One HTTP/1.1 response with a Content-Length; skips anything before its status line."""
-    while True:
-        line = await reader.readline()
-        if not line:
-            raise EOFError("connection closed before a response")
-        words = line.split(None, 2)
-        if len(words) >= 2 and words[0].startswith(b"HTTP/1.") and words[1].isdigit():
-            status = int(words[1])
-            break
-    headers: dict[str, str] = {}
-    while True:
-        line = await reader.readline()
-        if not line:
-            raise EOFError("connection closed in the response headers")
-        if line in (b"\r\n", b"\n"):
-            break
-        key, sep, value = line.decode("latin-1").partition(":")
-        if sep:
-            headers[key.strip().lower()] = value.strip()
-    length = int(headers.get("content-length", "0") or 0)
-    if not 0 <= length <= MAX_BODY:
-        raise EOFError(f"response too large ({length} bytes)")
-    body = await reader.readexactly(length)
-    return status, headers, body
+            async with asyncio.timeout(self.timeout):
+                first = await stream.next_event()
+        except TimeoutError as exc:
+            await stream.close()
+            raise self._unavailable(f"did not open a {spec.get('kind')} stream") from exc
+        if first.kind == "exit":
+            stream.events.put_nowait(first)
+            return stream, {"error": first.info.get("error"), **first.info}
+        return stream, first.info
 
 
 async def wait_healthy(agent: dict[str, Any] | None, timeout: float) -> float:
@@ -177,3 +428,11 @@ async def wait_healthy(agent: dict[str, Any] | None, timeout: float) -> float:
         f"the guest agent did not answer within {timeout:.0f}s ({last})",
         hint="SSH works; check `systemctl status banger-agent` in the VM (`banger vm ssh`)",
     )
+
+
+def _json(payload: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(payload or b"{}")
+    except ValueError:
+        return {}
+    return obj if isinstance(obj, dict) else {}

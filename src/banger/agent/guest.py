@@ -2,23 +2,44 @@
 """banger-agent: the guest agent, installed in images as /usr/local/bin/banger-agent.
 
 Standard library only (the guest has Debian's python3 and nothing else), and no
-imports from banger. It answers HTTP/1.1 GET requests:
+imports from banger. Python 3.11 (Debian bookworm).
 
-  /healthz   {"ok": true, "agent_version", "hostname", "uptime_s"}
-  /ports     {"ports": [{"port", "address", "family", "pid", "process"}, ...]}
-             listening TCP sockets from /proc/net/tcp{,6}; the owner is found by
-             matching socket inodes under /proc/<pid>/fd
-  /info      hostname, kernel, uptime, load, memory, disk usage of / and /root
+One protocol on every transport: **frames** over a byte stream, so many exec, file
+and request streams share the one channel (a virtio-serial port carries a single
+byte stream; HTTP over it could not carry concurrent requests).
+
+  frame   = header(12) payload
+  header  = magic "bG" | type u8 | flags u8 | stream u32 | length u32   (big endian)
+
+  HELLO    host → guest {"session", "version"}: starts a session; the guest kills
+           every stream of the previous one and echoes the session id back with its
+           own {"agent_version", "window", "max_frame"}. Until a HELLO the guest
+           hunts for one byte by byte, so leftovers of an earlier host client (or a
+           half-sent frame) are skipped; the host likewise skips everything before
+           the HELLO that carries its session id.
+  REQUEST  {"path": "/healthz"} → RESPONSE {"status", "body"}: the request/response
+           table `HANDLERS` (/healthz, /ports, /info; add entries there).
+  OPEN     {"kind": "exec"|"tar-in"|"tar-out", ...} → OPENED {"pid"|"total"}, then
+           data frames, then EXIT {"code", "signal", "error"} as the last frame.
+  STDIN    host → guest data (empty = end of input); STDOUT, STDERR guest → host.
+  WINDOW   u32 credit: flow control per stream and direction. Each side may send
+           WINDOW_INITIAL bytes of data per stream, then only what the receiver has
+           granted back after consuming it.
+  RESIZE   {"rows", "cols"} (PTY), SIGNAL {"signal": N} (to the process group),
+  CLOSE    host → guest: abandon the stream (the process group is killed).
+
+A host that disconnects ends its session: every process it started is killed.
+
+For older hosts the agent still answers plain HTTP/1.1 GETs of the same paths when
+a request line arrives where a frame could start (one request at a time).
 
 Transports, whichever the VM has (both are served when both exist):
 
   virtio-serial  /dev/virtio-ports/banger.agent: one byte stream shared by every
-                 host client in turn, not connections. Requests are served one after
-                 another; a line that is not a request line is skipped, so the stream
-                 resynchronises after garbage or a half-sent request. A request's
-                 `X-Request-Id` header is echoed so the host can drop stale answers.
+                 host client in turn; reads return end-of-file while none is
+                 connected, which ends the session.
   vsock          AF_VSOCK port 1024 (QEMU vhost-vsock, Firecracker hybrid vsock):
-                 ordinary connections, one thread each.
+                 ordinary connections, one session each.
 
 The agent waits for either channel to appear (the virtio_console module may load
 after the service starts), so the unit can simply be `Restart=always`.
@@ -28,17 +49,29 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
+import grp
 import json
 import os
+import pwd
+import queue
 import re
+import select
+import signal
 import socket
+import stat
+import struct
+import subprocess
 import sys
+import tarfile
+import termios
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import IO, Any, cast
 
-AGENT_VERSION = "1"
+AGENT_VERSION = "2"
+PROTOCOL_VERSION = 2
 SERIAL_PATH = "/dev/virtio-ports/banger.agent"
 VSOCK_PORT = 1024
 MAX_LINE = 8192
@@ -200,15 +233,19 @@ def healthz(proc: str = "/proc") -> dict[str, Any]:
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
 
 
+# Request/response messages, over frames (REQUEST) and plain HTTP GET alike: a path
+# and a function of the /proc root returning a JSON object. Add entries here.
+HANDLERS: dict[str, Callable[[str], dict[str, Any]]] = {
+    "/healthz": healthz,
+    "/ports": ports,
+    "/info": info,
+}
+
+
 def route(method: str, path: str, proc: str = "/proc") -> tuple[int, dict[str, Any]]:
-    handlers: dict[str, Callable[[str], dict[str, Any]]] = {
-        "/healthz": healthz,
-        "/ports": ports,
-        "/info": info,
-    }
-    handler = handlers.get(path.split("?", 1)[0])
+    handler = HANDLERS.get(path.split("?", 1)[0])
     if handler is None:
-        return 404, {"error": f"no such path {path}", "paths": sorted(handlers)}
+        return 404, {"error": f"no such path {path}", "paths": sorted(HANDLERS)}
     if method != "GET":
         return 405, {"error": f"{method} not allowed; use GET"}
     try:
@@ -317,6 +354,730 @@ def serve_stream(stream: Stream, proc: str = "/proc", *, connection: bool = True
             return
 
 
+# -- frames ------------------------------------------------------------------------------
+
+MAGIC = b"bG"
+HEADER = struct.Struct(">2sBBII")
+HELLO, REQUEST, RESPONSE, OPEN, OPENED = 1, 2, 3, 4, 5
+STDIN, STDOUT, STDERR, WINDOW, RESIZE, SIGNAL, EXIT, CLOSE = 6, 7, 8, 9, 10, 11, 12, 13
+FRAME_NAMES = {
+    HELLO: "hello",
+    REQUEST: "request",
+    RESPONSE: "response",
+    OPEN: "open",
+    OPENED: "opened",
+    STDIN: "stdin",
+    STDOUT: "stdout",
+    STDERR: "stderr",
+    WINDOW: "window",
+    RESIZE: "resize",
+    SIGNAL: "signal",
+    EXIT: "exit",
+    CLOSE: "close",
+}
+MAX_FRAME = 1 << 20  # a longer frame means the stream is out of step
+CHUNK = 64 << 10  # data frames carry at most this much
+WINDOW_INITIAL = 1 << 20  # per stream and direction
+_WINDOW = struct.Struct(">I")
+_HELLO_PREFIX = MAGIC + bytes([HELLO])
+
+
+class FrameError(ValueError):
+    """The byte stream is not at a frame boundary (garbage, or out of step)."""
+
+
+def encode(ftype: int, stream: int, payload: bytes = b"") -> bytes:
+    return HEADER.pack(MAGIC, ftype, 0, stream, len(payload)) + payload
+
+
+def encode_json(ftype: int, stream: int, obj: Any) -> bytes:
+    return encode(ftype, stream, json.dumps(obj, separators=(",", ":")).encode())
+
+
+def decode_header(head: bytes) -> tuple[int, int, int]:
+    """(type, stream, length) of a 12-byte header; FrameError when it is not one."""
+    magic, ftype, _flags, stream, length = HEADER.unpack(head)
+    if magic != MAGIC or ftype not in FRAME_NAMES or length > MAX_FRAME:
+        raise FrameError(f"not a frame header: {head!r}")
+    return ftype, stream, length
+
+
+def window(n: int) -> bytes:
+    return _WINDOW.pack(n)
+
+
+def parse_window(payload: bytes) -> int:
+    return int(_WINDOW.unpack(payload[:4])[0]) if len(payload) >= 4 else 0
+
+
+# -- safe archives (shared with the host side) -------------------------------------------
+
+
+class UnsafeArchive(ValueError):
+    """An archive member would land outside the target directory."""
+
+
+def _inside(path: str, base: str) -> bool:
+    return path == base or path.startswith(base.rstrip("/") + "/")
+
+
+def _member_parts(name: str) -> list[str]:
+    if name.startswith("/"):
+        raise UnsafeArchive(f"refusing archive member {name!r}: absolute path")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise UnsafeArchive(f"refusing archive member {name!r}: it climbs out with '..'")
+    return parts
+
+
+def extract_archive(fileobj: IO[bytes], dest: str, exact: bool = False) -> dict[str, int]:
+    """Extract a tar stream like `cp -a SRC DEST`: into DEST when it is a directory,
+    else as DEST itself (the archive's top-level entry renamed; `exact`: always so,
+    and never replacing a directory); missing parents are created. Modes, mtimes and
+    symlinks are kept, ownership too when running as root. Members that would land
+    outside the target (absolute names, '..', hard links out, writing through a
+    symlink) raise UnsafeArchive."""
+    dest = os.path.abspath(dest)
+    if os.path.isdir(dest) and not exact:
+        base, rename = dest, None
+    else:
+        if os.path.isdir(dest) and not os.path.islink(dest):
+            raise IsADirectoryError(f"{dest} is a directory")
+        base, rename = os.path.dirname(dest), os.path.basename(dest)
+        os.makedirs(base, exist_ok=True)
+    base = os.path.realpath(base)
+    dirs: list[tuple[str, tarfile.TarInfo]] = []
+    files = total = 0
+    kw: dict[str, Any] = {"numeric_owner": True}
+    if hasattr(tarfile, "fully_trusted_filter"):
+        kw["filter"] = "fully_trusted"  # the checks below are ours; keep every attribute
+    with tarfile.open(fileobj=fileobj, mode="r|") as tar:
+        for m in tar:
+            parts = _member_parts(m.name)
+            if not parts:
+                continue
+            if rename:
+                parts[0] = rename
+            target = os.path.join(base, *parts)
+            parent = os.path.realpath(os.path.dirname(target))
+            if not _inside(parent, base):
+                raise UnsafeArchive(f"refusing archive member {m.name!r}: it leads outside")
+            if m.islnk():
+                lparts = _member_parts(m.linkname)
+                if rename and lparts:
+                    lparts[0] = rename
+                m.linkname = "/".join(lparts)
+            elif m.ischr() or m.isblk() or m.isfifo():
+                continue  # device nodes and fifos are not files to copy
+            if os.path.lexists(target):
+                if m.isdir() and os.path.isdir(target) and not os.path.islink(target):
+                    pass
+                elif os.path.isdir(target) and not os.path.islink(target):
+                    raise IsADirectoryError(f"{target} is a directory; not replacing it")
+                else:
+                    os.unlink(target)
+            m.name = "/".join(parts)
+            if m.isdir():
+                dirs.append((target, m))
+                m_mode = m.mode
+                m.mode = m_mode | 0o700  # stay writable until its contents are in
+                tar.extract(m, base, set_attrs=True, **kw)
+                m.mode = m_mode
+                continue
+            tar.extract(m, base, set_attrs=True, **kw)
+            files += 1
+            total += m.size if m.isreg() else 0
+    for target, m in reversed(dirs):  # after their contents: mode and mtime stick
+        os.chmod(target, m.mode & 0o7777)
+        os.utime(target, (m.mtime, m.mtime))
+    return {"files": files, "dirs": len(dirs), "bytes": total}
+
+
+def tree_size(path: str) -> int:
+    """Bytes of regular files under path (symlinks not followed)."""
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        return st.st_size if stat.S_ISREG(st.st_mode) else 0
+    total = 0
+    for root, _dirs, names in os.walk(path):
+        for n in names:
+            with contextlib.suppress(OSError):
+                st = os.lstat(os.path.join(root, n))
+                if stat.S_ISREG(st.st_mode):
+                    total += st.st_size
+    return total
+
+
+def archive_source(path: str) -> tuple[str, str]:
+    """(what to archive, its top-level name): a symlink given as the source is
+    followed (as `cp` does), links inside a directory are kept as links."""
+    real = os.path.realpath(path) if os.path.islink(path) else path
+    os.lstat(real)  # FileNotFoundError names the path
+    name = os.path.basename(os.path.normpath(path)) or "root"
+    return real, name
+
+
+# -- guest-side streams ------------------------------------------------------------------
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class StreamClosed(Exception):
+    pass
+
+
+class _Stream:
+    """One host-opened stream: credit for what we send, a queue of what we receive."""
+
+    def __init__(self, session: Session, sid: int) -> None:
+        self.session = session
+        self.sid = sid
+        self.credit = WINDOW_INITIAL
+        self.cv = threading.Condition()
+        self.closed = False
+        self.inbox: queue.Queue[bytes | None] = queue.Queue()
+
+    # credit for guest → host data
+    def grant(self, n: int) -> None:
+        with self.cv:
+            self.credit += n
+            self.cv.notify_all()
+
+    def take(self, want: int) -> int:
+        with self.cv:
+            while self.credit <= 0 and not self.closed:
+                self.cv.wait()
+            if self.closed:
+                raise StreamClosed()
+            n = min(want, self.credit)
+            self.credit -= n
+            return n
+
+    def send_data(self, ftype: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = self.take(min(len(view), CHUNK))
+            self.session.send(encode(ftype, self.sid, bytes(view[:n])))
+            view = view[n:]
+
+    def stdin(self, data: bytes) -> None:
+        self.inbox.put(data)
+
+    def ack(self, n: int) -> None:
+        """Tell the host we consumed n bytes of its input."""
+        if n and not self.closed:
+            self.session.send(encode(WINDOW, self.sid, window(n)))
+
+    def finish(self, result: dict[str, Any]) -> None:
+        if not self.closed:
+            self.session.send(encode_json(EXIT, self.sid, result))
+        self.session.forget(self.sid)
+
+    def close(self) -> None:
+        with self.cv:
+            self.closed = True
+            self.cv.notify_all()
+        self.inbox.put(None)
+
+    def resize(self, rows: int, cols: int) -> None:
+        pass
+
+    def signal(self, signum: int) -> None:
+        pass
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+
+def _user_env(spec: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any], str]:
+    """The environment, Popen user arguments and working directory for spec."""
+    user = str(spec.get("user") or "root")
+    name, _, group = user.partition(":")
+    pw = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+    gid = pw.pw_gid
+    if group:
+        gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    env = {
+        "HOME": pw.pw_dir,
+        "USER": pw.pw_name,
+        "LOGNAME": pw.pw_name,
+        "SHELL": pw.pw_shell or "/bin/sh",
+        "PATH": DEFAULT_PATH,
+        "LANG": "C.UTF-8",
+    }
+    if spec.get("tty"):
+        env["TERM"] = str(spec.get("term") or "xterm-256color")
+    env.update({str(k): str(v) for k, v in (spec.get("env") or {}).items()})
+    kw: dict[str, Any] = {}
+    if pw.pw_uid != os.geteuid() or gid != os.getegid():
+        kw = {
+            "user": pw.pw_uid,
+            "group": gid,
+            "extra_groups": os.getgrouplist(pw.pw_name, gid),
+        }
+    workdir = str(spec.get("workdir") or pw.pw_dir or "/")
+    if not os.path.isdir(workdir):
+        if spec.get("workdir"):
+            raise FileNotFoundError(f"working directory {workdir} does not exist")
+        workdir = "/"
+    return env, kw, workdir
+
+
+def _set_winsize(fd: int, rows: int, cols: int) -> None:
+    if rows > 0 and cols > 0:
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def _take_ctty() -> None:  # runs in the child, after setsid: the PTY becomes its terminal
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+class ExecStream(_Stream):
+    """A process: pipes (stdout and stderr apart) or a PTY; its process group is
+    killed when the stream is closed or the session ends."""
+
+    def __init__(self, session: Session, sid: int, spec: dict[str, Any]) -> None:
+        super().__init__(session, sid)
+        self.spec = spec
+        self.tty = bool(spec.get("tty"))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.master = -1
+        self.stdin_fd = -1
+        self.exited = threading.Event()
+
+    def start(self) -> None:
+        argv = [str(a) for a in self.spec.get("argv") or []]
+        if not argv:
+            raise ValueError("no command given")
+        env, user_kw, workdir = _user_env(self.spec)
+        if self.tty:
+            master, slave = os.openpty()
+            _set_winsize(slave, int(self.spec.get("rows") or 0), int(self.spec.get("cols") or 0))
+            try:
+                self.proc = subprocess.Popen(
+                    argv,
+                    stdin=slave,
+                    stdout=slave,
+                    stderr=slave,
+                    cwd=workdir,
+                    env=env,
+                    start_new_session=True,
+                    preexec_fn=_take_ctty,
+                    **user_kw,
+                )
+            except BaseException:
+                os.close(master)
+                raise
+            finally:
+                os.close(slave)
+            self.master = self.stdin_fd = master
+            outs = [(master, STDOUT)]
+        else:
+            stdin = subprocess.PIPE if self.spec.get("stdin") else subprocess.DEVNULL
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=stdin,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=workdir,
+                env=env,
+                start_new_session=True,
+                **user_kw,
+            )
+            assert self.proc.stdout is not None and self.proc.stderr is not None
+            if self.proc.stdin is not None:
+                self.stdin_fd = self.proc.stdin.fileno()
+            outs = [(self.proc.stdout.fileno(), STDOUT), (self.proc.stderr.fileno(), STDERR)]
+        self.session.send(encode_json(OPENED, self.sid, {"pid": self.proc.pid}))
+        pumps = [_thread(self._pump, fd, ftype) for fd, ftype in outs]
+        if self.stdin_fd >= 0:
+            _thread(self._feed)
+        _thread(self._wait, pumps)
+
+    def _pump(self, fd: int, ftype: int) -> None:
+        drain_until = 0.0
+        with contextlib.suppress(StreamClosed):
+            while True:
+                ready, _, _ = select.select([fd], [], [], 0.1)
+                if not ready:
+                    if self.closed:
+                        return
+                    if self.tty and self.exited.is_set():
+                        # the PTY may stay open in background children: stop soon after exit
+                        drain_until = drain_until or time.monotonic() + 0.3
+                        if time.monotonic() > drain_until:
+                            return
+                    continue
+                n = self.take(CHUNK)
+                try:
+                    data = os.read(fd, n)
+                except OSError:  # EIO: the PTY's last holder went away
+                    data = b""
+                if len(data) < n:
+                    self.grant(n - len(data))
+                if not data:
+                    return
+                self.session.send(encode(ftype, self.sid, data))
+
+    def _feed(self) -> None:
+        fd = self.stdin_fd
+        while (data := self.inbox.get()) is not None:
+            if not data:  # end of input
+                if self.tty:
+                    continue  # a terminal has no end of input; ^D is data
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                self.stdin_fd = -1
+                return
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            except OSError:
+                pass  # the process stopped reading; keep acknowledging, drop input
+            self.ack(len(data))
+
+    def _wait(self, pumps: list[threading.Thread]) -> None:
+        assert self.proc is not None
+        rc = self.proc.wait()
+        self.exited.set()
+        for t in pumps:
+            t.join()
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+        for f in (self.proc.stdout, self.proc.stderr):
+            if f is not None:
+                f.close()
+        if self.master >= 0:
+            os.close(self.master)
+            self.master = -1
+        self.inbox.put(None)
+        self.finish({"code": 128 - rc, "signal": -rc} if rc < 0 else {"code": rc, "signal": None})
+
+    def resize(self, rows: int, cols: int) -> None:
+        if self.master >= 0:
+            with contextlib.suppress(OSError):
+                _set_winsize(self.master, rows, cols)
+
+    def signal(self, signum: int) -> None:
+        if self.proc is not None and not self.exited.is_set():
+            with contextlib.suppress(OSError):
+                os.killpg(self.proc.pid, signum)
+
+    def close(self) -> None:
+        super().close()
+        self.signal(signal.SIGKILL)
+
+
+class _InboxReader:
+    """A file object over a stream's STDIN frames (for tarfile)."""
+
+    def __init__(self, stream: _Stream) -> None:
+        self.stream = stream
+        self.buf = b""
+        self.eof = False
+
+    def read(self, n: int = -1) -> bytes:
+        while not self.eof and (n < 0 or len(self.buf) < n):
+            data = self.stream.inbox.get()
+            if data is None:
+                raise StreamClosed()
+            if not data:
+                self.eof = True
+                break
+            self.stream.ack(len(data))
+            self.buf += data
+        if n < 0:
+            n = len(self.buf)
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+
+class _DataWriter:
+    """A file object that sends what is written as STDOUT frames (for tarfile)."""
+
+    def __init__(self, stream: _Stream) -> None:
+        self.stream = stream
+
+    def write(self, data: bytes) -> int:
+        self.stream.send_data(STDOUT, bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+class TarInStream(_Stream):
+    """Receive a tar stream on STDIN and extract it at spec["path"]."""
+
+    def __init__(self, session: Session, sid: int, spec: dict[str, Any]) -> None:
+        super().__init__(session, sid)
+        self.dest = str(spec.get("path") or "")
+        self.exact = bool(spec.get("exact"))
+
+    def start(self) -> None:
+        if not self.dest.startswith("/"):
+            raise ValueError(f"destination {self.dest!r} is not an absolute path")
+        self.session.send(encode_json(OPENED, self.sid, {}))
+        _thread(self._run)
+
+    def _run(self) -> None:
+        try:
+            stats = extract_archive(cast(Any, _InboxReader(self)), self.dest, self.exact)
+        except StreamClosed:
+            self.finish({"code": 1, "error": "cancelled"})
+        except (OSError, tarfile.TarError, UnsafeArchive, KeyError) as exc:
+            self.finish({"code": 1, "error": _describe(exc)})
+        else:
+            self.finish({"code": 0, **stats})
+
+
+class TarOutStream(_Stream):
+    """Send spec["path"] (file or directory) as a tar stream on STDOUT."""
+
+    def __init__(self, session: Session, sid: int, spec: dict[str, Any]) -> None:
+        super().__init__(session, sid)
+        self.path = str(spec.get("path") or "")
+
+    def start(self) -> None:
+        if not self.path.startswith("/"):
+            raise ValueError(f"source {self.path!r} is not an absolute path")
+        real, name = archive_source(self.path)
+        self.session.send(encode_json(OPENED, self.sid, {"total": tree_size(real)}))
+        _thread(self._run, real, name)
+
+    def _run(self, real: str, name: str) -> None:
+        try:
+            with tarfile.open(
+                fileobj=cast(Any, _DataWriter(self)),
+                mode="w|",
+                format=tarfile.PAX_FORMAT,
+                bufsize=CHUNK,
+            ) as tar:
+                tar.add(real, arcname=name, recursive=True)
+        except StreamClosed:
+            self.finish({"code": 1, "error": "cancelled"})
+        except (OSError, tarfile.TarError) as exc:
+            self.finish({"code": 1, "error": _describe(exc)})
+        else:
+            self.finish({"code": 0})
+
+
+KINDS: dict[str, Callable[[Session, int, dict[str, Any]], _Stream]] = {
+    "exec": ExecStream,
+    "tar-in": TarInStream,
+    "tar-out": TarOutStream,
+}
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return str(exc) or type(exc).__name__
+
+
+def _thread(target: Callable[..., None], *args: Any) -> threading.Thread:
+    t = threading.Thread(target=target, args=args, daemon=True)
+    t.start()
+    return t
+
+
+class Session:
+    """The streams one host client opened; all of them end with the session."""
+
+    def __init__(self, out: Stream, proc: str, session_id: str) -> None:
+        self.out = out
+        self.proc = proc
+        self.id = session_id
+        self.wlock = threading.Lock()
+        self.streams: dict[int, _Stream] = {}
+        self.lock = threading.Lock()
+        self.dead = False
+
+    def send(self, frame: bytes) -> None:
+        with self.wlock:
+            if self.dead:
+                raise StreamClosed()
+            try:
+                self.out.write(frame)
+            except OSError:
+                self.dead = True
+                raise StreamClosed() from None
+
+    def forget(self, sid: int) -> None:
+        with self.lock:
+            self.streams.pop(sid, None)
+
+    def end(self) -> None:
+        with self.lock:
+            streams, self.streams = list(self.streams.values()), {}
+        for s in streams:
+            s.close()
+
+    def handle(self, ftype: int, sid: int, payload: bytes) -> None:
+        if ftype == REQUEST:
+            _thread(self._request, sid, payload)
+            return
+        if ftype == OPEN:
+            self._open(sid, payload)
+            return
+        with self.lock:
+            stream = self.streams.get(sid)
+        if stream is None:
+            return  # a stream that already ended: late input is dropped
+        if ftype == STDIN:
+            stream.stdin(payload)
+        elif ftype == WINDOW:
+            stream.grant(parse_window(payload))
+        elif ftype == RESIZE:
+            size = _json(payload)
+            stream.resize(int(size.get("rows", 0)), int(size.get("cols", 0)))
+        elif ftype == SIGNAL:
+            stream.signal(int(_json(payload).get("signal", signal.SIGTERM)))
+        elif ftype == CLOSE:
+            self.forget(sid)
+            stream.close()
+
+    def _request(self, sid: int, payload: bytes) -> None:
+        req = _json(payload)
+        status, body = route("GET", str(req.get("path", "")), self.proc)
+        with contextlib.suppress(StreamClosed):
+            self.send(encode_json(RESPONSE, sid, {"status": status, "body": body}))
+
+    def _open(self, sid: int, payload: bytes) -> None:
+        spec = _json(payload)
+        kind = KINDS.get(str(spec.get("kind")))
+        try:
+            if kind is None:
+                raise ValueError(f"unknown stream kind {spec.get('kind')!r}; have {sorted(KINDS)}")
+            with self.lock:
+                if sid in self.streams:
+                    raise ValueError(f"stream {sid} is already open")
+            stream = kind(self, sid, spec)
+            with self.lock:
+                self.streams[sid] = stream
+            stream.start()
+        except StreamClosed:
+            return
+        except (OSError, ValueError, KeyError, subprocess.SubprocessError) as exc:
+            self.forget(sid)
+            code = 1  # like a shell: 127 command not found, 126 cannot run it
+            if spec.get("kind") == "exec":
+                code = 127 if isinstance(exc, FileNotFoundError) else 126
+            if isinstance(exc, KeyError):
+                exc = ValueError(f"no such user or group {exc.args[0] if exc.args else ''}")
+            with contextlib.suppress(StreamClosed):
+                self.send(encode_json(EXIT, sid, {"code": code, "error": _describe(exc)}))
+
+
+def _json(payload: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(payload or b"{}")
+    except ValueError:
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def serve_channel(stream: Stream, proc: str = "/proc", *, connection: bool = True) -> None:
+    """Serve one byte stream until it ends: frame sessions (HELLO ... ) and, between
+    them, plain HTTP requests from older hosts. The session ends with the stream."""
+    session: Session | None = None
+    try:
+        while True:
+            if session is None:
+                found = _hunt(stream, proc, connection)
+                if found is None:
+                    return
+                session = found
+                continue
+            head = stream.read(HEADER.size)
+            if len(head) < HEADER.size:
+                return
+            try:
+                ftype, sid, length = decode_header(head)
+            except FrameError:
+                log("out of step with the host; waiting for a new session")
+                stream.buf = head[1:] + stream.buf
+                session.end()
+                session = None
+                continue
+            payload = stream.read(length)
+            if len(payload) < length:
+                return
+            if ftype == HELLO:
+                session.end()
+                session = _hello(stream, proc, payload)
+                continue
+            session.handle(ftype, sid, payload)
+    finally:
+        if session is not None:
+            session.end()
+
+
+def _hello(stream: Stream, proc: str, payload: bytes) -> Session | None:
+    hello = _json(payload)
+    session = Session(stream, proc, str(hello.get("session", "")))
+    reply = {
+        "session": session.id,
+        "version": PROTOCOL_VERSION,
+        "agent_version": AGENT_VERSION,
+        "window": WINDOW_INITIAL,
+        "max_frame": CHUNK,
+        "kinds": sorted(KINDS),
+        "requests": sorted(HANDLERS),
+    }
+    try:
+        session.send(encode_json(HELLO, 0, reply))
+    except StreamClosed:
+        return None
+    return session
+
+
+def _hunt(stream: Stream, proc: str, connection: bool) -> Session | None:
+    """Skip bytes until a HELLO frame (→ a new session) or an HTTP request line
+    (answered here); None at end of stream."""
+    while True:
+        if not stream.buf and not stream._fill():
+            return None
+        i = stream.buf.find(_HELLO_PREFIX)
+        nl = stream.buf.find(b"\n")
+        if i == 0:
+            head = stream.read(HEADER.size)
+            if len(head) < HEADER.size:
+                return None
+            try:
+                _, _, length = decode_header(head)
+            except FrameError:
+                stream.buf = head[1:] + stream.buf
+                continue
+            if length > 4096:
+                stream.buf = head[1:] + stream.buf
+                continue
+            payload = stream.read(length)
+            if len(payload) < length:
+                return None
+            return _hello(stream, proc, payload)
+        if nl >= 0 and (i < 0 or nl < i):
+            line = stream.buf[: nl + 1]
+            if _REQUEST_LINE.match(line):
+                more = serve_one(stream, proc)
+                if more is None or (connection and not more):
+                    return None
+            else:
+                stream.buf = stream.buf[nl + 1 :]
+            continue
+        if i > 0:
+            stream.buf = stream.buf[i:]
+            continue
+        # neither yet: keep a possible partial HELLO prefix or line, read more
+        if len(stream.buf) > MAX_LINE:
+            stream.buf = stream.buf[-(len(_HELLO_PREFIX) - 1) :]
+        if not stream._fill():
+            return None
+
+
 # -- transports --------------------------------------------------------------------------
 
 
@@ -341,9 +1102,9 @@ def serve_serial(path: str, proc: str = "/proc") -> None:
         stream = Stream(fd)
         try:
             while True:
-                if serve_one(stream, proc) is None:
-                    stream.eof = False
-                    time.sleep(0.1)  # host side not connected
+                serve_channel(stream, proc, connection=False)
+                stream.eof = False
+                time.sleep(0.05)  # host side not connected
         except OSError as exc:
             log(f"{path}: {exc}; reopening")
             time.sleep(0.5)
@@ -353,7 +1114,7 @@ def serve_serial(path: str, proc: str = "/proc") -> None:
 
 def _serve_conn(conn: socket.socket, proc: str) -> None:
     with conn, contextlib.suppress(OSError):
-        serve_stream(Stream(conn.fileno()), proc)
+        serve_channel(Stream(conn.fileno()), proc)
 
 
 def serve_vsock(port: int, proc: str = "/proc") -> None:
@@ -400,7 +1161,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--proc", default="/proc", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.fd is not None:
-        serve_stream(Stream(args.fd), args.proc, connection=False)  # like the serial port
+        serve_channel(Stream(args.fd), args.proc, connection=False)  # like the serial port
         return 0
     threads = []
     if not args.no_serial:

@@ -29,6 +29,7 @@ class LazyGroup(click.Group):
         "image": ("banger.cli.image_cmds", "image"),
         "vm": ("banger.cli.vm_cmds", "vm"),
         "tui": ("banger.cli.tui_cmd", "tui"),
+        "mcp": ("banger.cli.exec_cmds", "mcp"),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -370,5 +370,7 @@ def run(
 
 
 from banger.cli.agent_cmds import attach  # noqa: E402
+from banger.cli.exec_cmds import attach as attach_exec  # noqa: E402
 
 attach(vm)
+attach_exec(vm)
