@@ -422,16 +422,20 @@ class Client:
         local: str | Path,
         remote: str,
         progress: Callable[[int], None] | None = None,
+        on_total: Callable[[int], None] | None = None,
     ) -> dict[str, Any]:
         """Copy a local file or directory into the VM (like `cp -a`): into `remote`
-        when it is a directory, else as `remote`. Returns {"files", "dirs", "bytes"}."""
-        from banger.stream import _check, send_tree
+        when it is a directory, else as `remote`. Returns {"files", "dirs", "bytes"}.
+        `on_total` gets the bytes to send, `progress` the bytes sent so far."""
+        from banger.stream import _check, send_tree, tree_size
 
         src = Path(local)
         if not src.exists() and not src.is_symlink():
             raise BangerError(f"{src} does not exist", hint="check the local path")
         real = src.resolve() if src.is_symlink() else src
         arcname = src.resolve().name or "root"
+        if on_total:
+            on_total(tree_size(str(real)))
         with self.open_stream(name, {"kind": "tar-in", "path": _abs(remote)}) as s:
             info = send_tree(s, real, arcname, progress) if "error" not in s.opened else {}
             if not info:

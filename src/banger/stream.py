@@ -413,7 +413,7 @@ def local_extract(
     stream: GuestStream, dest: Path, progress: Any = None
 ) -> tuple[dict[str, Any], dict[str, int]]:
     """Extract a tar-out stream at `dest` (the same rules as in the guest)."""
-    from banger.agent.guest import extract_archive
+    from banger.agent.guest import extract_archive  # the guest's own checks, both ends
 
     reader = _StreamReader(stream, progress)
     stats: dict[str, int] = {}
@@ -465,3 +465,10 @@ def untar_one(stream: GuestStream, limit: int | None) -> bytes:
         pass  # the exit info says why
     _check(reader.finish(), "read failed")
     return data
+
+
+def tree_size(path: str) -> int:
+    """Bytes of regular files under `path` (for progress bars)."""
+    from banger.agent.guest import tree_size as size
+
+    return size(path)

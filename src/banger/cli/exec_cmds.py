@@ -272,7 +272,6 @@ def cp(src: str, dst: str) -> None:
       banger vm cp NAME:/etc/os-release .     out of it
     A relative VM path is relative to /root.
     """
-    from banger.agent.guest import tree_size
     from banger.cli.common import client
     from banger.cli.output import err
 
@@ -288,9 +287,8 @@ def cp(src: str, dst: str) -> None:
         if not local.exists():
             raise InvalidInput(f"{local} does not exist", hint="check the local path")
         bar = _Bar(f"→ {dst_vm}")
-        bar.start(tree_size(str(local.resolve())))
         try:
-            stats = c.copy_to(dst_vm, local, dst_path, progress=bar.update)
+            stats = c.copy_to(dst_vm, local, dst_path, bar.update, bar.start)
         finally:
             bar.close()
         err.print(f"copied {_stats(stats)} to {dst_vm}:{dst_path}", highlight=False)
