@@ -4,7 +4,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup build run test test-fast lint coverage bench-create bench-tui verify clean
+.PHONY: setup build run test test-fast lint coverage bench-create bench-tui bench-exec verify clean
 
 setup:
 	@bash scripts/setup.sh
@@ -35,6 +35,9 @@ bench-create: setup
 
 bench-tui: setup
 	$(UV) run python scripts/bench_tui.py $(ARGS)
+
+bench-exec: setup
+	$(UV) run python scripts/bench_exec.py $(ARGS)
 
 verify: setup
 	bash scripts/verify.sh $(ARGS)

@@ -27,7 +27,7 @@ class LazyGroup(click.Group):
         "dns": ("banger.cli.dns_cmds", "dns"),
         "kernel": ("banger.cli.kernel_cmds", "kernel"),
         "image": ("banger.cli.image_cmds", "image"),
-        "vm": ("banger.cli.vm_cmds", "vm"),
+        "vm": ("banger.cli.main", "vm"),
         "tui": ("banger.cli.tui_cmd", "tui"),
         "mcp": ("banger.cli.exec_cmds", "mcp"),
     }
@@ -44,6 +44,37 @@ class LazyGroup(click.Group):
         cmd = getattr(importlib.import_module(module), attr)
         assert isinstance(cmd, click.Command)
         return cmd
+
+
+class LazyVM(click.Group):
+    """`banger vm`: `exec` and `cp` load without the rest of the VM commands (and
+    their pydantic models), so a `vm exec` spends its time in the guest, not here."""
+
+    fast: dict[str, tuple[str, str]] = {
+        "exec": ("banger.cli.exec_cmds", "exec_"),
+        "cp": ("banger.cli.exec_cmds", "cp"),
+    }
+
+    def _full(self) -> click.Group:
+        from banger.cli.vm_cmds import vm as full
+
+        return full
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return self._full().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.fast:
+            import importlib
+
+            module, attr = self.fast[name]
+            cmd = getattr(importlib.import_module(module), attr)
+            assert isinstance(cmd, click.Command)
+            return cmd
+        return self._full().get_command(ctx, name)
+
+
+vm = LazyVM("vm", help="Create, run and manage microVMs.")
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
