@@ -5,6 +5,7 @@ QEMU's chardev or Firecracker's hybrid vsock is), driven by the real host client
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import signal
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 from banger.agent import guest
-from banger.agent.client import AgentClient, AgentStream, close_sessions
+from banger.agent.client import AgentClient, AgentStream, AgentUnavailable, close_sessions
 from tests.test_agent import Agent, Bridge
 
 
@@ -453,6 +454,9 @@ async def test_python_api_exec_and_files_through_the_daemon(served: Path, tmp_pa
     assert (r.exit_code, r.stdout, r.stderr, r.ok) == (7, b"out\n", b"err\n", False), r.error
     r = await asyncio.to_thread(lambda: c.exec("box", ["tr", "a-z", "A-Z"], input="shout"))
     assert r.stdout == b"SHOUT" and r.ok
+    blob = os.urandom(6 << 20)  # more than the windows: input and output both flow
+    r = await asyncio.to_thread(lambda: c.exec("box", ["cat"], input=blob))
+    assert r.stdout == blob and r.ok
     r = await asyncio.to_thread(lambda: c.exec("box", ["sleep", "30"], timeout=0.5))
     assert r.exit_code == 124 and r.timed_out
     with pytest.raises(Exception) as e:
@@ -573,3 +577,46 @@ async def test_mcp_server_over_stdio_bounds_output(served: Path, tmp_path: Path)
         assert text.startswith("z" * 1000) and "[truncated: showing 1000 of 5000 bytes]" in text
         r = await mcp.call_tool("vm_read_file", {"name": "box", "path": "/nonexistent"})
         assert r.is_error and "nonexistent" in r.content[0].text  # type: ignore[union-attr]
+
+
+async def test_killing_the_cli_kills_the_command(served: Path) -> None:
+    import sys
+
+    env = {**os.environ, "BANGER_HOME": str(served)}
+    marker = f"sleep {40000 + os.getpid() % 10000}"
+    cli = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "banger.cli", "vm", "exec", "box", "--", *marker.split(), env=env
+    )
+
+    def running() -> list[int]:
+        found = []
+        for p in Path("/proc").iterdir():
+            if p.name.isdigit():
+                with contextlib.suppress(OSError):
+                    if (p / "cmdline").read_bytes().replace(b"\0", b" ").strip() == marker.encode():
+                        found.append(int(p.name))
+        return found
+
+    await _until(lambda: bool(running()), timeout=30)
+    cli.kill()
+    await cli.wait()
+    await _until(lambda: not [p for p in running() if _alive(p)], timeout=15)
+
+
+async def test_host_recovers_when_the_guest_falls_out_of_step(tmp_path: Path) -> None:
+    """Garbage on the channel makes the agent drop the session; the host notices the
+    silence, starts a new session, and carries on."""
+    agent = Agent()
+    sock = tmp_path / "agent.sock"
+    try:
+        async with Bridge(agent, sock):
+            c = AgentClient({"transport": "virtio-serial", "path": str(sock)}, timeout=1)
+            assert (await c.healthz())["ok"] is True
+            await asyncio.get_running_loop().sock_sendall(agent.host, b"\xff" * 12)
+            await asyncio.sleep(1.1)
+            with pytest.raises(AgentUnavailable):
+                await c.healthz()  # the old session is gone
+            assert (await c.healthz())["ok"] is True  # a new one
+            await close_sessions()
+    finally:
+        agent.close()

@@ -63,7 +63,10 @@ class GuestStream:
                 hint="start it with `banger daemon start`",
             ) from exc
         self.ws = WSConnection(ConnectionType.CLIENT)
+        # Sending may block (flow control) while another thread must keep reading,
+        # so the two directions have separate locks.
         self.lock = threading.Lock()
+        self.rlock = threading.Lock()
         self.queue: collections.deque[Event] = collections.deque()
         self.partial: dict[type, list[Any]] = {}
         self.closed = False
@@ -100,7 +103,7 @@ class GuestStream:
             raise DaemonUnavailable("the banger daemon did not answer in time") from exc
         except OSError:
             data = b""
-        with self.lock:
+        with self.rlock:
             self.ws.receive_data(data or None)
         return bool(data)
 
@@ -137,7 +140,7 @@ class GuestStream:
 
     def _decode(self) -> None:
         """Move what wsproto has parsed into the event queue."""
-        with self.lock:
+        with self.rlock:
             events = list(self.ws.events())
         for ev in events:
             if isinstance(ev, BytesMessage | TextMessage):

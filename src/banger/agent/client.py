@@ -98,7 +98,10 @@ class AgentStream:
         if self.done:
             return
         self.done = True
+        self.credit_changed.set()
         self.session.streams.pop(self.sid, None)
+        # no EXIT will come for an abandoned stream: whoever waits on it is told here
+        self.events.put_nowait(StreamEvent("exit", info={"code": 255, "error": "closed"}))
         with contextlib.suppress(BangerError, OSError):
             await self.session.send(proto.encode(proto.CLOSE, self.sid))
 
@@ -140,6 +143,7 @@ class AgentSession:
         self.task: asyncio.Task[None] | None = None
         self.dead = False
         self.loop = asyncio.get_running_loop()
+        self.last_rx = time.monotonic()
 
     async def connect(self, timeout: float) -> None:
         reader, writer = await _open_channel(self.agent, timeout)
@@ -218,6 +222,7 @@ class AgentSession:
             while True:
                 ftype, sid, length = proto.decode_header(await readexactly(proto.HEADER.size))
                 payload = await readexactly(length)
+                self.last_rx = time.monotonic()
                 if ftype == proto.RESPONSE:
                     fut = self.requests.pop(sid, None)
                     if fut is not None and not fut.done():
@@ -244,6 +249,13 @@ class AgentSession:
         self.streams.clear()
         if self.writer is not None:
             self.writer.close()
+
+    def stalled(self, quiet_for: float) -> None:
+        """A call timed out: when nothing at all came from the guest for that long,
+        the session is out of step (or the agent restarted); drop it so the next call
+        starts a new one. A merely busy guest keeps its streams."""
+        if time.monotonic() - self.last_rx >= quiet_for:
+            self._fail("it stopped answering")
 
     def _sid(self) -> int:
         sid = self.next_sid
@@ -390,6 +402,7 @@ class AgentClient:
             async with asyncio.timeout(self.timeout):
                 status, body = await session.request(path)
         except TimeoutError as exc:
+            session.stalled(self.timeout)
             raise self._unavailable(f"did not answer {path} within {self.timeout:g}s") from exc
         if status != 200:
             raise BangerError(f"guest agent answered {path} with {status}: {body.get('error')}")
@@ -405,6 +418,7 @@ class AgentClient:
                 first = await stream.next_event()
         except TimeoutError as exc:
             await stream.close()
+            session.stalled(self.timeout)
             raise self._unavailable(f"did not open a {spec.get('kind')} stream") from exc
         if first.kind == "exit":
             stream.events.put_nowait(first)

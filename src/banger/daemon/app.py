@@ -93,6 +93,9 @@ class Daemon:
         await self.ops.shutdown()
         for task in list(self._background):
             task.cancel()
+        from banger.agent.client import close_sessions
+
+        await close_sessions()  # the guests kill what these sessions started
         vms = self.vms.all()
         for cap in self.capabilities:
             try:
