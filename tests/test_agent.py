@@ -338,12 +338,19 @@ async def test_routes(agent: Agent, tmp_path: Path) -> None:
         r = await http.get("/v1/vms/box/ports")
         assert r.status == 503
         assert (await r.json())["error"]["code"] == "agent_unavailable"
+        # exec and cp say so too, before any WebSocket upgrade
+        r = await http.get("/v1/vms/box/stream")
+        assert r.status == 503
+        err = (await r.json())["error"]
+        assert "has no guest agent" in err["message"] and "image pull" in err["hint"]
 
     _image(images, True)
     async with api(_vm(channel, state="stopped"), images) as http:
         h = await (await http.get("/v1/vms/box/health")).json()
         assert (h["healthy"], h["agent"]) == (False, "stopped")
         assert (await http.get("/v1/vms/box/ports")).status == 409
+        r = await http.get("/v1/vms/box/stream")
+        assert r.status == 409 and "banger vm start box" in (await r.json())["error"]["hint"]
 
     async with api(_vm(channel), images) as http:
         h = await (await http.get("/v1/vms/box/health")).json()
