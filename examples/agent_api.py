@@ -35,10 +35,11 @@ def main(argv: list[str]) -> int:
                 proj = Path(tmp) / "proj"
                 proj.mkdir()
                 (proj / "main.py").write_text("print('built in the VM')\n")
-                c.copy_to(name, proj, "/root/proj")
-                r = c.exec(name, ["python3", "main.py"], workdir="/root/proj", check=True)
+                c.exec(name, "rm -rf /root/example/proj", check=True)
+                c.copy_to(name, proj, "/root/example/proj")
+                r = c.exec(name, ["python3", "main.py"], workdir="/root/example/proj", check=True)
                 print(f"ran: {r.output.strip()}")
-                c.copy_from(name, "/root/proj", Path(tmp) / "back")
+                c.copy_from(name, "/root/example/proj", Path(tmp) / "back")
                 print(f"copied back: {sorted(p.name for p in (Path(tmp) / 'back').iterdir())}")
 
             # Streaming: output arrives as the command produces it.
