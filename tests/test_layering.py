@@ -13,6 +13,7 @@ LAYER_OF = {
     "cli": "cli",
     "tui": "cli",
     "client": "client",
+    "__init__": "client",  # re-exports banger.Client / AsyncClient / ExecResult (lazily)
     "aclient": "client",
     "stream": "client",  # exec/copy streams to the daemon (WebSocket)
     "mcp_server": "cli",  # `banger mcp`: a front end like the CLI
@@ -29,7 +30,6 @@ LAYER_OF = {
     "system": "system",
     "store": "store",
     # plain shared pieces: no behaviour, importable from anywhere
-    "__init__": "base",
     "__main__": "cli",
     "errors": "base",
     "paths": "base",
