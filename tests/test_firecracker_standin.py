@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from banger.agent.client import AgentClient
+from banger.agent import guest
+from banger.agent.client import AgentClient, close_sessions
 from banger.engines import process
 from banger.engines.firecracker import FirecrackerEngine
 from banger.engines.firecracker_vsock import open_hybrid_vsock
@@ -153,8 +154,13 @@ async def test_hybrid_vsock_handshake_and_transparent_relay(
                 client = AgentClient(channel, timeout=10)
                 results = await asyncio.gather(*(client.healthz() for _ in range(3)))
                 assert all(r["ok"] is True for r in results)
-                assert (await client.info())["agent_version"] == "1"
-                assert serial.connections == 5  # one guest stream per host connection
+                assert (await client.info())["agent_version"] == guest.AGENT_VERSION
+                stream, _ = await client.open({"kind": "exec", "argv": ["echo", "relayed"]})
+                ev = await asyncio.wait_for(stream.next_event(), 10)
+                assert (ev.kind, ev.data) == ("stdout", b"relayed\n")
+                # the raw request, then one multiplexed session for every later call
+                assert serial.connections == 2
+                await close_sessions()
                 # Nothing listens on another port: closed without a reply.
                 with pytest.raises(CommandFailed, match="refused"):
                     await open_hybrid_vsock(Path(channel["path"]), 52)
