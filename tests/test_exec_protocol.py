@@ -620,3 +620,32 @@ async def test_host_recovers_when_the_guest_falls_out_of_step(tmp_path: Path) ->
             await close_sessions()
     finally:
         agent.close()
+
+
+async def test_a_version_1_agent_still_answers_and_exec_says_why_not(tmp_path: Path) -> None:
+    """VMs made from images built before the framed protocol run agent version 1
+    (HTTP only): health, ports and info keep working, exec explains itself."""
+    import subprocess
+    import sys
+
+    host, guest_end = socket.socketpair()
+    v1 = Path(__file__).with_name("fixtures") / "banger_agent_v1.py"
+    proc = subprocess.Popen(
+        [sys.executable, "-I", str(v1), "--fd", str(guest_end.fileno())],
+        pass_fds=[guest_end.fileno()],
+    )
+    guest_end.close()
+    agent = Agent.__new__(Agent)
+    agent.host, agent.proc, agent.rfile = host, proc, host.makefile("rb")
+    sock = tmp_path / "agent.sock"
+    try:
+        async with Bridge(agent, sock):
+            c = AgentClient({"transport": "virtio-serial", "path": str(sock)}, timeout=1)
+            health = await c.healthz()
+            assert health["ok"] is True and health["agent_version"] == "1"
+            assert (await c.info())["agent_version"] == "1"  # no second HELLO wait
+            with pytest.raises(AgentUnavailable) as e:
+                await c.open({"kind": "exec", "argv": ["true"]})
+            assert "too old" in e.value.message and "image pull" in e.value.hint
+    finally:
+        agent.close()

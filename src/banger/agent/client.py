@@ -299,6 +299,38 @@ class AgentSession:
                 await self.writer.wait_closed()
 
 
+async def _http_get(
+    agent: dict[str, Any], path: str, timeout: float
+) -> tuple[int, dict[str, Any]]:
+    """One plain HTTP GET (agent version 1). A line break goes first: whatever an
+    earlier client left unterminated in the agent's line buffer ends there."""
+    reader, writer = await _open_channel(agent, timeout)
+    try:
+        rid = secrets.token_hex(8)
+        writer.write(
+            f"\r\nGET {path} HTTP/1.1\r\nHost: banger-agent\r\nX-Request-Id: {rid}\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        await writer.drain()
+        while True:  # skip stale answers and frames meant for someone else
+            line = await reader.readline()
+            if not line:
+                raise EOFError("the agent channel closed")
+            words = line.split(None, 2)
+            if len(words) < 2 or not words[0].endswith(b"HTTP/1.1") or not words[1].isdigit():
+                continue
+            headers: dict[str, str] = {}
+            while (h := await reader.readline()) not in (b"\r\n", b"\n", b""):
+                key, _, value = h.decode("latin-1").partition(":")
+                headers[key.strip().lower()] = value.strip()
+            body = await reader.readexactly(int(headers.get("content-length", "0") or 0))
+            if headers.get("x-request-id") == rid:
+                data = json.loads(body)
+                return int(words[1]), data if isinstance(data, dict) else {}
+    finally:
+        writer.close()
+
+
 async def _open_channel(
     agent: dict[str, Any], timeout: float
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -323,6 +355,15 @@ async def _open_channel(
 # One session per channel, shared by every caller in this process (the daemon).
 _sessions: dict[str, AgentSession] = {}
 _connecting: dict[str, asyncio.Lock] = {}
+# Channels whose agent answered plain HTTP but no HELLO: agent version 1, in VMs made
+# from images built before the framed protocol. They keep /healthz, /ports and /info.
+# Remembered for a minute (a vsock CID can later belong to another VM).
+_legacy: dict[str, float] = {}
+LEGACY_TTL = 60.0
+
+
+def _is_legacy(key: str) -> bool:
+    return time.monotonic() - _legacy.get(key, -LEGACY_TTL) < LEGACY_TTL
 
 
 async def close_sessions() -> None:
@@ -362,6 +403,16 @@ class AgentClient:
     async def info(self) -> dict[str, Any]:
         return await self.get("/info")
 
+    async def _legacy_get(self, path: str) -> dict[str, Any]:
+        try:
+            async with asyncio.timeout(self.timeout):
+                status, body = await _http_get(self.agent, path, self.timeout)
+        except (TimeoutError, OSError, EOFError, ValueError, BangerError) as exc:
+            raise self._unavailable(f"did not answer {path} within {self.timeout:g}s") from exc
+        if status != 200:
+            raise BangerError(f"guest agent answered {path} with {status}: {body.get('error')}")
+        return body
+
     def _unavailable(self, what: str) -> AgentUnavailable:
         return AgentUnavailable(
             f"guest agent ({self.describe()}) {what}",
@@ -397,7 +448,18 @@ class AgentClient:
 
     async def get(self, path: str) -> dict[str, Any]:
         """A request/response message (`/healthz`, `/ports`, `/info`, ...)."""
-        session = await self.session()
+        if _is_legacy(self.key):
+            return await self._legacy_get(path)
+        try:
+            session = await self.session()
+        except AgentUnavailable as exc:
+            # No HELLO answer: maybe a version-1 agent, which speaks only HTTP.
+            try:
+                data = await self._legacy_get(path)
+            except AgentUnavailable:
+                raise exc from None
+            _legacy[self.key] = time.monotonic()
+            return data
         try:
             async with asyncio.timeout(self.timeout):
                 status, body = await session.request(path)
@@ -411,6 +473,13 @@ class AgentClient:
     async def open(self, spec: dict[str, Any]) -> tuple[AgentStream, dict[str, Any]]:
         """Open an exec/tar stream; returns it with the OPENED info. A stream the
         agent refused comes back with an exit event queued instead (info has "error")."""
+        if _is_legacy(self.key):
+            raise AgentUnavailable(
+                "the guest agent in this VM is too old to run commands or copy files "
+                "(agent version 1, from an image built before `vm exec` existed)",
+                hint="recreate the VM from a current image; `banger image pull` rebuilds "
+                "it. `banger vm ssh` still works",
+            )
         session = await self.session()
         stream = await session.open(spec)
         try:
