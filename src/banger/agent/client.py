@@ -299,9 +299,7 @@ class AgentSession:
                 await self.writer.wait_closed()
 
 
-async def _http_get(
-    agent: dict[str, Any], path: str, timeout: float
-) -> tuple[int, dict[str, Any]]:
+async def _http_get(agent: dict[str, Any], path: str, timeout: float) -> tuple[int, dict[str, Any]]:
     """One plain HTTP GET (agent version 1). A line break goes first: whatever an
     earlier client left unterminated in the agent's line buffer ends there."""
     reader, writer = await _open_channel(agent, timeout)
