@@ -142,12 +142,12 @@ async def vm_stream(request: web.Request) -> web.StreamResponse:
         await ws.send_str(json.dumps({"type": "error", "error": err.to_dict()}))
         await ws.close()
         return ws
-    if "error" not in info:
-        await ws.send_str(json.dumps({"type": "opened", **info}))
     pump = asyncio.create_task(_relay_input(ws, stream))
     deadline = float(timeout) if timeout else None
     timed_out = False
     try:
+        if "error" not in info:
+            await ws.send_str(json.dumps({"type": "opened", **info}))
         while True:
             try:
                 async with asyncio.timeout(deadline):
@@ -170,7 +170,7 @@ async def vm_stream(request: web.Request) -> web.StreamResponse:
         pass  # the client went away
     finally:
         pump.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        with contextlib.suppress(asyncio.CancelledError, Exception):
             await pump
         await stream.close()  # kills the guest process if it still runs
         await ws.close()
