@@ -94,6 +94,10 @@ class StandIn:
         self.vsock_server: asyncio.Server | None = None
         self._relay_lock = asyncio.Lock()
         self._host_ports = iter(range(1 << 30, 1 << 31))
+        # KVM or TCG, decided while the API is being configured (a probe takes ~0.2 s).
+        self._accel: asyncio.Future[str] | None = (
+            asyncio.get_running_loop().run_in_executor(None, _accel) if guest else None
+        )
 
     @property
     def started(self) -> bool:
@@ -187,14 +191,13 @@ class StandIn:
             self.state = "Running"
             await self._serve_vsock()  # relays to whatever serves agent.sock
             return None
-        from banger.engines.kvm import probe_kvm
         from banger.engines.qemu import QMP_SOCKET, build_argv, host_tsc_khz, qmp_execute
-        from banger.system import find_tool
 
-        qemu_bin = os.environ.get("FAKE_FC_QEMU") or find_tool("qemu-system-x86_64")
+        qemu_bin = _qemu_bin()
         if qemu_bin is None:
             return "Cannot start microvm: the stand-in needs qemu-system-x86_64"
-        accel = "kvm" if probe_kvm(None, qemu_bin=qemu_bin).usable else "tcg"
+        assert self._accel is not None
+        accel = await self._accel
         cfg = self.guest_config()
         for stale in (QMP_SOCKET, "agent.sock"):
             (self.run_dir / stale).unlink(missing_ok=True)
@@ -206,7 +209,7 @@ class StandIn:
         )
         asyncio.get_running_loop().create_task(self._watch_qemu(self.qemu))
         qmp = self.run_dir / QMP_SOCKET
-        for _ in range(60):  # answer once QEMU runs (as Firecracker does), at most ~3 s
+        for _ in range(40):  # answer once QEMU runs (as Firecracker does), at most ~2 s
             if self.qemu.poll() is not None:
                 return f"Cannot start microvm: qemu exited with {self.qemu.returncode}"
             with contextlib.suppress(Exception):
@@ -306,6 +309,19 @@ async def _relay(
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _qemu_bin() -> str | None:
+    from banger.system import find_tool
+
+    return os.environ.get("FAKE_FC_QEMU") or find_tool("qemu-system-x86_64")
+
+
+def _accel() -> str:
+    from banger.engines.kvm import probe_kvm
+
+    qemu = _qemu_bin()
+    return "kvm" if qemu and probe_kvm(None, qemu_bin=qemu).usable else "tcg"
 
 
 def _mac(nic: dict[str, Any]) -> str:

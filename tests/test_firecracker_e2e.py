@@ -1,0 +1,135 @@
+"""Firecracker end to end, with the stand-in `firecracker` first on PATH.
+
+banger runs with `engine = "firecracker"`; its Firecracker engine configures the VM
+over the API socket (every request validated against the upstream contract by the
+stand-in, which records them), and the stand-in boots that machine with QEMU. One
+boot sequence, inside a network namespace the test creates, walks what a user does:
+create, ssh, health over hybrid vsock, ports, stop, start, a daemon kill -9 with
+re-adoption, delete, and checks that nothing is left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import netns
+from tests.test_vm_lifecycle import assert_nothing_left
+from tests.vmkit import NsBanger, banger_in_netns, ensure_artifacts
+
+pytestmark = [pytest.mark.boot, netns.skip_unless_netns()]
+
+STANDIN_DIR = Path(__file__).resolve().parent / "standin"
+
+
+def standin_pids(home: Path) -> list[int]:
+    """Stand-in `firecracker` processes serving a socket under `home`."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if "tests.fake_firecracker" in cmd and str(home) in cmd:
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.fixture(scope="module")
+def fb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NsBanger]:
+    ensure_artifacts(tmp_path_factory.mktemp("pull"))
+    home = Path(f"/tmp/bfc-{os.getpid()}")  # short: sockets live under it
+    home.mkdir()
+    try:
+        with banger_in_netns(home) as b:
+            b.env["PATH"] = f"{STANDIN_DIR}{os.pathsep}{b.env['PATH']}"
+            b.env["BANGER_ENGINE"] = "firecracker"
+            b.env["FAKE_FC_RECORD"] = str(home / "fc-requests.jsonl")
+            try:
+                yield b
+            finally:
+                for pid in standin_pids(home):
+                    os.kill(pid, signal.SIGKILL)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _ssh(b: NsBanger, cmd: str) -> str:
+    return b.run("vm", "ssh", "f", "--", cmd).stdout.strip()
+
+
+def test_firecracker_lifecycle_through_the_standin(fb: NsBanger) -> None:
+    b = fb
+    doctor = b.run("doctor", check=False).stdout
+    assert "banger test stand-in" in doctor
+
+    vm = b.json("vm", "create", "--name", "f", "--memory", "512M")
+    assert (vm["state"], vm["engine"], vm["agent"]) == ("running", "firecracker", "hybrid-vsock")
+    assert vm["vsock_cid"] >= 3 and "agent" in vm["timings"]
+    run_dir = Path(vm["dir"]) / "run"
+
+    # Configured through the API only, every request accepted by the contract.
+    reqs = [json.loads(line) for line in (b.home / "fc-requests.jsonl").read_text().splitlines()]
+    assert all(r["status"] < 300 for r in reqs), [r for r in reqs if r["status"] >= 300]
+    assert [r["path"] for r in reqs][-3:] == ["/network-interfaces/eth0", "/vsock", "/actions"]
+    vsock = next(r["body"] for r in reqs if r["path"] == "/vsock")
+    assert vsock == {"guest_cid": vm["vsock_cid"], "uds_path": str(run_dir / "vsock.sock")}
+    boot_args = next(r["body"]["boot_args"] for r in reqs if r["path"] == "/boot-source")
+
+    # The guest is the machine Firecracker was given: command line, drives, NIC.
+    assert _ssh(b, "cat /proc/cmdline").startswith(boot_args)
+    assert _ssh(b, "findmnt -no SOURCE /; findmnt -no SOURCE /root").split() == [
+        "/dev/vda",
+        "/dev/vdb",
+    ]
+    assert _ssh(b, "cat /sys/class/net/eth0/address") == vm["mac"]
+    kernel = _ssh(b, "uname -r")
+
+    health = b.json("vm", "health", "f")
+    assert health["healthy"] is True and health["info"]["hostname"] == "f"
+    assert health["info"]["kernel"].startswith(kernel)
+    assert health["transport"] == f"hybrid-vsock {run_dir / 'vsock.sock'}"
+    ports = b.json("vm", "ports", "f")["ports"]
+    assert 22 in [p["port"] for p in ports]
+
+    _ssh(b, "echo kept > /root/f")
+    # The serial console is Firecracker's stdout: the console log has the guest boot.
+    assert "Linux version" in (Path(vm["dir"]) / "console.log").read_text(errors="replace")
+
+    b.run("vm", "stop", "f")
+    stopped = b.json("vm", "show", "f")
+    assert (stopped["state"], stopped["agent"], stopped["vsock_cid"]) == (
+        "stopped",
+        None,
+        vm["vsock_cid"],
+    )
+    assert b.qemu_pids() == [] and standin_pids(b.home) == []
+    assert "guest exited (qemu status 0)" in (run_dir / "firecracker.log").read_text()
+
+    started = b.json("vm", "start", "f")
+    assert (started["state"], started["vsock_cid"]) == ("running", vm["vsock_cid"])
+    assert _ssh(b, "cat /root/f") == "kept"
+
+    # The VM outlives the daemon; a new daemon re-adopts it, hybrid vsock included.
+    pid = b.daemon_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    listed = {v["name"]: v for v in b.json("vm", "list")}
+    assert listed["f"]["state"] == "running" and b.daemon_pid() != pid
+    assert b.json("vm", "health", "f")["healthy"] is True
+    assert _ssh(b, "cat /root/f") == "kept"
+
+    b.run("vm", "delete", "--force", "f")
+    assert b.json("vm", "list") == []
+    time.sleep(0.3)
+    assert standin_pids(b.home) == []
+    assert_nothing_left(b)
