@@ -506,6 +506,8 @@ def main() -> None:
         sys.exit("Error: --no-api requires --config-file")
     if not args.api_sock and not args.no_api:
         args.api_sock = "/run/firecracker.socket"  # Firecracker's default
+    # Show up as `firecracker` (comm), as the real process does, e.g. to leak checks.
+    ctypes.CDLL(None).prctl(15, b"firecracker", 0, 0, 0)  # PR_SET_NAME
     print(f"Running {VERSION_LINE} id={args.id}", file=sys.stderr, flush=True)
     sys.exit(asyncio.run(serve(args)))
 

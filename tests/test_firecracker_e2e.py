@@ -115,7 +115,8 @@ def test_firecracker_lifecycle_through_the_standin(fb: NsBanger) -> None:
     assert b.qemu_pids() == [] and standin_pids(b.home) == []
     assert "guest exited (qemu status 0)" in (run_dir / "firecracker.log").read_text()
 
-    started = b.json("vm", "start", "f")
+    b.run("vm", "start", "f")
+    started = b.json("vm", "show", "f")
     assert (started["state"], started["vsock_cid"]) == ("running", vm["vsock_cid"])
     assert _ssh(b, "cat /root/f") == "kept"
 
