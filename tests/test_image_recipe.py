@@ -68,7 +68,11 @@ def test_enabled_units_are_shipped_with_an_install_section() -> None:
     for unit in RECIPE.units.enable:
         text = installed(f"/etc/systemd/system/{unit}")
         assert "[Install]" in text and "WantedBy=" in text
-    assert installed("/etc/systemd/system/banger-hostkeys.service").count("Before=ssh.service")
+    hostkeys = installed("/etc/systemd/system/banger-hostkeys.service")
+    assert hostkeys.count("Before=ssh.service")
+    # An empty key (a VM killed during its first boot) is regenerated, not kept.
+    assert "ConditionFileNotEmpty=!/etc/ssh/ssh_host_ed25519_key" in hostkeys
+    assert "ExecStartPre=/bin/rm -f /etc/ssh/ssh_host_ed25519_key " in hostkeys
     net = installed("/etc/systemd/system/banger-net.service")
     assert "Before=network.target network-online.target ssh.service" in net
     assert "ExecStart=/usr/local/sbin/banger-net" in net
