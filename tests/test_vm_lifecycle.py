@@ -81,8 +81,8 @@ def test_lifecycle_persists_disks_survives_daemon_kill_and_cleans_up(b: NsBanger
     b.run("vm", "stop", "a")
     assert b.json("vm", "show", "a")["state"] == "stopped"
     assert b.qemu_pids() == []
-    # The daemon dies mid-start: the CLI exits 3 and says what the restarted daemon
-    # sees (the QEMU it started lives on and is re-adopted).
+    # The daemon dies mid-start: the CLI exits 3 and says what state the restarted
+    # daemon reports for the VM.
     starting = b.popen("vm", "start", "a")
     deadline = time.monotonic() + 120
     while not b.qemu_pids() and time.monotonic() < deadline:
@@ -92,7 +92,11 @@ def test_lifecycle_persists_disks_survives_daemon_kill_and_cleans_up(b: NsBanger
     os.kill(lost_pid, signal.SIGKILL)
     _, stderr = starting.communicate(timeout=120)
     assert starting.returncode == 3, stderr
-    assert "the banger daemon stopped during vm.start a; a is now running" in stderr, stderr
+    ended = re.search(r"the banger daemon stopped during vm\.start a; a is now (\w+)", stderr)
+    assert ended and ended.group(1) in ("running", "stopped"), stderr
+    if ended.group(1) == "stopped":  # a start cut short is rolled back: start it again
+        assert "`banger vm start a` boots it" in stderr
+        b.run("vm", "start", "a")
     assert "Traceback" not in stderr
     wait_ssh(b, "a")
     assert b.run("vm", "ssh", "a", "--", "cat /root/f").stdout.strip() == "hi"
