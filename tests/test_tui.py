@@ -261,6 +261,10 @@ async def test_starts_the_daemon_when_none_runs_and_says_so(banger_home: Paths) 
     _stop_pid(pid)
 
 
+def numbers(text: str) -> str:
+    return re.sub(r"\d+(?:\.\d+)?", "#", text)
+
+
 async def test_doctor_view_has_the_clis_checks_grouped_with_fixes(daemon: RunningDaemon) -> None:
     with Client(daemon.paths) as c:
         report = c.doctor()
@@ -273,10 +277,13 @@ async def test_doctor_view_has_the_clis_checks_grouped_with_fixes(daemon: Runnin
         console = Console(width=400, record=True, file=io.StringIO())
         console.print(body.content)
         text = "\n".join(ln.rstrip() for ln in console.export_text().splitlines())
+        # The view runs its own checks a moment after ours: figures such as free disk
+        # space may differ in the last digit, so numbers are compared as placeholders.
+        text = numbers(text)
         for check in report.checks:
-            assert f"{check.name}: {check.detail}" in text
+            assert numbers(f"{check.name}: {check.detail}") in text
             if check.fix and check.status != "ok":
-                assert f"fix: {check.fix}" in text
+                assert numbers(f"fix: {check.fix}") in text
         groups = {c.group for c in report.checks}
         lines = text.splitlines()
         assert all(any(ln.startswith(g + " ") for ln in lines) for g in groups)
