@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 from banger.api.models import OperationEvent
 from banger.client import Client
@@ -19,6 +20,30 @@ def leftovers(d: RunningDaemon) -> list[str]:
         if tmp.exists()
         else []
     )
+
+
+def wait_orphans_gone(d: RunningDaemon, timeout: float = 60) -> None:
+    """Wait until no process works in, or names, the daemon's tmp dir (the children a
+    killed daemon's pull left running finish on their own, slowly under load)."""
+    tmp = str(d.paths.tmp_dir)
+
+    def busy() -> bool:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmd = (entry / "cmdline").read_bytes().decode(errors="replace")
+                cwd = os.readlink(entry / "cwd")
+            except OSError:
+                continue
+            if tmp in cmd or cwd.startswith(tmp):
+                return True
+        return False
+
+    deadline = time.monotonic() + timeout
+    while busy() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)
 
 
 def wait_for_stage(c: Client, op_id: str, stages: set[str], timeout: float = 120) -> str:
@@ -57,7 +82,7 @@ def test_daemon_killed_mid_pull_leaves_nothing_after_restart(daemon: RunningDaem
     os.kill(daemon.proc.pid, signal.SIGKILL)
     daemon.proc.wait()
     assert leftovers(daemon) != []  # the kill really interrupted a pull
-    time.sleep(2)  # let an orphaned dpkg-deb/apt child finish writing
+    wait_orphans_gone(daemon)  # an orphaned dpkg-deb/apt child may still be writing
     again = start_daemon(daemon.paths)
     try:
         assert leftovers(daemon) == []
