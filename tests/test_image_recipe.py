@@ -73,6 +73,8 @@ def test_enabled_units_are_shipped_with_an_install_section() -> None:
     # An empty key (a VM killed during its first boot) is regenerated, not kept.
     assert "ConditionFileNotEmpty=!/etc/ssh/ssh_host_ed25519_key" in hostkeys
     assert "ExecStartPre=/bin/rm -f /etc/ssh/ssh_host_ed25519_key " in hostkeys
+    # ...and a new key is on disk before sshd offers it, so a killed VM keeps it.
+    assert "ExecStartPost=/bin/sync -f /etc/ssh/ssh_host_ed25519_key" in hostkeys
     net = installed("/etc/systemd/system/banger-net.service")
     assert "Before=network.target network-online.target ssh.service" in net
     assert "ExecStart=/usr/local/sbin/banger-net" in net
