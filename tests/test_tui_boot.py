@@ -129,7 +129,10 @@ def test_real_terminal_shows_the_vm_ssh_works_and_s_stops_it(b: NsBanger) -> Non
             timeout=60,
         )
         assert "✓ web stopped" in screen or "stopped" in screen
-        assert b.json("vm", "show", "web")["state"] == "stopped"
+        deadline = time.monotonic() + 30  # the screen may say so a moment before `vm show`
+        while b.json("vm", "show", "web")["state"] != "stopped":
+            assert time.monotonic() < deadline, "the daemon never recorded web as stopped"
+            time.sleep(0.5)
         assert b.qemu_pids() == []
     finally:
         subprocess.run([*tm, "kill-server"], check=False, capture_output=True)
