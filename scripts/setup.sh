@@ -31,13 +31,23 @@ else
   echo "setup: Debian packages present (${#wanted[@]})"
 fi
 
-# pip --user puts uv in ~/.local/bin, which is often not on PATH; the Makefile
-# looks there too.
+# pip --user puts uv in ~/.local/bin, which is often not on PATH. The Makefile and
+# scripts look there too; for commands typed by hand, link it next to the other
+# system tools when that directory is writable (root), else say how to reach it.
+caller_path=$PATH
 export PATH="$HOME/.local/bin:$PATH"
 if ! command -v uv >/dev/null 2>&1; then
   echo "setup: installing uv (Python project manager) with pip"
   python3 -m pip install --quiet --user uv 2>/dev/null ||
     python3 -m pip install --quiet --user --break-system-packages uv
+fi
+if ! PATH=$caller_path command -v uv >/dev/null 2>&1; then
+  if [ -w /usr/local/bin ]; then
+    ln -sf "$(command -v uv)" /usr/local/bin/uv
+    echo "setup: linked uv into /usr/local/bin"
+  else
+    echo "setup: uv is in ~/.local/bin; add it to PATH: export PATH=\"\$HOME/.local/bin:\$PATH\""
+  fi
 fi
 echo "setup: syncing the Python environment (uv sync --frozen)"
 # Precompiled bytecode keeps CLI start-up fast even where PYTHONDONTWRITEBYTECODE is set.

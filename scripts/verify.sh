@@ -69,6 +69,8 @@ if [[ $(id -u) -ne 0 ]]; then
     echo "error: verify.sh needs root to create a network namespace (run it with sudo)" >&2
     exit 2
 fi
+# setup.sh may have put uv in ~/.local/bin (pip --user) without it being on PATH.
+export PATH="$HOME/.local/bin:$PATH"
 for tool in ip nft uv; do
     command -v "$tool" >/dev/null || { echo "error: '$tool' is not installed" >&2; exit 2; }
 done

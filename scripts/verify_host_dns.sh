@@ -4,8 +4,7 @@
 # in a network namespace plus a private mount namespace with its own D-Bus system
 # bus, its own systemd-resolved (unpacked from the Debian package matching the
 # installed systemd, never installed), its own /etc/resolv.conf (resolved's stub),
-# and a private banger daemon. It boots one VM: run it under `bootslot` on shared
-# machines.
+# and a private banger daemon. It boots one VM.
 #
 #   bash scripts/verify_host_dns.sh            # exit 0 when every step worked
 #
