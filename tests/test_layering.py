@@ -122,3 +122,91 @@ def test_layering_catches_upward_imports(tmp_path: Path) -> None:
         "cli/bad.py:1 imports banger.services.ssh (cli → services)",
         "services/bad.py:1 imports banger.daemon (services → daemon)",
     ]
+
+
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """Module → the package modules it imports, at module level or deferred inside a
+    function (a deferred import still ties the two modules together); imports only
+    for type checking do not count."""
+    modules = {}
+    for path in root.rglob("*.py"):
+        parts = ["banger", *path.relative_to(root).with_suffix("").parts]
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+
+    class Imports(ast.NodeVisitor):
+        def __init__(self) -> None:
+            self.found: set[str] = set()
+
+        def visit_If(self, node: ast.If) -> None:
+            if "TYPE_CHECKING" in ast.unparse(node.test):
+                for n in node.orelse:
+                    self.visit(n)
+                return
+            self.generic_visit(node)
+
+        def visit_Import(self, node: ast.Import) -> None:
+            self.found |= {a.name for a in node.names if a.name in modules}
+
+        def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+            if node.module is None or node.level:
+                return
+            for a in node.names:
+                sub = f"{node.module}.{a.name}"
+                self.found |= {sub} if sub in modules else {node.module} & set(modules)
+
+    graph = {}
+    for name, path in modules.items():
+        v = Imports()
+        v.visit(ast.parse(path.read_text(), str(path)))
+        graph[name] = v.found - {name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycles() -> None:
+    # E.g. the privileged network operations are one explicit table
+    # (net/privileged.OPERATIONS) over their bodies in net/ops.py, not functions that
+    # register themselves when bridge/tap/nat happen to be imported.
+    assert cycles(import_graph(SRC)) == []
+
+
+def test_cycle_check_sees_deferred_imports(tmp_path: Path) -> None:
+    (tmp_path / "a.py").write_text("import banger.b\n")
+    (tmp_path / "b.py").write_text("def f() -> None:\n    from banger import a\n")
+    (tmp_path / "c.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import banger.a\n"
+    )
+    graph = import_graph(tmp_path)
+    assert graph["banger.c"] == set()
+    assert cycles(graph) == [["banger.a", "banger.b"]]

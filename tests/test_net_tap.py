@@ -136,3 +136,20 @@ def test_privileged_entry_point_validates(capsys: pytest.CaptureFixture[str]) ->
     assert privileged.main(["delete_tap", '{"name": "a b", "netns": null}']) == 1
     assert "invalid TAP name" in json.loads(capsys.readouterr().out)["error"]["message"]
     assert privileged.main([]) == 2
+
+
+def test_the_table_is_every_privileged_operation() -> None:
+    """`OPERATIONS` is the whole list of what the sudo child runs: each public body in
+    `net/ops.py` under its own name, and nothing else."""
+    import inspect
+
+    from banger.net import ops
+
+    bodies = {
+        name: fn
+        for name, fn in inspect.getmembers(ops, inspect.isfunction)
+        if fn.__module__ == ops.__name__ and not name.startswith("_")
+    }
+    assert {name: op.fn for name, op in privileged.OPERATIONS.items()} == bodies
+    reads = {name for name, op in privileged.OPERATIONS.items() if op.read_only}
+    assert reads == {"get_bridge", "list_taps", "tap_exists"}

@@ -43,15 +43,15 @@ from typing import Any
 
 from banger.errors import CommandFailed, NotFound
 from banger.net import addresses
-from banger.net._ns import call_in_netns, check_ifname, netns_path
+from banger.net._ns import check_ifname, netns_path
 from banger.net.bridge import DEFAULT_BRIDGE
-from banger.net.privileged import dispatch, register
+from banger.net.ops import FORWARD_SYSCTL
+from banger.net.privileged import dispatch
 from banger.system import require_tool, run
 
 TABLE = "banger"
 TAG = "banger:"
 BASE_TAG = "banger:base"
-_FORWARD = "/proc/sys/net/ipv4/ip_forward"
 _lock = threading.Lock()
 
 
@@ -278,49 +278,16 @@ def _parse_pub(rule: dict[str, Any]) -> PortRule | None:
     return PortRule(proto, addr, hport, gport)
 
 
-@register("route_localnet")
-def _route_localnet(bridge: str, netns: str | None) -> bool:
-    """Let 127.0.0.0/8 sources be routed out of the bridge (DNAT from localhost)."""
-    path = f"/proc/sys/net/ipv4/conf/{check_ifname(bridge, 'bridge')}/route_localnet"
-
-    def work() -> bool:
-        try:
-            with open(path) as f:
-                if f.read().strip() == "1":
-                    return False
-        except FileNotFoundError:  # no bridge yet: set again when a VM publishes on it
-            return False
-        with open(path, "w") as f:
-            f.write("1\n")
-        return True
-
-    return call_in_netns(netns, work)
-
-
 def enable_forwarding(netns: str | None = None) -> bool:
     """Turn on IPv4 forwarding in the namespace; True when it was off.
 
     Never turned off again: the host may forward for other reasons.
     """
     if netns is None:
-        with open(_FORWARD) as f:  # readable without privilege: skip the sudo hop
+        with open(FORWARD_SYSCTL) as f:  # readable without privilege: skip the sudo hop
             if f.read().strip() == "1":
                 return False
     return bool(dispatch("ip_forward", netns=netns))
-
-
-@register("ip_forward")
-def _ip_forward(netns: str | None) -> bool:
-    def work() -> bool:
-        # /proc/sys/net resolves against the calling thread's namespace.
-        with open(_FORWARD) as f:
-            if f.read().strip() == "1":
-                return False
-        with open(_FORWARD, "w") as f:
-            f.write("1\n")
-        return True
-
-    return call_in_netns(netns, work)
 
 
 def _delete_line(rule: dict[str, Any]) -> str:

@@ -1,15 +1,18 @@
-"""One implementation of each privileged network operation, reachable two ways.
+"""What the sudo path may run: the privileged network operations, in one table.
 
-Every bridge/TAP/sysctl operation is registered here under a short name. `dispatch`
-runs it in-process when we are root, and otherwise runs
+`OPERATIONS` maps each name to its body in `banger.net.ops`; it is the whole list of
+what `python -m banger.net.privileged` runs, and nothing adds to it at run time.
+`dispatch` runs an operation in-process when we are root (or when it only reads the
+current namespace), and otherwise runs
 
     sudo -n -- <this python> -m banger.net.privileged <op> '<json kwargs>'
 
 through `banger.system.run(..., privileged=True)`; that child calls the very same
-registered function and prints one JSON document, `{"ok": true, "result": ...}` or
+function and prints one JSON document, `{"ok": true, "result": ...}` or
 `{"ok": false, "error": {code, message, hint}}`, so errors keep their type and hint
-across the sudo boundary. Only registered names run, with keyword arguments that
-must match the function's signature; the functions validate every name they get.
+across the sudo boundary. Keyword arguments must match the function's signature; the
+functions validate every name they get. (`nft` and `resolvectl` are run through
+`sudo -n` as themselves, by `nat` and `resolved`.)
 """
 
 from __future__ import annotations
@@ -18,40 +21,47 @@ import inspect
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from banger.errors import BangerError, CommandFailed, InvalidInput, PrivilegeError, from_dict
+from banger.net import ops
 from banger.system import is_root, run, sudo_ready
 
-Op = Callable[..., Any]
 
-_OPS: dict[str, Op] = {}
-# Ops that only read: in the current namespace netlink dumps need no privilege.
-_READ_ONLY: set[str] = set()
+@dataclass(frozen=True)
+class Operation:
+    fn: Callable[..., Any]
+    # Only reads: in the current namespace a netlink dump needs no privilege.
+    read_only: bool = False
 
 
-def register(name: str, *, read_only: bool = False) -> Callable[[Op], Op]:
-    def deco(fn: Op) -> Op:
-        _OPS[name] = fn
-        if read_only:
-            _READ_ONLY.add(name)
-        return fn
-
-    return deco
+OPERATIONS: dict[str, Operation] = {
+    "get_bridge": Operation(ops.get_bridge, read_only=True),
+    "ensure_bridge": Operation(ops.ensure_bridge),
+    "delete_bridge": Operation(ops.delete_bridge),
+    "create_tap": Operation(ops.create_tap),
+    "attach_tap": Operation(ops.attach_tap),
+    "delete_tap": Operation(ops.delete_tap),
+    "list_taps": Operation(ops.list_taps, read_only=True),
+    "tap_exists": Operation(ops.tap_exists, read_only=True),
+    "route_localnet": Operation(ops.route_localnet),
+    "ip_forward": Operation(ops.ip_forward),
+}
 
 
 def _direct(op: str, kwargs: dict[str, Any]) -> bool:
     if is_root():
         return True
-    return op in _READ_ONLY and kwargs.get("netns") is None
+    return OPERATIONS[op].read_only and kwargs.get("netns") is None
 
 
 def dispatch(op: str, **kwargs: Any) -> Any:
-    """Run registered `op` with `kwargs` (JSON-able) where it has the privilege it needs."""
-    if op not in _OPS:
+    """Run `op` with `kwargs` (JSON-able) where it has the privilege it needs."""
+    if op not in OPERATIONS:
         raise InvalidInput(f"unknown privileged network operation {op!r}")
     if _direct(op, kwargs):
-        return _OPS[op](**kwargs)
+        return OPERATIONS[op].fn(**kwargs)
     if not sudo_ready():
         raise PrivilegeError(
             f"network operation `{op}` needs root (CAP_NET_ADMIN) and sudo would ask "
@@ -78,16 +88,13 @@ def _decode(op: str, rc: int, out: str, err: str) -> Any:
     raise from_dict(doc.get("error", {}))
 
 
-def _load_ops() -> None:
-    # Importing the modules registers their operations.
-    from banger.net import bridge, nat, tap  # noqa: F401
-
-
 def _call(op: str, raw: str) -> Any:
-    _load_ops()
-    fn = _OPS.get(op)
-    if fn is None:
-        raise InvalidInput(f"unknown operation {op!r}", hint=f"one of: {', '.join(sorted(_OPS))}")
+    entry = OPERATIONS.get(op)
+    if entry is None:
+        raise InvalidInput(
+            f"unknown operation {op!r}", hint=f"one of: {', '.join(sorted(OPERATIONS))}"
+        )
+    fn = entry.fn
     kwargs = json.loads(raw) if raw else {}
     if not isinstance(kwargs, dict):
         raise InvalidInput("arguments must be a JSON object")
@@ -116,8 +123,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run through the importable module so that the registry the op modules fill
-    # is the one `main` reads (this file is `__main__` here, a different module).
-    from banger.net.privileged import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())
