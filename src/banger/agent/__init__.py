@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 GUEST_PROGRAM = Path(__file__).resolve().with_name("guest.py")
+# banger-init, PID 1 of images without an init system (OCI images); stdlib only too.
+GUEST_INIT = Path(__file__).resolve().with_name("init.py")
 VSOCK_PORT = 1024  # must match guest.VSOCK_PORT
 
-__all__ = ["GUEST_PROGRAM", "VSOCK_PORT"]
+__all__ = ["GUEST_INIT", "GUEST_PROGRAM", "VSOCK_PORT"]

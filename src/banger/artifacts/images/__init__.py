@@ -9,10 +9,13 @@ from banger.artifacts.images.info import (
     FileInfo,
     ImageInfo,
     ImageManifest,
+    OciInfo,
     check_name,
     quick_check,
     verify,
 )
+from banger.artifacts.images.oci import OciPullError, pull_oci_image
+from banger.artifacts.images.oci_ref import OciRef, is_catalog_name, parse_reference
 from banger.artifacts.images.recipe import Recipe, load_recipe
 from banger.artifacts.images.register import promote_image, register_image
 from banger.artifacts.images.store import (
@@ -29,18 +32,24 @@ __all__ = [
     "ImageInfo",
     "ImageManifest",
     "ImageSpec",
+    "OciInfo",
+    "OciPullError",
+    "OciRef",
     "Recipe",
     "catalog",
     "check_name",
     "default_image",
     "get_spec",
     "intact_image",
+    "is_catalog_name",
     "is_outdated",
     "list_images",
     "load_image",
     "load_recipe",
+    "parse_reference",
     "promote_image",
     "pull_image",
+    "pull_oci_image",
     "quick_check",
     "register_image",
     "remove_image",

@@ -71,6 +71,22 @@ class ToolInfo(BaseModel):
     skipped: str = ""  # why it is not in the image
 
 
+class OciInfo(BaseModel):
+    """Where an OCI image came from and its config (what banger-init runs)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    reference: str  # as pulled, normalised (docker.io/library/debian:bookworm)
+    digest: str  # the manifest's
+    platform: str
+    env: tuple[str, ...] = ()
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+    workdir: str = ""
+    user: str = ""
+    ports: tuple[str, ...] = ()  # ExposedPorts, e.g. "80/tcp"
+
+
 class ImageManifest(BaseModel):
     """The content of image.json."""
 
@@ -92,6 +108,14 @@ class ImageManifest(BaseModel):
     recipe_digest: str = ""
     # Recipe tools (mise, opencode) by name; empty for images built before them.
     tools: dict[str, ToolInfo] = {}
+    # Pulled OCI images: the reference and config (None for every other image).
+    oci: OciInfo | None = None
+    # How it boots: "systemd" (golden and images with systemd+sshd) or "banger-init".
+    init: str = "systemd"
+    # An SSH server banger configured: readiness waits for it and `vm ssh` works.
+    ssh: bool = True
+    # Kernel command-line fragments the image needs (init=/sbin/banger-init).
+    cmdline: tuple[str, ...] = ()
 
 
 class ImageInfo(ImageManifest):
@@ -142,7 +166,7 @@ class ImageInfo(ImageManifest):
 
     def summary(self) -> dict[str, Any]:
         """Provenance for `image show`: JSON-able, without the paths."""
-        return self.model_dump(
+        out = self.model_dump(
             mode="json",
             include={
                 "source",
@@ -153,8 +177,15 @@ class ImageInfo(ImageManifest):
                 "files",
                 "agent",
                 "tools",
+                "oci",
+                "init",
+                "ssh",
+                "cmdline",
             },
         )
+        if out.get("oci") is None:
+            out.pop("oci", None)
+        return out
 
 
 def check_name(name: str) -> str:
