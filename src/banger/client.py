@@ -26,6 +26,7 @@ from banger.api.models import (
     Kernel,
     Operation,
     OperationEvent,
+    PullOciImage,
     RegisterImage,
     SetVM,
     Status,
@@ -256,6 +257,9 @@ class Client:
         return Image.model_validate(
             self._request("POST", "/v1/images", body=req.model_dump(mode="json"))
         )
+
+    def pull_oci_image(self, req: PullOciImage) -> Operation:
+        return self._op("POST", "/v1/images/pull", body=req.model_dump(mode="json"))
 
     def promote_image(self, name: str) -> Operation:
         return self._op("POST", f"/v1/images/{name}/promote")

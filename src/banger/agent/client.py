@@ -21,6 +21,7 @@ import json
 import secrets
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -456,7 +457,12 @@ class AgentClient:
                 data = await self._legacy_get(path)
             except AgentUnavailable:
                 raise exc from None
-            _legacy[self.key] = time.monotonic()
+            # A current agent that started just after our HELLO answers HTTP too: only
+            # one that still ignores a HELLO now is a version-1 agent.
+            try:
+                await self.session()
+            except AgentUnavailable:
+                _legacy[self.key] = time.monotonic()
             return data
         try:
             async with asyncio.timeout(self.timeout):
@@ -493,12 +499,17 @@ class AgentClient:
         return stream, first.info
 
 
-async def wait_healthy(agent: dict[str, Any] | None, timeout: float) -> float:
-    """Poll the agent's /healthz until it answers; returns the seconds waited."""
+async def wait_healthy(
+    agent: dict[str, Any] | None, timeout: float, check: Callable[[], None] | None = None
+) -> float:
+    """Poll the agent's /healthz until it answers; returns the seconds waited.
+    `check` raises to end the wait early (a dead or hung guest, see BootWatch)."""
     start = time.monotonic()
     client = AgentClient(agent, timeout=min(DEFAULT_TIMEOUT, timeout))
     last: BangerError | None = None
     while time.monotonic() - start < timeout:
+        if check is not None:
+            check()
         try:
             await client.healthz()
             return time.monotonic() - start

@@ -158,6 +158,15 @@ class SetVM(_Request):
     nat: bool | None = None
 
 
+class PullOciImage(_Request):
+    """`image pull REF` of an OCI image (registry reference or archive path)."""
+
+    ref: str
+    name: str | None = None  # default: from the reference (127.0.0.1:5000/test/app:1 -> test-app)
+    authfile: str | None = None  # containers auth file; the CLI sends the user's default
+    insecure: bool = False  # plain HTTP / unverified TLS to the registry
+
+
 class RegisterImage(_Request):
     name: str
     rootfs: str

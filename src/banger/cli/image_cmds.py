@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from banger.api.models import RegisterImage
+from banger.api.models import PullOciImage, RegisterImage
 from banger.cli.common import client, follow, json_option
 from banger.cli.kernel_cmds import _when
 from banger.cli.output import out, print_json
@@ -42,18 +42,80 @@ def list_(as_json: bool) -> None:
     out.print(t)
 
 
+def _default_authfile() -> str | None:
+    """The containers auth file skopeo/podman/docker would use for this user, if any:
+    $REGISTRY_AUTH_FILE, ${XDG_RUNTIME_DIR}/containers/auth.json,
+    ~/.config/containers/auth.json, ~/.docker/config.json. Sent with the request
+    because the daemon may run as another user."""
+    import os
+
+    home = os.path.expanduser("~")
+    candidates = [
+        os.environ.get("REGISTRY_AUTH_FILE", ""),
+        os.path.join(os.environ.get("XDG_RUNTIME_DIR", "/nonexistent"), "containers/auth.json"),
+        os.path.join(
+            os.environ.get("XDG_CONFIG_HOME", os.path.join(home, ".config")),
+            "containers/auth.json",
+        ),
+        os.path.join(os.environ.get("DOCKER_CONFIG", os.path.join(home, ".docker")), "config.json"),
+    ]
+    return next((os.path.abspath(p) for p in candidates if p and os.path.isfile(p)), None)
+
+
+def _absolute_archive(ref: str) -> str:
+    """oci-archive:/docker-archive:/oci: paths made absolute (the daemon has cwd /)."""
+    import os
+
+    for transport in ("oci-archive:", "docker-archive:", "oci:"):
+        if ref.startswith(transport):
+            path, sep, rest = ref[len(transport) :].partition(":")
+            return f"{transport}{os.path.abspath(path) if path else path}{sep}{rest}"
+    return ref
+
+
 @image.command()
-@click.argument("name", default="debian-bookworm")
+@click.argument("ref", default="debian-bookworm")
+@click.option("--name", help="Image name (default: from REF, e.g. test/app:1 -> test-app).")
+@click.option(
+    "--authfile",
+    type=click.Path(dir_okay=False),
+    help="Registry credentials (default: the containers/docker auth file of this user).",
+)
+@click.option("--insecure", is_flag=True, help="Plain HTTP / unverified TLS to the registry.")
 @json_option
-def pull(name: str, as_json: bool) -> None:
-    """Build or fetch a catalog image (default: debian-bookworm)."""
+def pull(ref: str, name: str | None, authfile: str | None, insecure: bool, as_json: bool) -> None:
+    """Build a catalog image (default: debian-bookworm) or pull an OCI image.
+
+    REF is a catalog name (a plain word), or an OCI reference:
+    REGISTRY/NAME[:TAG][@sha256:DIGEST], oci-archive:PATH[:TAG],
+    docker-archive:PATH or oci:DIR[:TAG]."""
+    import os
+
     c = client()
-    follow(c.pull_image(name), f"pulling image {name}", quiet=as_json)
-    img = c.image(name)
+    if "/" not in ref and ":" not in ref and "@" not in ref:  # a catalog name
+        if name or authfile or insecure:
+            raise click.UsageError("--name, --authfile and --insecure are for OCI references")
+        follow(c.pull_image(ref), f"pulling image {ref}", quiet=as_json)
+        result_name = ref
+    else:
+        req = PullOciImage(
+            ref=_absolute_archive(ref),
+            name=name,
+            authfile=os.path.abspath(authfile) if authfile else _default_authfile(),
+            insecure=insecure,
+        )
+        started = c.pull_oci_image(req)
+        try:
+            op = follow(started, f"pulling {ref}", quiet=as_json)
+        except KeyboardInterrupt:
+            c.cancel(started.id)  # Ctrl-C cancels the pull; it removes what it made
+            raise
+        result_name = str((op.result or {}).get("name") or name or ref)
+    img = c.image(result_name)
     if as_json:
         print_json(img)
     else:
-        out.print(f"image [bold]{name}[/] ready: {img.rootfs}")
+        out.print(f"image [bold]{result_name}[/] ready: {img.rootfs}")
 
 
 @image.command()
@@ -70,6 +132,18 @@ def show(name: str, as_json: bool) -> None:
     for key, val in img.info.items():
         if not isinstance(val, (dict, list)):
             out.print(f"{key:<10} {val}")
+    oci = img.info.get("oci") or {}
+    for key in ("reference", "digest", "platform", "entrypoint", "cmd", "workdir", "user"):
+        val = oci.get(key)
+        if val:
+            shown = " ".join(val) if isinstance(val, list) else val
+            out.print(f"{key:<10} {shown}")
+    for env in oci.get("env") or []:
+        out.print(f"{'env':<10} {env}")
+    if oci.get("ports"):
+        out.print(f"{'ports':<10} {' '.join(oci['ports'])}")
+    if img.info.get("cmdline"):
+        out.print(f"{'cmdline':<10} {' '.join(img.info['cmdline'])}")
     for tool, t in (img.info.get("tools") or {}).items():
         state = "installed" if t.get("installed") else f"skipped: {t.get('skipped')}"
         out.print(f"{'tool':<10} {tool} {t.get('version')} ({t.get('package')}) {state}")

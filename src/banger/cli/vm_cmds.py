@@ -281,6 +281,12 @@ def _ssh(c: Client, name: str, command: tuple[str, ...]) -> int:
         raise BangerError(
             f"VM `{name}` is {info['state']}", hint=f"start it with `banger vm start {name}`"
         )
+    if not info.get("ssh", True):
+        raise BangerError(
+            f"VM `{name}` has no SSH server: its image {info.get('image')} has none",
+            hint=f"use the agent instead: `banger vm exec {name} -- CMD` "
+            f"(`banger vm exec -it {name} -- sh` for a shell)",
+        )
     interactive = not command
     rc = run_interactive(_ssh_argv(info, command, tty=interactive and sys.stdin.isatty()))
     if interactive:
@@ -361,7 +367,22 @@ def run(
     c = client()
     out.print(f"[green]✓[/] {v.name} is running at {v.ip}")
     try:
-        rc = _ssh(c, v.name, command)
+        if c.ssh_info(v.name).get("ssh", True):
+            rc = _ssh(c, v.name, command)
+        else:  # no SSH server in the image (OCI image on banger-init): the agent runs it
+            from banger.cli.exec_cmds import run_exec
+
+            tty = not command and sys.stdin.isatty()
+            rc = run_exec(
+                v.name,
+                command or ("/bin/sh",),
+                interactive=True,
+                tty=tty,
+                env={},
+                workdir=None,
+                user=None,
+                timeout=None,
+            )
     finally:
         if remove:
             c.wait(c.delete_vm(v.name, force=True))

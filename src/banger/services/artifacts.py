@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from banger.api.models import Image, Kernel, RegisterImage
+from banger.api.models import Image, Kernel, PullOciImage, RegisterImage
 from banger.artifacts import images as image_lib
 from banger.artifacts import kernels as kernel_lib
 from banger.config import Config
@@ -44,6 +44,8 @@ class BootImage:
     vmlinux: Path | None
     initrd: Path | None
     agent: bool = False  # banger-agent is installed: create waits for its /healthz
+    ssh: bool = True  # an SSH server answers once booted (False: OCI images on banger-init)
+    cmdline: tuple[str, ...] = ()  # kernel command-line fragments it needs (init=)
 
 
 class ArtifactService:
@@ -185,6 +187,50 @@ class ArtifactService:
 
         return self.ops.start("image.pull", name, work, key=f"image:{name}")
 
+    def pull_oci_image(self, req: PullOciImage) -> Any:
+        """Pull an OCI image (registry reference or archive) as an operation. The
+        reference, the name and a clash with an image not pulled from OCI are refused
+        here, before any operation starts."""
+        if image_lib.is_catalog_name(req.ref):
+            return self.pull_image(req.ref)
+        ref = image_lib.parse_reference(req.ref)
+        if not ref.is_registry and not Path(ref.path).exists():
+            raise NotFound(
+                f"{ref.path} does not exist", hint=f"check the path of the {ref.transport}"
+            )
+        name = image_lib.check_name(req.name or ref.default_name())
+        if name in image_lib.catalog():
+            raise Conflict(
+                f"`{name}` is a catalog image name", hint="pick another name with --name"
+            )
+        existing = image_lib.load_image(self.paths.images_dir, name)
+        if (existing is not None and existing.oci is None) or self.store.get(
+            "images", "name", name
+        ):
+            raise Conflict(
+                f"image `{name}` already exists and was not pulled from a registry",
+                hint="pick another name with --name, or `banger image rm` it first",
+            )
+        if req.authfile and not Path(req.authfile).is_file():
+            raise NotFound(
+                f"auth file {req.authfile} does not exist",
+                hint="pass the containers auth file written by `skopeo login`/`docker login`",
+            )
+
+        async def work(progress: Progress) -> dict[str, str]:
+            info = await image_lib.pull_oci_image(
+                ref,
+                name,
+                self.paths.images_dir,
+                self.paths.tmp_dir,
+                progress,
+                authfile=req.authfile,
+                insecure=req.insecure,
+            )
+            return {"name": info.name, "reference": str(ref)}
+
+        return self.ops.start("image.pull", name, work, key=f"image:{name}")
+
     def register_image(self, req: RegisterImage) -> Image:
         if image_lib.load_image(self.paths.images_dir, req.name) or self.store.get(
             "images", "name", req.name
@@ -296,6 +342,8 @@ class ArtifactService:
             vmlinux=Path(img.vmlinux) if img.vmlinux else None,
             initrd=Path(img.initrd) if img.initrd else None,
             agent=bool(img.info.get("agent", False)),
+            ssh=bool(img.info.get("ssh", True)),
+            cmdline=tuple(str(c) for c in img.info.get("cmdline") or ()),
         )
 
     async def ensure_kernel_for(

@@ -39,7 +39,7 @@ from banger.errors import BangerError, Conflict
 from banger.paths import Paths
 from banger.progress import Progress
 from banger.services.admission import Admission, default_boot_limit, host_memory_mib
-from banger.services.artifacts import ArtifactService, BootKernel
+from banger.services.artifacts import ArtifactService, BootImage, BootKernel
 from banger.services.readiness import BootWatch, exit_reason
 from banger.services.ssh import forget_host, wait_for_ssh
 from banger.services.watch import EngineWatcher
@@ -204,7 +204,7 @@ class VMService:
                 # A new VM has a new identity: whatever was recorded for its address
                 # or name belonged to a VM that is gone.
                 forget_host(self.paths.known_hosts, _host_names(vm))
-                await self._boot(vm, kernel, image.agent, progress, timings, undo, op="create")
+                await self._boot(vm, kernel, image, progress, timings, undo, op="create")
             except BaseException as exc:
                 log.warning("create of %s failed (%r); rolling back", vm.name, exc)
                 vm.state = VMState.ERROR
@@ -278,7 +278,7 @@ class VMService:
         self,
         vm: VMRecord,
         kernel: BootKernel,
-        expect_agent: bool,
+        image: BootImage,
         progress: Progress,
         timings: dict[str, float],
         undo: AsyncExitStack,
@@ -294,9 +294,10 @@ class VMService:
                 timings["queued"] = time.monotonic() - t
             boot = await self._attach(vm, progress, timings, undo)
             self.point(f"{op}:attached")
+            boot.cmdline[:0] = image.cmdline  # what the image needs (init=) comes first
             engine, handle = await self._spawn(vm, kernel, boot, progress, timings, undo, op)
             self.point(f"{op}:booted")
-            await self._wait_ready(vm, engine, handle, expect_agent, progress, timings)
+            await self._wait_ready(vm, engine, handle, image, progress, timings)
         if op == "create":
             self.point("create:ready")
 
@@ -375,19 +376,25 @@ class VMService:
         vm: VMRecord,
         engine: Engine,
         handle: EngineHandle,
-        expect_agent: bool,
+        image: BootImage,
         progress: Progress,
         timings: dict[str, float],
     ) -> None:
-        """Wait for SSH (then the agent) for as long as the guest makes progress."""
+        """Wait for SSH (then the agent) for as long as the guest makes progress; an
+        image without an SSH server is ready when its agent answers."""
         t = time.monotonic()
-        progress("ssh", f"{vm.ip}:22")
         assert vm.ip is not None
         watch = BootWatch(
             self.console_log(vm),
             lambda: engine.is_running(handle),
             self.config.boot_stall_timeout,
         )
+        if not image.ssh:
+            progress("agent", "healthz (the image has no SSH server)")
+            await wait_healthy(handle.extra.get("agent"), READY_LIMIT, check=watch)
+            timings["agent"] = time.monotonic() - t
+            return
+        progress("ssh", f"{vm.ip}:22")
         await wait_for_ssh(
             vm.ip,
             self.ssh_key,
@@ -398,7 +405,7 @@ class VMService:
         )
         timings["ssh"] = time.monotonic() - t
         self.fault("ssh")
-        if expect_agent:
+        if image.agent:
             t = time.monotonic()
             progress("agent", "healthz")
             await wait_healthy(handle.extra.get("agent"), AGENT_TIMEOUT)
@@ -470,7 +477,7 @@ class VMService:
         self.point("start:recorded")
         try:
             async with AsyncExitStack() as undo:
-                await self._boot(vm, kernel, image.agent, progress, timings, undo, op="start")
+                await self._boot(vm, kernel, image, progress, timings, undo, op="start")
                 undo.pop_all()
         except BaseException as exc:
             # The undo stack killed the engine and detached; only the record is left.

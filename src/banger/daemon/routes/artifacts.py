@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from banger.api.models import RegisterImage
+from banger.api.models import PullOciImage, RegisterImage
 from banger.daemon.routes.common import body, daemon_of, flag, ok
 
 routes = web.RouteTableDef()
@@ -41,6 +41,12 @@ async def list_images(request: web.Request) -> web.Response:
 async def register_image(request: web.Request) -> web.Response:
     req = await body(request, RegisterImage)
     return ok(daemon_of(request).artifacts.register_image(req), status=201)
+
+
+@routes.post("/v1/images/pull")
+async def pull_oci_image(request: web.Request) -> web.Response:
+    req = await body(request, PullOciImage)
+    return ok(daemon_of(request).artifacts.pull_oci_image(req), status=202)
 
 
 @routes.get("/v1/images/{name}")

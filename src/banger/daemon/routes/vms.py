@@ -7,6 +7,7 @@ from aiohttp import web
 from banger.api.models import VM, CreateVM, PublishedPort, PublishPorts, SetVM
 from banger.daemon.app import Daemon
 from banger.daemon.routes.common import body, daemon_of, flag, ok
+from banger.errors import BangerError
 from banger.net.nat import PortRule
 from banger.progress import Progress
 from banger.vm import VMRecord
@@ -121,9 +122,15 @@ async def delete_vm(request: web.Request) -> web.Response:
 async def ssh_info(request: web.Request) -> web.Response:
     d = daemon_of(request)
     vm = d.vms.get(request.match_info["name"])
+    try:
+        has_ssh = bool(d.artifacts.image(vm.image).info.get("ssh", True))
+    except BangerError:
+        has_ssh = True  # its image is gone: the VM's own disk may still run sshd
     return ok(
         {
             "name": vm.name,
+            "image": vm.image,
+            "ssh": has_ssh,
             "state": vm.state,
             "ip": vm.ip,
             "user": "root",
