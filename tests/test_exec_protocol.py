@@ -20,6 +20,7 @@ import pytest
 
 from banger.agent import guest
 from banger.agent.client import AgentClient, AgentStream, AgentUnavailable, close_sessions
+from banger.errors import BangerError
 from tests.test_agent import Agent, Bridge
 
 
@@ -111,6 +112,19 @@ def _exactly(sock: socket.socket, n: int) -> bytes:
 
 
 # -- exec -----------------------------------------------------------------------------
+
+
+async def test_identity_is_an_action_with_a_body(client: AgentClient) -> None:
+    # Nothing here may reach a real change of this host: a body without the hostname
+    # fails before the first step; the clock is only set when "time" is sent.
+    with pytest.raises(BangerError, match=r"404: no such path /identity"):
+        await client.get("/identity")  # not a read: never over plain GET either
+    with pytest.raises(BangerError, match=r"400: bad /identity request: KeyError: 'hostname'"):
+        await client.act("/identity", {"mac": "02:00:00:00:00:01"})
+    with pytest.raises(BangerError, match=r"404: no such action /nope"):
+        await client.act("/nope", {})
+    assert (await client.healthz())["ok"] is True  # and the agent keeps answering
+    assert guest.act("/identity", []) == (400, {"error": "/identity needs a JSON object body"})
 
 
 async def test_exec_streams_output_apart_and_in_order(client: AgentClient) -> None:

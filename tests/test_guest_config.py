@@ -66,6 +66,15 @@ def test_without_dns_prefix_16_and_explicit_mac(files: dict[str, Path], tmp_path
     assert cfg.nics[0].mac == "02:aa:bb:cc:dd:ee"
 
 
+def test_golden_boot_has_the_devices_but_no_address(files: dict[str, Path], tmp_path: Path) -> None:
+    cfg = _build(files, tmp_path, ip=None, gateway=None, golden=True)
+    assert "ip=" not in cfg.cmdline and "banger.golden=1" in cfg.cmdline.split()
+    assert cfg.nics == (NetIface("eth0", "tap-pool-3", mac_for("vm-1")),)
+    assert [d.drive_id for d in cfg.drives] == ["rootfs", "work"]
+    with pytest.raises(InvalidInput, match="golden"):
+        _build(files, tmp_path, golden=True)  # with an address
+
+
 def test_no_network_no_work_disk_no_initrd(files: dict[str, Path], tmp_path: Path) -> None:
     cfg = _build(files, tmp_path, ip=None, gateway=None, tap=None, work_disk=None, initrd=None)
     assert "ip=" not in cfg.cmdline

@@ -83,6 +83,35 @@ def test_enabled_units_are_shipped_with_an_install_section() -> None:
         assert slow in RECIPE.units.mask
 
 
+@pytest.mark.parametrize("cmdline", ["quiet banger.golden=1 ip=x", "banger.golden=0 golden=1"])
+def test_golden_boot_holds_back_what_gives_an_identity(tmp_path: Path, cmdline: str) -> None:
+    # The generator marks a golden boot; every unit that would take an identity
+    # (network, host key, sshd, /root, services living there) is held back by it.
+    hold = "ConditionPathExists=!/run/banger/golden"
+    for dest in (
+        "/etc/systemd/system/banger-net.service",
+        "/etc/systemd/system/banger-hostkeys.service",
+        "/etc/systemd/system/ssh.service.d/banger.conf",
+        "/etc/systemd/system/root.mount.d/banger-golden.conf",
+        "/etc/systemd/system/opencode-server.service.d/banger-golden.conf",
+    ):
+        assert hold in installed(dest).splitlines(), dest
+    gen = installed("/etc/systemd/system-generators/banger-golden")
+    fake = tmp_path / "cmdline"
+    fake.write_text(cmdline + "\n")
+    script = tmp_path / "gen"
+    script.write_text(gen.replace("/proc/cmdline", str(fake)).replace("/run/", f"{tmp_path}/"))
+    run(["sh", str(script)])
+    golden = tmp_path / "banger" / "golden"
+    assert golden.exists() == ("banger.golden=1" in cmdline.split())
+    # Once /identity ran, a daemon-reload (generators run again) leaves it alone.
+    golden.unlink(missing_ok=True)
+    (tmp_path / "banger").mkdir(exist_ok=True)
+    (tmp_path / "banger" / "identity").touch()
+    run(["sh", str(script)])
+    assert not golden.exists()
+
+
 def test_sshd_is_key_only() -> None:
     conf = installed("/etc/ssh/sshd_config.d/banger.conf").splitlines()
     for line in (

@@ -270,12 +270,15 @@ class AgentSession:
             self.writer.write(frame)
             await self.writer.drain()
 
-    async def request(self, path: str) -> tuple[int, dict[str, Any]]:
+    async def request(
+        self, path: str, body: dict[str, Any] | None = None
+    ) -> tuple[int, dict[str, Any]]:
         sid = self._sid()
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.requests[sid] = fut
+        msg: dict[str, Any] = {"path": path} if body is None else {"path": path, "body": body}
         try:
-            await self.send(proto.encode_json(proto.REQUEST, sid, {"path": path}))
+            await self.send(proto.encode_json(proto.REQUEST, sid, msg))
             answer = await fut
         finally:
             self.requests.pop(sid, None)
@@ -473,6 +476,22 @@ class AgentClient:
         if status != 200:
             raise BangerError(f"guest agent answered {path} with {status}: {body.get('error')}")
         return body
+
+    async def act(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """An action with a JSON body (`guest.ACTIONS`); agents before version 3
+        answer 404 (a `BangerError`)."""
+        if _is_legacy(self.key):
+            raise AgentUnavailable(f"the guest agent in this VM is too old for {path}")
+        session = await self.session()
+        try:
+            async with asyncio.timeout(self.timeout):
+                status, answer = await session.request(path, body)
+        except TimeoutError as exc:
+            session.stalled(self.timeout)
+            raise self._unavailable(f"did not answer {path} within {self.timeout:g}s") from exc
+        if status != 200:
+            raise BangerError(f"guest agent answered {path} with {status}: {answer.get('error')}")
+        return answer
 
     async def open(self, spec: dict[str, Any]) -> tuple[AgentStream, dict[str, Any]]:
         """Open an exec/tar stream; returns it with the OPENED info. A stream the

@@ -18,7 +18,9 @@ byte stream; HTTP over it could not carry concurrent requests).
            half-sent frame) are skipped; the host likewise skips everything before
            the HELLO that carries its session id.
   REQUEST  {"path": "/healthz"} → RESPONSE {"status", "body"}: the request/response
-           table `HANDLERS` (/healthz, /ports, /info; add entries there).
+           table `HANDLERS` (/healthz, /ports, /info; add entries there). With a
+           "body" ({"path": "/identity", "body": {...}}) it runs an action of
+           `ACTIONS` instead (/identity; add entries there).
   OPEN     {"kind": "exec"|"tar-in"|"tar-out", ...} → OPENED {"pid"|"total"}, then
            data frames, then EXIT {"code", "signal", "error"} as the last frame.
   STDIN    host → guest data (empty = end of input); STDOUT, STDERR guest → host.
@@ -70,7 +72,7 @@ import time
 from collections.abc import Callable
 from typing import IO, Any, cast
 
-AGENT_VERSION = "2"
+AGENT_VERSION = "3"
 PROTOCOL_VERSION = 2
 SERIAL_PATH = "/dev/virtio-ports/banger.agent"
 VSOCK_PORT = 1024
@@ -233,6 +235,112 @@ def healthz(proc: str = "/proc") -> dict[str, Any]:
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
 
 
+# -- identity ------------------------------------------------------------------------
+
+GOLDEN_FLAG = "/run/banger/golden"  # made by the banger-golden generator (banger.golden=1)
+IDENTITY_FLAG = "/run/banger/identity"  # this boot has taken an identity
+
+
+def _sh(*argv: str, stdin: str | None = None) -> None:
+    res = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {res.stderr.strip() or res.returncode}")
+
+
+def _write(path: str, data: str | bytes, mode: int) -> None:
+    """Replace `path` atomically, on disk before it is used."""
+    raw = data.encode() if isinstance(data, str) else data
+    tmp = f"{path}.banger-tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, raw)
+        os.fchmod(fd, mode)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _nic(sys_root: str = "/sys") -> str:
+    for name in sorted(os.listdir(f"{sys_root}/class/net")):
+        if name != "lo" and _read(f"{sys_root}/class/net/{name}/type").strip() == "1":
+            return name
+    raise RuntimeError("no Ethernet interface")
+
+
+def identity(body: dict[str, Any]) -> dict[str, Any]:
+    """Give a restored guest (golden snapshot or fork) its own identity, in order:
+    clock, hostname, machine-id, MAC + address + route, DNS, SSH host key, /root
+    (mounted from the VM's own work disk unless already), authorized key; then sshd
+    and what the golden boot held back start (without waiting: the host waits for
+    SSH). Returns the steps applied and how long each took."""
+    steps: dict[str, float] = {}
+    t = time.monotonic()
+
+    def done(step: str) -> None:
+        nonlocal t
+        now = time.monotonic()
+        steps[step] = round(now - t, 3)
+        t = now
+
+    if "time" in body:  # the host's clock when it sent this request
+        time.clock_settime(time.CLOCK_REALTIME, float(body["time"]))
+        done("clock")
+    name = str(body["hostname"])
+    with open("/proc/sys/kernel/hostname", "w") as f:
+        f.write(name)
+    _write("/etc/hostname", name + "\n", 0o644)
+    _write("/etc/machine-id", str(body["machine_id"]) + "\n", 0o444)
+    done("hostname")
+    dev = _nic()
+    batch = [
+        f"link set dev {dev} address {body['mac']}",
+        f"link set dev {dev} up",
+        f"addr flush dev {dev}",
+        f"addr add {body['ip']}/{int(body['prefix'])} dev {dev}",
+        f"route replace default via {body['gateway']} dev {dev} onlink",
+    ]
+    _sh("ip", "-4", "-batch", "-", stdin="\n".join(batch) + "\n")
+    done("network")
+    if body.get("dns"):
+        search = ["-s", str(body["search"])] if body.get("search") else []
+        _sh("/usr/local/sbin/banger-resolv", *search, *map(str, body["dns"]))
+        done("dns")
+    key = "/etc/ssh/ssh_host_ed25519_key"
+    _write(key, str(body["host_key"]), 0o600)
+    _write(key + ".pub", str(body["host_key_pub"]) + "\n", 0o644)
+    done("host-key")
+    os.makedirs(os.path.dirname(GOLDEN_FLAG), exist_ok=True)
+    with open(IDENTITY_FLAG, "w"):  # the generator never marks this boot golden again
+        pass
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(GOLDEN_FLAG)  # lets the units the golden boot held back start
+    work = body.get("work_device")
+    if work and not os.path.ismount("/root"):
+        want = int(body.get("work_bytes", 0))
+        dev_name = os.path.basename(str(work))
+        have = int(_read(f"/sys/block/{dev_name}/size").strip() or 0) * 512
+        if want and have < want:
+            raise RuntimeError(f"{work} is {have} bytes, expected {want} (not resized)")
+        # Drop what the page cache holds of the disk the saved machine had there.
+        fd = os.open(str(work), os.O_RDONLY)
+        try:
+            fcntl.ioctl(fd, 0x1261)  # BLKFLSBUF
+        finally:
+            os.close(fd)
+        _sh("mount", "/root")  # by /etc/fstab; systemd sees root.mount active
+        done("root")
+    if body.get("authorized_key"):
+        os.makedirs("/root/.ssh", mode=0o700, exist_ok=True)
+        _write("/root/.ssh/authorized_keys", str(body["authorized_key"]) + "\n", 0o600)
+        done("authorized-key")
+    # sshd reads its host key at start: restart one that runs (a fork), start it otherwise.
+    _sh("systemctl", "--no-block", "restart", "ssh.service")
+    _sh("systemctl", "--no-block", "start", "multi-user.target")
+    done("sshd")
+    return {"ok": True, "applied": list(steps), "seconds": steps, "hostname": name}
+
+
 # Request/response messages, over frames (REQUEST) and plain HTTP GET alike: a path
 # and a function of the /proc root returning a JSON object. Add entries here.
 HANDLERS: dict[str, Callable[[str], dict[str, Any]]] = {
@@ -240,6 +348,27 @@ HANDLERS: dict[str, Callable[[str], dict[str, Any]]] = {
     "/ports": ports,
     "/info": info,
 }
+
+
+# Requests that carry a JSON body (sent as {"path", "body"}) and change something in
+# the guest: a path and a function of that body returning a JSON object.
+ACTIONS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "/identity": identity,
+}
+
+
+def act(path: str, body: Any) -> tuple[int, dict[str, Any]]:
+    action = ACTIONS.get(path)
+    if action is None:
+        return 404, {"error": f"no such action {path}", "paths": sorted(ACTIONS)}
+    if not isinstance(body, dict):
+        return 400, {"error": f"{path} needs a JSON object body"}
+    try:
+        return 200, action(body)
+    except (KeyError, TypeError, ValueError) as exc:
+        return 400, {"error": f"bad {path} request: {type(exc).__name__}: {exc}"}
+    except Exception as exc:  # report, never die: the agent must keep answering
+        return 500, {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def route(method: str, path: str, proc: str = "/proc") -> tuple[int, dict[str, Any]]:
@@ -942,7 +1071,10 @@ class Session:
 
     def _request(self, sid: int, payload: bytes) -> None:
         req = _json(payload)
-        status, body = route("GET", str(req.get("path", "")), self.proc)
+        if "body" in req:
+            status, body = act(str(req.get("path", "")), req["body"])
+        else:
+            status, body = route("GET", str(req.get("path", "")), self.proc)
         with contextlib.suppress(StreamClosed):
             self.send(encode_json(RESPONSE, sid, {"status": status, "body": body}))
 

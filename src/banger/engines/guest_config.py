@@ -60,6 +60,14 @@ def _ip_param(ip: str, prefix: int, gateway: str, hostname: str, dns: str | None
     return f"{param}:{dns_addr}" if dns_addr else param
 
 
+def _nic(tap: str, mac: str) -> NetIface:
+    if not _TAP.fullmatch(tap):
+        raise InvalidInput(f"TAP name {tap!r} is not a valid interface name")
+    if not _MAC.fullmatch(mac) or int(mac[:2], 16) & 1:
+        raise InvalidInput(f"MAC {mac!r} is not a unicast MAC address")
+    return NetIface("eth0", tap, mac)
+
+
 def build_guest_config(
     *,
     vm_id: str,
@@ -80,12 +88,17 @@ def build_guest_config(
     extra_cmdline: Sequence[str] = (),
     vsock_cid: int | None = None,
     console_log: Path | None = None,
+    golden: bool = False,
 ) -> GuestConfig:
     """Validate the inputs and build the engine-neutral boot description.
 
     Networking is all-or-nothing: `ip`, `gateway` and `tap` together, or none of
     them (a guest with no NIC, e.g. an offline image build). `mac` defaults to
     `mac_for(vm_id)`. `console_log` defaults to `<run_dir>/console.log`.
+
+    `golden`: the source boot of a golden snapshot (`banger.golden=1`): the same
+    devices (a NIC on `tap`, both drives) but no `ip=`, so the guest stops before it
+    takes an identity; a restored copy gets one from the agent's /identity request.
     """
     if not vm_id:
         raise InvalidInput("vm id must not be empty")
@@ -110,16 +123,16 @@ def build_guest_config(
 
     parts = [BASE_CMDLINE]
     nics: tuple[NetIface, ...] = ()
-    if (ip, gateway, tap) != (None, None, None):
+    if golden:
+        if tap is None or ip is not None:
+            raise InvalidInput("a golden boot has a NIC (tap) and no address")
+        nics = (_nic(tap, (mac or mac_for(vm_id)).lower()),)
+        parts.append("banger.golden=1")
+    elif (ip, gateway, tap) != (None, None, None):
         if ip is None or gateway is None or tap is None:
             raise InvalidInput("guest networking needs ip, gateway and tap together")
-        if not _TAP.fullmatch(tap):
-            raise InvalidInput(f"TAP name {tap!r} is not a valid interface name")
-        mac = (mac or mac_for(vm_id)).lower()
-        if not _MAC.fullmatch(mac) or int(mac[:2], 16) & 1:
-            raise InvalidInput(f"MAC {mac!r} is not a unicast MAC address")
+        nics = (_nic(tap, (mac or mac_for(vm_id)).lower()),)
         parts.append(_ip_param(ip, prefix, gateway, name, dns))
-        nics = (NetIface("eth0", tap, mac),)
     parts.append(f"systemd.hostname={name}")
     for frag in extra_cmdline:
         if not frag.strip() or any(c in frag for c in "\n\r\0"):
