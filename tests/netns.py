@@ -57,13 +57,27 @@ def exec_in(ns: str, *argv: str, check: bool = True) -> Result:
     return run(["ip", "netns", "exec", ns, *argv], check=check)
 
 
-@contextmanager
-def namespace(prefix: str = PREFIX) -> Iterator[str]:
+def add(prefix: str = PREFIX) -> str:
+    """A new namespace `<prefix><hex>` with its loopback up (deleted again if half-made)."""
     name = f"{prefix}{secrets.token_hex(4)}"
     try:
-        run(["ip", "netns", "add", name])  # inside: a half-made namespace is deleted too
+        run(["ip", "netns", "add", name])
         ip(name, "link", "set", "lo", "up")
+    except BaseException:
+        delete(name)
+        raise
+    return name
+
+
+def delete(name: str) -> None:
+    run(["ip", "netns", "del", name], check=False)
+    assert name not in names(), f"namespace {name} survived its deletion"
+
+
+@contextmanager
+def namespace(prefix: str = PREFIX) -> Iterator[str]:
+    name = add(prefix)
+    try:
         yield name
     finally:
-        run(["ip", "netns", "del", name], check=False)
-        assert name not in names(), f"namespace {name} survived its deletion"
+        delete(name)

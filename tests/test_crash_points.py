@@ -57,10 +57,7 @@ def b(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NsBanger]:
 
 
 def _client(b: NsBanger) -> Any:
-    from banger.client import Client
-    from banger.paths import Paths
-
-    return Client(Paths(b.home / "config", b.home / "state", b.home / "data", b.home / "run"))
+    return b.client()
 
 
 def arm(b: NsBanger, point: str) -> int:

@@ -43,11 +43,7 @@ def CLI(b: NsBanger) -> list[str]:
 
 
 def _api(b: NsBanger):  # type: ignore[no-untyped-def]
-    from banger.client import Client
-    from banger.paths import Paths
-
-    h = b.home
-    return Client(Paths(h / "config", h / "state", h / "data", h / "run"))
+    return b.client()
 
 
 def test_exec_streams_exit_codes_stdin_and_tty(b: NsBanger) -> None:

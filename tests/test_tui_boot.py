@@ -45,7 +45,7 @@ def b(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NsBanger]:
 
 
 def paths_of(b: NsBanger) -> Paths:
-    return Paths(b.home / "config", b.home / "state", b.home / "data", b.home / "run")
+    return b.paths
 
 
 def settled(c: Client, name: str, state: str) -> bool:

@@ -88,14 +88,20 @@ def _runtime_dir() -> Path:
     return Path(f"/tmp/banger-{os.getuid()}")
 
 
+def home_paths(
+    home: os.PathLike[str] | str, data_dir: os.PathLike[str] | str | None = None
+) -> Paths:
+    """The layout under one BANGER_HOME root (tests, benchmarks); `data_dir`
+    (BANGER_DATA_DIR) lets several such roots share the pulled artifacts."""
+    root = Path(home).absolute()  # the daemon runs from /
+    data = Path(data_dir or root / "data").absolute()
+    return Paths(root / "config", root / "state", data, root / "run")
+
+
 def default_paths() -> Paths:
     home = os.environ.get("BANGER_HOME")
     if home:
-        # One root for everything (tests, benchmarks); BANGER_DATA_DIR lets several
-        # such roots share the pulled artifacts.
-        root = Path(home).absolute()  # the daemon runs from /
-        data = Path(os.environ.get("BANGER_DATA_DIR") or root / "data").absolute()
-        return Paths(root / "config", root / "state", data, root / "run")
+        return home_paths(home, os.environ.get("BANGER_DATA_DIR"))
     return Paths(
         config_dir=Path(platformdirs.user_config_dir("banger")),
         state_dir=Path(platformdirs.user_state_dir("banger")),

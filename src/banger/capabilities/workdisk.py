@@ -32,7 +32,7 @@ class WorkDiskCapability(Capability):
     def __init__(self, vms_dir: Path, authorized_key: str, pool_size: int = 1) -> None:
         self.vms_dir = vms_dir
         self.authorized_key = authorized_key
-        self.pool = DiskPool(vms_dir.parent / "disk-pool", pool_size, self._build)
+        self.pool = DiskPool(vms_dir.parent / "disk-pool", pool_size, self.build_disks)
         self._refill: asyncio.Task[None] | None = None
 
     def rootfs(self, vm: VMRecord) -> Path:
@@ -57,12 +57,14 @@ class WorkDiskCapability(Capability):
             ctx.progress("disks", "ready-made disks from the warm pool")
             log.info("vm %s disks: taken from the warm pool", vm.name)
             return
-        self._build(spec, root, work, ctx.progress)
+        self.build_disks(spec, root, work, ctx.progress)
 
-    def _build(
-        self, spec: DiskSpec, root: Path, work: Path, progress: Progress = null_progress
+    @classmethod
+    def build_disks(
+        cls, spec: DiskSpec, root: Path, work: Path, progress: Progress = null_progress
     ) -> None:
-        """Clone and grow the rootfs, make the work disk, inject the SSH key."""
+        """Clone and grow the rootfs, make the work disk, inject the SSH key (also the
+        raw baseline of `make bench-create`, so both boot the same disks)."""
         how = ext4.clone_file(spec.rootfs, root)
         if spec.disk_bytes > root.stat().st_size:
             ext4.grow(root, spec.disk_bytes)
@@ -73,7 +75,7 @@ class WorkDiskCapability(Capability):
                 ext4.grow(work, spec.work_bytes)
             path = "work-seed (fast path)"
         else:
-            self._work_from_rootfs(spec.rootfs, work, spec.work_bytes)
+            cls._work_from_rootfs(spec.rootfs, work, spec.work_bytes)
             path = "rebuilt /root from the rootfs (slow path: image has no work-seed)"
         log.info("work disk %s: %s", work, path)
         progress("disks", path)

@@ -202,18 +202,24 @@ class QemuEngine(process.DetachedEngine):
             return {"transport": "vsock", "cid": config.vsock_cid}
         return {"transport": "virtio-serial", "path": str(config.run_dir / AGENT_SOCKET)}
 
-    async def start(self, config: GuestConfig, on_spawn: OnSpawn | None = None) -> EngineHandle:
+    def argv(self, config: GuestConfig) -> list[str]:
+        """The QEMU command line `start` runs for `config` (also the raw baseline of
+        `make bench-create`, so both boot the same device set)."""
         qemu_bin = self._require_bin()
         accel = self.accel()
+        vsock = self.agent_channel(config)["transport"] == "vsock"
+        tsc = host_tsc_khz() if accel == "tcg" else None
+        return build_argv(config, qemu_bin=qemu_bin, accel=accel, vhost_vsock=vsock, tsc_khz=tsc)
+
+    async def start(self, config: GuestConfig, on_spawn: OnSpawn | None = None) -> EngineHandle:
+        argv = self.argv(config)
+        accel = self.accel()
         agent = self.agent_channel(config)
-        vsock = agent["transport"] == "vsock"
         run_dir = config.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         qmp_sock = run_dir / QMP_SOCKET
         for stale in (qmp_sock, run_dir / AGENT_SOCKET):
             stale.unlink(missing_ok=True)
-        tsc = host_tsc_khz() if accel == "tcg" else None
-        argv = build_argv(config, qemu_bin=qemu_bin, accel=accel, vhost_vsock=vsock, tsc_khz=tsc)
         qemu_log = run_dir / QEMU_LOG
         log.info("starting %s: %s", config.name, " ".join(argv))
         spawned = process.spawn(argv, log=qemu_log, cwd=run_dir)
