@@ -2,16 +2,15 @@
 """Benchmark `vm create` -> SSH ready against a raw QEMU boot of the same artifacts.
 
 Every round runs each variant the same way: K VMs at once (`--concurrent K`), each
-timed from its start until SSH accepts the key; rounds alternate the variants' order
-so what one leaves behind (disk writeback, teardown) slows all alike.
+timed from its start until SSH accepts the key, in alternating order (so what one
+leaves behind, disk writeback or teardown, slows all alike).
 
   banger  `vm create` through the client library, timed until the operation
           succeeds (the daemon reports success once SSH accepts the key); the VM's
           per-stage `timings` are kept, then it is deleted.
   raw     the same kernel, initrd, rootfs and work-seed booted by plain QEMU with
-          banger's own pieces: disks from the work-disk code, the argv of the QEMU
-          engine (compared with banger's VM, read from /proc), a TAP on a bridge of
-          its own (`bgraw0`, 172.31.0.0/24). Disks and TAP are made before the clock
+          banger's own disk code and QEMU argv (scripts/rawboot.py), its argv
+          compared with banger's VM's. Disks and TAP are made before the clock
           starts: hiding them is banger's job, so they count as banger's overhead.
 
 Guest boots vary a lot (under TCG easily 2x), so the report also gives banger's
@@ -30,36 +29,41 @@ Usage: make bench-create ARGS="--runs 5 [--concurrent 4] [--json]"
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import re
 import secrets
-import shutil
 import statistics
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import count, fmt_s, format_table, log, overhead, stop_signals_raise, summarize
+from benchlib import (
+    Sample,
+    count,
+    fmt_s,
+    format_table,
+    log,
+    overhead,
+    parallel,
+    proc_argv,
+    stop_signals_raise,
+    summarize,
+)
+from rawboot import RawBoot, Spec, accel_of, argv_differences, resolve_spec
 
 if TYPE_CHECKING:
-    from banger.capabilities.diskpool import DiskSpec
     from banger.client import Client
 
 STAGES = ("image", "disks", "network", "boot", "ssh", "total")
 TARGET_RATIO = 1.10  # SPEC §7: banger's overhead <= 10 % of the raw boot-to-SSH
 TARGET_CONCURRENT_RATIO = 1.30  # SPEC §7: K concurrent creates vs K raw boots
-RAW_BRIDGE, RAW_SUBNET = "bgraw0", "172.31.0.0/24"  # the daemon's is 172.30.0.0/24
 NS_PREFIX = "bgbench-"
 MAX_CONCURRENT = 32
-T = TypeVar("T")
 
 
 # -- pure helpers (unit-tested) ------------------------------------------------------
@@ -80,72 +84,6 @@ def host_side(timings: Mapping[str, float]) -> float:
     return sum(v for k, v in timings.items() if k not in ("ssh", "total"))
 
 
-# QEMU option values that legitimately differ between two VMs booting the same
-# artifacts: names, per-VM file and socket paths, the TAP, MAC and vsock CID.
-_PER_VM = [
-    (re.compile(r"\b(file|path)=(?:[^,]|,,)*"), r"\1=<path>"),
-    (re.compile(r"\bifname=[^,]*"), "ifname=<tap>"),
-    (re.compile(r"\bmac=[^,]*"), "mac=<mac>"),
-    (re.compile(r"\bguest-cid=\d+"), "guest-cid=<cid>"),
-    (re.compile(r"^guest=(?:[^,]|,,)*"), "guest=<name>"),
-]
-_CMDLINE_PER_VM = ("ip=", "systemd.hostname=")
-
-
-def argv_shape(argv: Sequence[str]) -> list[str]:
-    """QEMU argv with per-VM values masked, so two VMs' device sets can be compared."""
-    out: list[str] = []
-    for arg in argv[1:]:  # argv[0], the binary, is compared separately
-        if out and out[-1] == "-append":
-            toks = arg.split()
-            arg = " ".join(
-                next((f"{p}<vm>" for p in _CMDLINE_PER_VM if t.startswith(p)), t) for t in toks
-            )
-        else:
-            for rx, repl in _PER_VM:
-                arg = rx.sub(repl, arg)
-        out.append(arg)
-    return out
-
-
-def argv_differences(banger: Sequence[str], raw: Sequence[str]) -> list[str]:
-    """Human-readable differences between two QEMU argvs beyond per-VM values."""
-    diffs: list[str] = []
-    if banger and raw and banger[0] != raw[0]:
-        diffs.append(f"binary: banger {banger[0]} vs raw {raw[0]}")
-    a, b = argv_shape(banger), argv_shape(raw)
-    only_b, only_r = [x for x in a if x not in b], [x for x in b if x not in a]
-    diffs += [f"banger only: {x}" for x in only_b] + [f"raw only: {x}" for x in only_r]
-    if a != b and not only_b and not only_r:
-        diffs.append("same options in a different order")
-    return diffs
-
-
-def cmdline_extras(cmdline: str, base: str, vm_ip: str | None, raw_ip: str) -> list[str]:
-    """Kernel command-line fragments banger added beyond the base, `ip=` and the
-    hostname (which the guest config builder makes itself), with banger's address
-    rewritten to the raw guest's, so the raw guest boots the same way."""
-    skip = (*_CMDLINE_PER_VM, "tsc_early_khz=")
-    toks = [t for t in cmdline.split() if t not in base.split() and not t.startswith(skip)]
-    return [t.replace(vm_ip, raw_ip) if vm_ip else t for t in toks]
-
-
-def accel_of(argv: Sequence[str]) -> str | None:
-    for i, arg in enumerate(argv):
-        if arg == "-accel" and i + 1 < len(argv):
-            return argv[i + 1].split(",")[0]
-        if arg == "-enable-kvm":
-            return "kvm"
-    return None
-
-
-def raw_address(index: int) -> str:
-    """Guest address of the index-th raw VM (.1 is the bridge)."""
-    if not 0 <= index < 250:
-        raise ValueError(f"raw VM index {index} out of range")
-    return f"172.31.0.{index + 2}"
-
-
 # -- arguments -------------------------------------------------------------------------
 
 
@@ -155,30 +93,55 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Benchmark `banger vm create` -> SSH ready against a raw QEMU boot of "
         "the same artifacts (SPEC §7: overhead <= 10 %%; K concurrent <= 1.3x).",
     )
-    add = p.add_argument
-    add("--runs", type=count(1), default=3, help="measured runs (default 3)")
-    add("--warmup", type=count(0), default=0, help="unrecorded runs first (default 0)")
-    add("--image", help="image (default: the daemon's default_image)")
-    add("--kernel", help="kernel (default: the image's)")
-    add("--engine", choices=("auto", "qemu", "firecracker"), help="hypervisor (default: config)")
-    add("--vcpus", type=count(1), help="vCPUs for both sides")
-    add("--memory", help="memory for both sides, e.g. 1G")
-    k_help = f"K creates at once vs K raw boots at once (1..{MAX_CONCURRENT}, default 1)"
-    add("--concurrent", type=count(1), default=1, metavar="K", help=k_help)
-    only_help = "measure one side only (no ratio then)"
-    add("--only", choices=("both", "banger", "raw"), default="both", help=only_help)
-    netns_help = "run in a fresh network namespace with a private daemon (default); "
-    netns_help += "--no-netns uses your own daemon in the host namespace"
-    add("--netns", action=argparse.BooleanOptionalAction, default=True, help=netns_help)
-    data_help = "banger data dir (holding images/ and kernels/) for the private daemon "
-    add("--data-dir", type=Path, help=data_help + "(default: the tests' $BANGER_TEST_CACHE)")
-    add("--config", type=Path, help="config.toml for the private daemon (default: built-in)")
-    add("--ssh-timeout", type=float, default=180.0, help="seconds to wait for SSH (default 180)")
-    poller_help = "also run banger's SSH poller on the raw guests, to tell polling slack in "
-    poller_help += "the ssh stage from the rest (a second login may slow the raw guest)"
-    add("--compare-poller", action="store_true", help=poller_help)
-    add("--json", action="store_true", help="print machine-readable JSON on stdout")
-    add("--check", action="store_true", help="exit 1 when the spec target is missed")
+    p.add_argument("--runs", type=count(1), default=3, help="measured runs (default 3)")
+    p.add_argument("--warmup", type=count(0), default=0, help="unrecorded runs first (default 0)")
+    p.add_argument("--image", help="image (default: the daemon's default_image)")
+    p.add_argument("--kernel", help="kernel (default: the image's)")
+    p.add_argument(
+        "--engine", choices=("auto", "qemu", "firecracker"), help="hypervisor (default: config)"
+    )
+    p.add_argument("--vcpus", type=count(1), help="vCPUs for both sides")
+    p.add_argument("--memory", help="memory for both sides, e.g. 1G")
+    p.add_argument(
+        "--concurrent",
+        type=count(1),
+        default=1,
+        metavar="K",
+        help=f"K creates at once vs K raw boots at once (1..{MAX_CONCURRENT}, default 1)",
+    )
+    p.add_argument(
+        "--only",
+        choices=("both", "banger", "raw"),
+        default="both",
+        help="measure one side only (no ratio then)",
+    )
+    p.add_argument(
+        "--netns",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run in a fresh network namespace with a private daemon (default); "
+        "--no-netns uses your own daemon in the host namespace",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        help="banger data dir (holding images/ and kernels/) for the private daemon "
+        "(default: the tests' artifact cache, $BANGER_TEST_CACHE/data)",
+    )
+    p.add_argument(
+        "--config", type=Path, help="config.toml for the private daemon (default: built-in)"
+    )
+    p.add_argument(
+        "--ssh-timeout", type=float, default=180.0, help="seconds to wait for SSH (default 180)"
+    )
+    p.add_argument(
+        "--compare-poller",
+        action="store_true",
+        help="also run banger's SSH poller on the raw guests, to tell polling slack in the "
+        "ssh stage from the rest (a second SSH login may slow the raw guest slightly)",
+    )
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+    p.add_argument("--check", action="store_true", help="exit 1 when the spec target is missed")
     args = p.parse_args(argv)
     if args.concurrent > MAX_CONCURRENT:
         p.error(f"--concurrent must be at most {MAX_CONCURRENT}, got {args.concurrent}")
@@ -193,8 +156,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         except (BangerError, ValueError) as exc:
             p.error(f"--memory {args.memory!r} is not a size: {exc}")
     if not args.netns and (args.data_dir or args.config):
-        p.error("--data-dir and --config configure the private daemon, which only --netns runs; "
-                "drop --no-netns")  # fmt: skip
+        p.error(
+            "--data-dir and --config configure the private daemon, which only --netns runs; "
+            "drop --no-netns"
+        )
     if args.data_dir is not None and not args.data_dir.is_dir():
         p.error(f"--data-dir {args.data_dir} is not a directory")
     if args.config is not None and not args.config.is_file():
@@ -204,32 +169,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-# -- what both sides boot, and what a round yields ---------------------------------------
+# -- the variants: each runs K VMs at once and times each until SSH is ready -------------
 
 
-@dataclass
-class Spec:
-    image: str
-    kernel: str  # what boots, for the report
-    vmlinux: Path
-    initrd: Path | None
-    disks: DiskSpec  # the image's rootfs and work-seed, sizes and the SSH key
-    key: Path
-    vcpus: int
-    memory_mib: int
-    args: argparse.Namespace  # --kernel and --engine go to banger as given
+class Variant(Protocol):
+    """One way of getting a VM to SSH. A new one (a class with these members) goes into
+    VARIANTS, which orders the report, and into measure()'s list."""
 
+    key: str  # its section in the JSON report and its name in the log
+    keys: tuple[str, ...]  # the Sample fields its JSON samples show
+    labels: tuple[str, str]  # its rows in the table: one VM's wall, a round of K
 
-@dataclass
-class Sample:
-    wall: float  # start -> SSH ready, seconds
-    accel: str | None
-    name: str = ""
-    timings: dict[str, float] = field(default_factory=dict)  # banger's per-stage
-    engine: str | None = None
-    ip: str | None = None
-    banger_poll: float | None = None  # raw + --compare-poller: banger's poller got in
-    argv: list[str] = field(default_factory=list, repr=False)
+    def describe(self, s: Sample) -> str: ...  # one log line per sample
+
+    def round(self, k: int, tag: str) -> tuple[list[Sample], float]: ...  # samples, wall
 
 
 @dataclass
@@ -238,48 +191,12 @@ class Round:
     walls: dict[str, float] = field(default_factory=dict)  # first start -> last ready
 
 
-def resolve_spec(client: Client, args: argparse.Namespace) -> Spec:
-    """The artifacts banger will boot, chosen the way the daemon chooses them (what
-    is missing is pulled, untimed). An image's own vmlinux boots unless --kernel."""
-    from banger.capabilities.diskpool import DiskSpec
-    from banger.config import load_config
-    from banger.errors import NotFound
-    from banger.services.ssh import ensure_key, public_key
-    from banger.units import parse_size
-
-    def fetch(kind: str, name: str) -> Any:
-        try:
-            return getattr(client, kind)(name)
-        except NotFound:
-            log(f"pulling {kind} {name} (not timed)")
-            client.wait(getattr(client, f"pull_{kind}")(name))
-            return getattr(client, kind)(name)
-
-    cfg = load_config(client.paths).config
-    image = fetch("image", args.image or cfg.default_image)
-    vmlinux, initrd, kernel_name = image.vmlinux, image.initrd, f"{image.name}:vmlinux"
-    if args.kernel or vmlinux is None:
-        kernel_name = args.kernel or image.kernel or cfg.default_kernel
-        kernel = fetch("kernel", kernel_name)
-        vmlinux, initrd = kernel.vmlinux, kernel.initrd
-    key = ensure_key(client.paths, cfg.ssh_key_path)  # the daemon made it; this finds it
-    seed = Path(image.work_seed) if image.work_seed else None
-    sizes = parse_size(cfg.default_disk_size), parse_size(cfg.default_work_size)
-    disks = DiskSpec(Path(image.rootfs), seed, *sizes, public_key(key))
-    memory_mib = parse_size(args.memory or cfg.default_memory) // 1024**2
-    initrd = Path(initrd) if initrd else None
-    vcpus = args.vcpus or cfg.default_vcpus
-    return Spec(image.name, kernel_name, Path(vmlinux), initrd, disks, key, vcpus, memory_mib, args)
-
-
-# -- the variants: each runs K VMs at once and times each until SSH is ready -------------
-
-
 class BangerCreate:
     """`vm create` through the client: K submitted together, each on its own thread."""
 
     key = "banger"
-    keys = ("name", "wall", "timings", "engine", "accel", "ip")  # what the JSON shows
+    keys: tuple[str, ...] = ("name", "wall", "timings", "engine", "accel", "ip")
+    labels = ("banger create (client wall)", "banger round (all K)")
 
     def __init__(self, client: Client, spec: Spec) -> None:
         self.client, self.spec = client, spec
@@ -294,19 +211,13 @@ class BangerCreate:
         spec, names = self.spec, [f"bench-{tag}-{j}" for j in range(k)]
         barrier = threading.Barrier(k)
         starts: dict[str, float] = {}
+        vm_args = dict(image=spec.image, kernel=spec.args.kernel, engine=spec.args.engine)
+        vm_args.update(vcpus=spec.vcpus, memory=f"{spec.memory_mib}M")
 
         def one(name: str) -> Sample:
             try:  # the barrier starts all K at once; a failure releases the others
                 c = type(self.client)(self.client.paths, timeout=spec.args.ssh_timeout + 60)
-                memory, kernel, engine = f"{spec.memory_mib}M", spec.args.kernel, spec.args.engine
-                req = CreateVM(
-                    name=name,
-                    image=spec.image,
-                    kernel=kernel,
-                    engine=engine,
-                    vcpus=spec.vcpus,
-                    memory=memory,
-                )
+                req = CreateVM(name=name, **vm_args)
                 barrier.wait()
                 starts[name] = t0 = time.perf_counter()
                 c.wait(c.create_vm(req))
@@ -315,13 +226,13 @@ class BangerCreate:
                 barrier.abort()
                 raise RuntimeError(f"banger create of {name} failed: {exc}") from exc
             vm = c.vm(name)
-            argv = _proc_argv(vm.pid)
+            argv = proc_argv(vm.pid)
             return Sample(
                 wall, accel_of(argv), name, dict(vm.timings), vm.engine, vm.ip, None, argv
             )
 
         try:
-            samples = _parallel(one, names)
+            samples = parallel(one, names)
             return samples, max(starts[s.name] + s.wall for s in samples) - min(starts.values())
         finally:
             self.delete(names)
@@ -338,246 +249,12 @@ class BangerCreate:
             except BangerError as exc:
                 log(f"warning: could not delete {name}: {exc}")
 
-        _parallel(one, names, timeout=120)
-
-
-def _parallel(
-    fn: Callable[[str], T], names: Sequence[str], timeout: float | None = None
-) -> list[T]:
-    """fn on every name at once, on daemon threads (a Ctrl-C need not wait for them);
-    the first failure is raised once all are done."""
-    done: dict[str, Any] = {}
-
-    def call(name: str) -> None:
-        try:
-            done[name] = fn(name)
-        except BaseException as exc:
-            done[name] = exc
-
-    threads = [threading.Thread(target=call, args=(n,), daemon=True) for n in names]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout)
-    for n in names:
-        if isinstance(done.get(n), BaseException):
-            raise done[n]
-    return [done[n] for n in names if n in done]
-
-
-def _proc_argv(pid: int | None) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes() if pid else b""
-    except OSError:
-        return []
-    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
-
-
-@dataclass
-class RawVM:
-    dir: Path
-    tap: str
-    ip: str
-    argv: list[str]
-    proc: subprocess.Popen[bytes] | None = None
-    started: float = 0.0
-    ready: float = 0.0
-    banger_ready: float | None = None
-
-
-class RawBoot:
-    """The spec's artifacts booted by plain QEMU: banger's argv and disk builder, none
-    of its machinery. Bridge, TAPs, QEMU and the SSH poll live in namespace `ns`."""
-
-    key = "raw"
-    keys = ("wall", "accel", "banger_poll")
-
-    def __init__(self, spec: Spec, root: Path, ns: str | None) -> None:
-        self.spec, self.root, self.ns = spec, root, ns
-        self.template: list[str] = []  # banger's argv, once a banger VM was seen
-        self.last_argv: list[str] = []
-        self._engine: Any = None
-        self._bridge = False
-
-    def describe(self, s: Sample) -> str:
-        extra = f", banger's poller {s.banger_poll:.3f}s" if s.banger_poll is not None else ""
-        return f"raw: boot->SSH {s.wall:.3f}s (accel {s.accel}{extra})"
-
-    def close(self) -> None:
-        from banger.net.bridge import delete_bridge
-
-        try:
-            if self._bridge:
-                delete_bridge(RAW_BRIDGE, netns=self.ns)
-        except Exception as e:
-            log(f"warning: could not delete bridge {RAW_BRIDGE}: {e}")
-
-    def prepare(self, index: int, tag: str) -> RawVM:
-        """Disks, TAP and argv for one raw VM; none of this is on the clock."""
-        from banger.capabilities.workdisk import WorkDiskCapability
-        from banger.engines.guest_config import BASE_CMDLINE, build_guest_config, mac_for
-        from banger.engines.qemu import QemuEngine
-        from banger.net import addresses
-        from banger.net.bridge import ensure_bridge
-        from banger.net.tap import create_tap, delete_tap
-
-        spec, ns, d = self.spec, self.ns, self.root / f"{tag}-{index}"
-        if not self._bridge:
-            self._bridge = True  # first: a half-made bridge is deleted too
-            ensure_bridge(RAW_BRIDGE, RAW_SUBNET, netns=ns)
-        if self._engine is None:  # the binary and accelerator banger's VM got, if seen
-            qemu, accel = self.template[:1] or [None], accel_of(self.template) or "auto"
-            self._engine = QemuEngine(qemu[0], accel=accel)  # type: ignore[arg-type]
-        (d / "run").mkdir(parents=True)
-        WorkDiskCapability.build_disks(spec.disks, d / "rootfs.ext4", d / "work.ext4")
-        tap, ip = f"bgrawt{index}", raw_address(index)
-        delete_tap(tap, netns=ns)  # a leftover of an interrupted run would fail create_tap
-        create_tap(tap, RAW_BRIDGE, netns=ns)
-        extras: list[str] = []
-        if self.template:
-            cmd = self.template[self.template.index("-append") + 1]
-            m = re.search(r"\bip=([0-9.]+)", cmd)
-            extras = cmdline_extras(cmd, BASE_CMDLINE, m.group(1) if m else None, ip)
-        cfg = build_guest_config(
-            vm_id=f"bgraw{index}",
-            name=f"raw-{index}",
-            kernel=spec.vmlinux,
-            initrd=spec.initrd,
-            rootfs=d / "rootfs.ext4",
-            work_disk=d / "work.ext4",
-            vcpus=spec.vcpus,
-            memory_mib=spec.memory_mib,
-            run_dir=d / "run",
-            ip=ip,
-            prefix=int(RAW_SUBNET.split("/")[1]),
-            gateway=addresses.gateway(RAW_SUBNET),
-            tap=tap,
-            # A stable MAC per address: a new MAC on a reused address would leave the
-            # host's neighbour entry pointing at the previous guest for up to ~30 s.
-            mac=mac_for(f"bgraw-{index}"),
-            extra_cmdline=extras,
-            vsock_cid=0x10000 + index if self._engine.uses_vhost_vsock() else None,
-            console_log=d / "console.log",
-        )
-        return RawVM(d, tap, ip, self._engine.argv(cfg))
-
-    def round(self, k: int, tag: str) -> tuple[list[Sample], float]:
-        from banger.net._ns import call_in_netns
-
-        vms: list[RawVM] = []
-        try:
-            for j in range(k):
-                vms.append(self.prepare(j, tag))
-            call_in_netns(self.ns, lambda: asyncio.run(self._boot_all(vms)))
-        finally:
-            self._cleanup(vms)
-        self.last_argv, accel = vms[0].argv, accel_of(vms[0].argv) or "?"
-        polls = [None if v.banger_ready is None else v.banger_ready - v.started for v in vms]
-        samples = [
-            Sample(v.ready - v.started, accel, banger_poll=p)
-            for v, p in zip(vms, polls, strict=True)
-        ]
-        return samples, max(v.ready for v in vms) - min(v.started for v in vms)
-
-    async def _boot_all(self, vms: Sequence[RawVM]) -> None:
-        for v in vms:
-            with open(v.dir / "qemu.log", "ab") as logf:
-                v.started = time.perf_counter()
-                # Own session like banger's engine: a terminal's Ctrl-C reaches us, not it.
-                v.proc = subprocess.Popen(
-                    v.argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=logf,
-                    stderr=logf,
-                    start_new_session=True,
-                )
-        polls = [
-            asyncio.ensure_future(self._banger_poll(v))
-            for v in vms
-            if self.spec.args.compare_poller
-        ]
-        try:
-            await asyncio.gather(*(self._wait_ssh(v) for v in vms))
-            if polls:
-                await asyncio.wait(polls, timeout=30)
-        finally:
-            for t in polls:
-                t.cancel()
-
-    async def _banger_poll(self, v: RawVM) -> None:
-        """banger's own SSH readiness poll on the raw guest, next to the tight one:
-        the gap between the two is the polling slack inside banger's `ssh` stage."""
-        from banger.services.ssh import wait_for_ssh
-
-        def running() -> bool:
-            return v.proc is not None and v.proc.poll() is None
-
-        try:
-            args = (v.ip, self.spec.key, v.dir / "known_hosts", [], self.spec.args.ssh_timeout)
-            await wait_for_ssh(*args, is_alive=running)
-            v.banger_ready = time.perf_counter()
-        except Exception as exc:
-            log(f"warning: banger's SSH poller failed on the raw guest: {exc}")
-
-    async def _wait_ssh(self, v: RawVM) -> None:
-        """TCP probe every 50 ms, then an SSH login running `true`. The short probe
-        keeps the poll tight: an SSH connect to a guest not up yet can sit in SYN
-        retransmission for a second or more, which would flatter banger."""
-        import asyncssh
-
-        key, timeout = asyncssh.read_private_key(self.spec.key), self.spec.args.ssh_timeout
-        deadline, last = time.monotonic() + timeout, None
-        assert v.proc is not None
-        while time.monotonic() < deadline:
-            if v.proc.poll() is not None:
-                tail = _tail(v.dir / "qemu.log") or _tail(v.dir / "console.log")
-                raise RuntimeError(f"raw qemu exited ({v.proc.returncode}) before SSH: {tail}")
-            try:
-                _, w = await asyncio.wait_for(asyncio.open_connection(v.ip, 22), 0.5)
-                w.close()
-                opts: dict[str, Any] = dict(username="root", client_keys=[key], known_hosts=None)
-                async with asyncssh.connect(
-                    v.ip, connect_timeout=10, login_timeout=10, **opts
-                ) as c:
-                    await c.run("true", check=True, timeout=10)
-                v.ready = time.perf_counter()
-                return
-            except (OSError, asyncssh.Error, TimeoutError) as exc:
-                last = exc
-                await asyncio.sleep(0.05)
-        console = _tail(v.dir / "console.log")
-        raise TimeoutError(f"raw guest {v.ip} did not accept SSH within {timeout:.0f}s ({last}); "
-                           f"console: {console}")  # fmt: skip
-
-    def _cleanup(self, vms: Sequence[RawVM]) -> None:
-        from banger.net.tap import delete_tap
-
-        for v in vms:
-            if v.proc is not None:
-                v.proc.kill()
-                v.proc.wait(timeout=10)
-            try:
-                delete_tap(v.tap, netns=self.ns)
-            except Exception as exc:
-                log(f"warning: could not delete TAP {v.tap}: {exc}")
-            shutil.rmtree(v.dir, ignore_errors=True)
-
-
-def _tail(path: Path, lines: int = 3) -> str:
-    try:
-        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
-    except OSError:
-        return ""
+        parallel(one, names, timeout=120)
 
 
 # -- the report ---------------------------------------------------------------------------
 
-VARIANTS: dict[str, Any] = {"banger": BangerCreate, "raw": RawBoot}  # report order
-# Row labels: one VM's wall, and a round of K.
-LABELS = {
-    "banger": ("banger create (client wall)", "banger round (all K)"),
-    "raw": ("raw boot -> SSH", "raw round (all K)"),
-}
+VARIANTS: dict[str, type[Variant]] = {v.key: v for v in (BangerCreate, RawBoot)}  # in order
 
 
 def summarize_variant(key: str, rounds: Sequence[Round]) -> dict[str, Any] | None:
@@ -669,7 +346,7 @@ def render(report: dict[str, Any]) -> str:
     if b:
         rows = [(stage, fmt_s(v)) for stage, v in b["stage_p50"].items()]
         lines += [format_table(["banger stage", "p50 s"], rows), ""]
-    sides = [(report[key], labels) for key, labels in LABELS.items() if report[key]]
+    sides = [(report[key], v.labels) for key, v in VARIANTS.items() if report[key]]
     walls = [(labels[0], side["wall"]) for side, labels in sides]
     if k > 1:
         walls += [
@@ -730,7 +407,8 @@ def measure(args: argparse.Namespace, client: Client, root: Path, ns: str | None
         f"{spec.vcpus} vCPU, {spec.memory_mib} MiB"
     )
     raw = RawBoot(spec, root / "raw", ns)
-    variants = [v for v in (BangerCreate(client, spec), raw) if args.only in ("both", v.key)]
+    made: list[Variant] = [BangerCreate(client, spec), raw]
+    variants = [v for v in made if args.only in ("both", v.key)]
     rounds: list[Round] = []
     parity: list[str] | None = None
     try:

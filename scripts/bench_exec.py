@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Benchmark `banger vm exec` and `banger vm cp` against SSH on the same VM.
 
-In a fresh network namespace (`bgbx-<hex>`) with a private daemon (a temporary
-BANGER_HOME; the data dir is shared so pulled artifacts are reused, or --data-dir),
-one VM is created, then:
+In the boot tests' sandbox (tests/sandbox.py: a fresh network namespace `bgbx-<hex>`,
+a private daemon and BANGER_HOME, the tests' artifact cache or --data-dir), one VM
+is created, then:
 
   exec     `banger vm exec VM -- true` wall time per CLI invocation (p50/p90 over
            --runs), next to `banger vm ssh VM -- true`; both run inside the
@@ -25,8 +25,6 @@ import argparse
 import hashlib
 import json
 import os
-import secrets
-import shutil
 import statistics
 import subprocess
 import sys
@@ -36,63 +34,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
-
-from banger.client import Client  # noqa: E402
-from banger.paths import Paths  # noqa: E402
-
-
-def log(msg: str) -> None:
-    print(f"bench-exec: {msg}", file=sys.stderr, flush=True)
-
-
-def pct(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(p / 100 * (len(s) - 1))))]
-
-
-class Box:
-    def __init__(self, data_dir: Path | None) -> None:
-        tag = secrets.token_hex(3)
-        self.ns = f"bgbx-{tag}"
-        self.home = Path(f"/tmp/bgbx-{tag}")
-        self.home.mkdir()
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("BANGER_")}
-        self.env["BANGER_HOME"] = str(self.home)
-        if data_dir:
-            self.env["BANGER_DATA_DIR"] = str(data_dir)
-        subprocess.run(["ip", "netns", "add", self.ns], check=True)
-        subprocess.run(["ip", "-n", self.ns, "link", "set", "lo", "up"], check=True)
-
-    def cli(self) -> list[str]:
-        return ["ip", "netns", "exec", self.ns, sys.executable, "-m", "banger.cli"]
-
-    def run(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run([*self.cli(), *args], env=self.env, check=True, **kw)
-
-    def client(self) -> Client:
-        h = self.home
-        data = Path(self.env.get("BANGER_DATA_DIR", h / "data"))
-        return Client(Paths(h / "config", h / "state", data, h / "run"))
-
-    def close(self) -> None:
-        subprocess.run(
-            [*self.cli(), "vm", "delete", "--force", "bench"],
-            env=self.env,
-            capture_output=True,
-            check=False,
-            timeout=120,
-        )
-        subprocess.run(
-            [*self.cli(), "daemon", "stop"],
-            env=self.env,
-            capture_output=True,
-            check=False,
-            timeout=60,
-        )
-        subprocess.run(["ip", "netns", "del", self.ns], check=False)
-        shutil.rmtree(self.home, ignore_errors=True)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import log, percentile
+from tests.sandbox import CACHE, Sandbox
 
 
 def timed(argv: list[str], env: dict[str, str], runs: int) -> list[float]:
@@ -105,21 +49,16 @@ def timed(argv: list[str], env: dict[str, str], runs: int) -> list[float]:
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
-    box = Box(args.data_dir)
+    box = Sandbox.create(data_dir=args.data_dir or CACHE / "data", prefix="bgbx-")
     result: dict[str, Any] = {}
     try:
         log("pulling (if needed) and creating VM `bench`")
-        # Pulls run in the host namespace (the namespace has no uplink) by a daemon that
-        # never runs a VM, so it touches no network configuration; then it stops.
-        host_cli = [sys.executable, "-m", "banger.cli"]
-        for kind in ("kernel", "image"):
-            subprocess.run([*host_cli, kind, "pull"], env=box.env, check=True)
-        subprocess.run([*host_cli, "daemon", "stop"], env=box.env, check=True)
+        box.pull()  # in the host namespace: the sandbox's has no way out
         t0 = time.perf_counter()
-        box.run("vm", "create", "--name", "bench", "--memory", "1G", capture_output=True)
+        box.run("vm", "create", "--name", "bench", "--memory", "1G")
         log(f"VM ready in {time.perf_counter() - t0:.1f}s")
         c = box.client()
-        cli = box.cli()
+        cli = box.argv()
 
         log(f"exec vs ssh, {args.runs} runs each")
         timed([*cli, "vm", "exec", "bench", "--", "true"], box.env, 3)  # warm up
@@ -127,15 +66,15 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         ex = timed([*cli, "vm", "exec", "bench", "--", "true"], box.env, args.runs)
         ss = timed([*cli, "vm", "ssh", "bench", "--", "true"], box.env, args.runs)
         netns_cost = timed(["ip", "netns", "exec", box.ns, "true"], box.env, args.runs)
-        result["exec_ms"] = {"p50": pct(ex, 50) * 1e3, "p90": pct(ex, 90) * 1e3}
-        result["ssh_ms"] = {"p50": pct(ss, 50) * 1e3, "p90": pct(ss, 90) * 1e3}
+        result["exec_ms"] = {"p50": percentile(ex, 50) * 1e3, "p90": percentile(ex, 90) * 1e3}
+        result["ssh_ms"] = {"p50": percentile(ss, 50) * 1e3, "p90": percentile(ss, 90) * 1e3}
         result["netns_exec_overhead_ms"] = statistics.median(netns_cost) * 1e3
         api = []
         for _ in range(args.runs):
             t0 = time.perf_counter()
             c.exec("bench", ["true"])
             api.append(time.perf_counter() - t0)
-        result["api_exec_ms"] = {"p50": pct(api, 50) * 1e3, "p90": pct(api, 90) * 1e3}
+        result["api_exec_ms"] = {"p50": percentile(api, 50) * 1e3, "p90": percentile(api, 90) * 1e3}
 
         log(f"cp vs scp, {args.size} MB")
         with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
@@ -146,10 +85,10 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             digest = hashlib.sha256(src.read_bytes()).hexdigest()
             mb = args.size
             t0 = time.perf_counter()
-            box.run("vm", "cp", str(src), "bench:/root/blob", capture_output=True)
+            box.run("vm", "cp", str(src), "bench:/root/blob")
             cp_in = time.perf_counter() - t0
             t0 = time.perf_counter()
-            box.run("vm", "cp", "bench:/root/blob", str(Path(tmp) / "back"), capture_output=True)
+            box.run("vm", "cp", "bench:/root/blob", str(Path(tmp) / "back"))
             cp_out = time.perf_counter() - t0
             back = hashlib.sha256((Path(tmp) / "back").read_bytes()).hexdigest()
             assert back == digest, "vm cp round trip changed the file"
@@ -188,7 +127,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             "wall_s": time.perf_counter() - t0,
         }
     finally:
-        box.close()
+        box.teardown()
     return result
 
 
@@ -196,7 +135,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--size", type=int, default=200, help="MB copied each way")
-    ap.add_argument("--data-dir", type=Path, help="share pulled artifacts from here")
+    ap.add_argument("--data-dir", type=Path, help="data dir (default: the tests' cache)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     r = bench(args)

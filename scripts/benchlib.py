@@ -5,15 +5,36 @@ runs on Ctrl-C or SIGTERM. The sandbox itself is tests/sandbox.py."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import math
 import signal
 import statistics
+import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.sandbox
+
+
+@dataclass
+class Sample:
+    """One VM timed from its start until SSH accepted the key."""
+
+    wall: float  # start -> SSH ready, seconds
+    accel: str | None
+    name: str = ""
+    timings: dict[str, float] = field(default_factory=dict)  # banger's per-stage
+    engine: str | None = None
+    ip: str | None = None
+    banger_poll: float | None = None  # raw + --compare-poller: banger's poller got in
+    argv: list[str] = field(default_factory=list, repr=False)
 
 
 def log(msg: str) -> None:
@@ -112,3 +133,71 @@ def stop_signals_raise() -> None:
     SIGINT too: a shell starts background jobs with it ignored."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, _on_stop_signal)
+
+
+def parallel(fn: Callable[[str], T], names: Sequence[str], timeout: float | None = None) -> list[T]:
+    """fn on every name at once, on daemon threads (a Ctrl-C need not wait for them);
+    once all are done, the failure that came first is raised."""
+    done: dict[str, T] = {}
+    failed: list[BaseException] = []
+
+    def call(name: str) -> None:
+        try:
+            done[name] = fn(name)
+        except BaseException as exc:
+            failed.append(exc)
+
+    threads = [threading.Thread(target=call, args=(n,), daemon=True) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    if failed:
+        raise failed[0]
+    return [done[n] for n in names if n in done]
+
+
+def proc_argv(pid: int | None) -> list[str]:
+    """A running process's argv (empty when it is gone)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes() if pid else b""
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def tail(path: Path, lines: int = 3) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+async def wait_ssh(
+    ip: str, key_path: Path, proc: subprocess.Popen[bytes], timeout: float, logs: Sequence[Path]
+) -> float:
+    """When a guest booted by `proc` first accepts root's SSH key and runs `true`
+    (perf_counter). A TCP probe every 50 ms first keeps the poll tight: an SSH connect
+    to a guest not up yet can sit in SYN retransmission for a second or more. `logs`
+    (the hypervisor's, the console) are quoted when the guest dies or never answers."""
+    import asyncssh
+
+    key, deadline, last = asyncssh.read_private_key(key_path), time.monotonic() + timeout, None
+    opts: dict[str, Any] = dict(username="root", client_keys=[key], known_hosts=None)
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            why = next((t for t in map(tail, logs) if t), "")
+            raise RuntimeError(f"raw qemu exited ({proc.returncode}) before SSH: {why}")
+        try:
+            _, w = await asyncio.wait_for(asyncio.open_connection(ip, 22), 0.5)
+            w.close()
+            async with asyncssh.connect(ip, connect_timeout=10, login_timeout=10, **opts) as c:
+                await c.run("true", check=True, timeout=10)
+            return time.perf_counter()
+        except (OSError, asyncssh.Error, TimeoutError) as exc:
+            last = exc
+            await asyncio.sleep(0.05)
+    raise TimeoutError(
+        f"raw guest {ip} did not accept SSH within {timeout:.0f}s ({last}); "
+        f"console: {tail(logs[-1])}"
+    )

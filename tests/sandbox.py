@@ -226,6 +226,9 @@ class Sandbox:
         return self.vm_pids([b"qemu-system"])
 
     def taps(self) -> list[str]:
+        """TAP devices in the namespace (none without one: the host's are not ours)."""
+        if self.ns is None:
+            return []
         out = self.in_ns("ip", "-o", "link", "show", "type", "tun")
         return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if line]
 
@@ -271,6 +274,8 @@ class Sandbox:
 
     def nat_rules(self) -> list[str]:
         """`banger:<ip>` comments of the per-VM rules in the namespace's banger table."""
+        if self.ns is None:
+            return []  # the host's rules are not the sandbox's
         res = subprocess.run(
             [*self.prefix, "nft", "-j", "list", "table", "ip", "banger"],
             capture_output=True,

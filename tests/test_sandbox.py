@@ -4,6 +4,7 @@ so when something survives."""
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests import netns
-from tests.sandbox import Sandbox, alive
+from tests.sandbox import Sandbox, alive, sandbox
 
 
 def _sleep(box: Sandbox, *argv: str, marked_env: bool = False) -> subprocess.Popen[bytes]:
@@ -75,3 +76,35 @@ def test_teardown_reports_a_survivor(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.netns
+@netns.skip_unless_netns()
+def test_leftovers_names_what_a_deleted_vm_left_behind(tmp_path: Path) -> None:
+    """What verify.sh fails on: each kind of leftover is found, the warm pool's TAPs
+    and the base rule are not leftovers."""
+    with sandbox(tmp_path / "home", prefix="bgt-sbx-") as box:
+        assert box.leftovers() == []
+        for tap in ("tap-pool-0", "tap-lost"):
+            box.in_ns("ip", "tuntap", "add", "dev", tap, "mode", "tap")
+        rules = (
+            "add table ip banger; add chain ip banger post; "
+            'add rule ip banger post counter comment "banger:base"; '
+            'add rule ip banger post ip saddr 172.30.0.9 counter comment "banger:172.30.0.9"'
+        )
+        box.in_ns("nft", rules)
+        box.paths.vms_dir.mkdir(parents=True)
+        (box.paths.vms_dir / "abc123").mkdir()
+        box.paths.database.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(box.paths.database)
+        db.execute("CREATE TABLE leases (ip TEXT, vm TEXT)")
+        db.execute("INSERT INTO leases VALUES ('172.30.0.9', 'abc123')")
+        db.commit()
+        db.close()
+        found = box.leftovers()
+        assert found == [
+            "TAP tap-lost",
+            "leases row ('172.30.0.9', 'abc123')",
+            "nftables rule banger:172.30.0.9",
+            f"VM directory {box.paths.vms_dir / 'abc123'}",
+        ]

@@ -24,6 +24,7 @@ VERIFY = REPO / "scripts" / "verify.sh"
 
 sys.path.insert(0, str(REPO / "scripts"))
 import benchlib  # noqa: E402
+import rawboot  # noqa: E402
 
 
 def _load() -> ModuleType:
@@ -161,13 +162,13 @@ def test_fmt_s() -> None:
 
 
 def test_raw_address_and_accel() -> None:
-    assert bc.raw_address(0) == "172.31.0.2"
-    assert bc.raw_address(9) == "172.31.0.11"
+    assert rawboot.raw_address(0) == "172.31.0.2"
+    assert rawboot.raw_address(9) == "172.31.0.11"
     with pytest.raises(ValueError):
-        bc.raw_address(250)
-    assert bc.accel_of(["qemu", "-accel", "tcg", "-cpu", "max"]) == "tcg"
-    assert bc.accel_of(["qemu", "-enable-kvm"]) == "kvm"
-    assert bc.accel_of(["qemu"]) is None
+        rawboot.raw_address(250)
+    assert rawboot.accel_of(["qemu", "-accel", "tcg", "-cpu", "max"]) == "tcg"
+    assert rawboot.accel_of(["qemu", "-enable-kvm"]) == "kvm"
+    assert rawboot.accel_of(["qemu"]) is None
 
 
 # -- bench_create.py: QEMU argv parity -------------------------------------------------
@@ -205,9 +206,9 @@ def test_argv_shape_masks_only_per_vm_values(tmp_path: Path) -> None:
     a = _argv(tmp_path, "bench-1", "tap-pool-0", "172.30.0.2")
     b = _argv(tmp_path, "raw-0", "bgrawt0", "172.31.0.2")
     assert a != b
-    assert bc.argv_shape(a) == bc.argv_shape(b)
-    assert bc.argv_differences(a, b) == []
-    shape = " ".join(bc.argv_shape(a))
+    assert rawboot.argv_shape(a) == rawboot.argv_shape(b)
+    assert rawboot.argv_differences(a, b) == []
+    shape = " ".join(rawboot.argv_shape(a))
     for masked in ("<path>", "ifname=<tap>", "mac=<mac>", "guest=<name>", "ip=<vm>"):
         assert masked in shape
 
@@ -215,13 +216,13 @@ def test_argv_shape_masks_only_per_vm_values(tmp_path: Path) -> None:
 def test_argv_differences_reports_real_differences(tmp_path: Path) -> None:
     a = _argv(tmp_path, "a", "tap-pool-0", "172.30.0.2", vcpus=2)
     b = _argv(tmp_path, "b", "bgrawt0", "172.31.0.2", vcpus=4)
-    diffs = bc.argv_differences(a, b)
+    diffs = rawboot.argv_differences(a, b)
     assert "banger only: 2" in diffs
     assert "raw only: 4" in diffs
     other_kernel = _argv(tmp_path, "c", "bgrawt1", "172.31.0.3", kernel="vmlinux-2")
-    assert f"raw only: {tmp_path}/vmlinux-2" in bc.argv_differences(a, other_kernel)
+    assert f"raw only: {tmp_path}/vmlinux-2" in rawboot.argv_differences(a, other_kernel)
     c = ["/opt/qemu", *a[1:]]
-    assert bc.argv_differences(a, c) == [f"binary: banger {a[0]} vs raw /opt/qemu"]
+    assert rawboot.argv_differences(a, c) == [f"binary: banger {a[0]} vs raw /opt/qemu"]
 
 
 def test_cmdline_extras_keeps_capability_fragments() -> None:
@@ -230,7 +231,7 @@ def test_cmdline_extras_keeps_capability_fragments() -> None:
         f"{base} ip=172.30.0.5::172.30.0.1:255.255.255.0:vm:eth0:off "
         "systemd.hostname=vm banger.dns=172.30.0.1 banger.peer=172.30.0.5 tsc_early_khz=2000000"
     )
-    extras = bc.cmdline_extras(cmd, base, "172.30.0.5", "172.31.0.2")
+    extras = rawboot.cmdline_extras(cmd, base, "172.30.0.5", "172.31.0.2")
     assert extras == ["banger.dns=172.30.0.1", "banger.peer=172.31.0.2"]
 
 
