@@ -108,10 +108,11 @@ class Sandbox:
         `own_netns`, a fresh namespace. `env` adds variables for the CLI and the daemon."""
         owns = home is None
         home = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp")) if home is None else home
+        home = home.absolute()
         base = {k: v for k, v in os.environ.items() if not k.startswith("BANGER_")}
         data = (data_dir or home / "data").absolute()
         box_env = {**base, "BANGER_HOME": str(home), "BANGER_DATA_DIR": str(data), **(env or {})}
-        box = cls(home.absolute(), None, data, box_env, owns)
+        box = cls(home, None, data, box_env, owns)
         try:
             if config is not None:
                 box.paths.config_dir.mkdir(parents=True, exist_ok=True)
