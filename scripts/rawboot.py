@@ -96,6 +96,8 @@ def raw_address(index: int) -> str:
 
 @dataclass
 class Spec:
+    """What both sides boot, resolved through the daemon."""
+
     image: str
     kernel: str  # what boots, for the report
     vmlinux: Path
