@@ -96,7 +96,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runs", type=count(1), default=3, help="measured runs (default 3)")
     p.add_argument("--warmup", type=count(0), default=0, help="unrecorded runs first (default 0)")
     p.add_argument("--image", help="image (default: the daemon's default_image)")
-    p.add_argument("--kernel", help="kernel (default: the image's)")
+    p.add_argument(
+        "--kernel",
+        help="kernel (default: the image's); another than the image's own (e.g. one from "
+        "`banger kernel build`) is measured beside the image's kernel in the same run",
+    )
     p.add_argument(
         "--engine", choices=("auto", "qemu", "firecracker"), help="hypervisor (default: config)"
     )
@@ -200,18 +204,20 @@ class BangerCreate:
 
     def __init__(self, client: Client, spec: Spec) -> None:
         self.client, self.spec = client, spec
+        self.kernel: str | None = spec.args.kernel  # None: the image's own
+        self.prefix = "bench"
 
     def describe(self, s: Sample) -> str:
         stages = " ".join(f"{k}={v:.2f}" for k, v in s.timings.items())
-        return f"banger {s.name}: wall {s.wall:.3f}s ({stages})"
+        return f"{self.key} {s.name}: wall {s.wall:.3f}s ({stages})"
 
     def round(self, k: int, tag: str) -> tuple[list[Sample], float]:
         from banger.api.models import CreateVM
 
-        spec, names = self.spec, [f"bench-{tag}-{j}" for j in range(k)]
+        spec, names = self.spec, [f"{self.prefix}-{tag}-{j}" for j in range(k)]
         barrier = threading.Barrier(k)
         starts: dict[str, float] = {}
-        vm_args = dict(image=spec.image, kernel=spec.args.kernel, engine=spec.args.engine)
+        vm_args = dict(image=spec.image, kernel=self.kernel, engine=spec.args.engine)
         vm_args.update(vcpus=spec.vcpus, memory=f"{spec.memory_mib}M")
 
         def one(name: str) -> Sample:
@@ -252,9 +258,34 @@ class BangerCreate:
         parallel(one, names, timeout=120)
 
 
+class ImageKernel(BangerCreate):
+    """`vm create` with the image's own kernel while --kernel names another one: the
+    two kernels' create -> SSH side by side, in the same rounds (same host load)."""
+
+    key = "image_kernel"
+    labels = ("banger create, image's kernel", "banger round, image's kernel (all K)")
+
+    def __init__(self, client: Client, spec: Spec) -> None:
+        super().__init__(client, spec)
+        self.kernel, self.prefix = None, "bench-ik"
+
+
+def image_kernel(client: Client, args: argparse.Namespace, spec: Spec) -> str | None:
+    """The kernel the image boots without --kernel, when --kernel names another."""
+    from banger.config import load_config
+
+    if not args.kernel:
+        return None
+    image = client.image(spec.image)
+    own = f"{image.name}:vmlinux" if image.vmlinux else image.kernel
+    own = own or load_config(client.paths).config.default_kernel
+    return None if own == args.kernel else own
+
+
 # -- the report ---------------------------------------------------------------------------
 
-VARIANTS: dict[str, type[Variant]] = {v.key: v for v in (BangerCreate, RawBoot)}  # in order
+# In order; ImageKernel runs only when --kernel names another kernel than the image's.
+VARIANTS: dict[str, type[Variant]] = {v.key: v for v in (BangerCreate, RawBoot, ImageKernel)}
 
 
 def summarize_variant(key: str, rounds: Sequence[Round]) -> dict[str, Any] | None:
@@ -280,13 +311,18 @@ def summarize_variant(key: str, rounds: Sequence[Round]) -> dict[str, Any] | Non
 
 
 def build_report(
-    args: argparse.Namespace, spec: Spec, rounds: Sequence[Round], parity: list[str] | None
+    args: argparse.Namespace,
+    spec: Spec,
+    rounds: Sequence[Round],
+    parity: list[str] | None,
+    own_kernel: str | None = None,
 ) -> dict[str, Any]:
     k, every = args.concurrent, [s for r in rounds for ss in r.samples.values() for s in ss]
     engines = sorted({s.engine for s in every if s.engine}) or [args.engine or "qemu"]
     report: dict[str, Any] = {
         "image": spec.image,
         "kernel": spec.kernel,
+        "image_kernel": own_kernel,  # measured beside --kernel, when it names another
         "engine": engines[0],
         "accel": "/".join(sorted({s.accel for s in every if s.accel})) or "unknown",
         "vcpus": spec.vcpus,
@@ -298,7 +334,16 @@ def build_report(
         "target": None,
         "argv_parity": parity,
     }
-    b, r = report["banger"], report["raw"]
+    b, r, ik = report["banger"], report["raw"], report["image_kernel"]
+    if b and report[ImageKernel.key]:
+        mine, own = b["wall"]["p50"], report[ImageKernel.key]["wall"]["p50"]
+        report["kernel_vs_image_kernel"] = {
+            "kernel": spec.kernel,
+            "image_kernel": ik,
+            "p50": mine,
+            "image_kernel_p50": own,
+            "ratio": mine / own if own > 0 else None,
+        }
     if not (b and r):
         return report
     raw_p50, host_p50 = r["wall"]["p50"], b["host_side"]["p50"]
@@ -381,6 +426,12 @@ def render(report: dict[str, Any]) -> str:
             lines.append(f"{k} at once: banger / raw total wall = {o['ratio']:.3f}x")
         verdict = "met" if t["met"] else "NOT met"
         lines.append(f"target ({t['what']} <= {t['limit']:.2f}x): {verdict} ({t['ratio']:.3f}x)")
+    if kv := report.get("kernel_vs_image_kernel"):
+        lines.append(
+            f"kernel {kv['kernel']} vs the image's {kv['image_kernel']}: create -> SSH p50 "
+            f"{kv['p50']:.3f} s vs {kv['image_kernel_p50']:.3f} s"
+            + (f" ({kv['ratio']:.3f}x)" if kv["ratio"] else "")
+        )
     if (ps := r["poller_slack"] if r else {}).get("n"):
         lines.append(
             f"banger's SSH poller on the raw guests got in {ps['p50']:+.3f} s after the "
@@ -408,7 +459,15 @@ def measure(args: argparse.Namespace, client: Client, root: Path, ns: str | None
     )
     raw = RawBoot(spec, root / "raw", ns)
     made: list[Variant] = [BangerCreate(client, spec), raw]
-    variants = [v for v in made if args.only in ("both", v.key)]
+    if own_kernel := image_kernel(client, args, spec):
+        log(f"kernel {spec.kernel} is measured beside the image's kernel {own_kernel}")
+        made.append(ImageKernel(client, spec))
+    banger_side = ("both", "banger")
+    variants = [
+        v
+        for v in made
+        if args.only in ("both", v.key) or (v.key == ImageKernel.key and args.only in banger_side)
+    ]
     rounds: list[Round] = []
     parity: list[str] | None = None
     try:
@@ -433,7 +492,7 @@ def measure(args: argparse.Namespace, client: Client, root: Path, ns: str | None
                 rounds.append(rnd)
     finally:
         raw.close()
-    report = build_report(args, spec, rounds, parity)
+    report = build_report(args, spec, rounds, parity, own_kernel)
     print(json.dumps(report, indent=2) if args.json else render(report))
     return 1 if args.check and report["target"] and not report["target"]["met"] else 0
 
@@ -460,7 +519,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.netns:
             log(f"bench-create: namespace {box.ns}, private daemon under {box.home}")
-            box.pull(args.image, args.kernel)
+            from banger.artifacts.kernels import catalog, load_kernel
+
+            if args.kernel and args.kernel not in catalog():  # built: nothing to pull
+                if load_kernel(box.paths.kernels_dir, args.kernel) is None:
+                    raise RuntimeError(
+                        f"kernel {args.kernel} is not in {box.paths.kernels_dir}: build it "
+                        f"there (BANGER_DATA_DIR={box.paths.data_dir} banger kernel build "
+                        f"--name {args.kernel}) or pass --data-dir"
+                    )
+                box.pull(args.image)  # the image and its own kernel, measured beside it
+            else:
+                box.pull(args.image, args.kernel)
             box.start_daemon()
         else:
             log("bench-create: host namespace, your own daemon")

@@ -24,6 +24,7 @@ from banger.api.models import (
     DoctorReport,
     Image,
     Kernel,
+    KernelBuild,
     Operation,
     OperationEvent,
     PullOciImage,
@@ -237,6 +238,9 @@ class Client:
 
     def pull_kernel(self, name: str) -> Operation:
         return self._op("POST", f"/v1/kernels/{name}/pull")
+
+    def build_kernel(self, req: KernelBuild) -> Operation:
+        return self._op("POST", "/v1/kernels/build", body=req.model_dump(mode="json"))
 
     def remove_kernel(self, name: str, force: bool = False) -> dict[str, Any]:
         return dict(self._request("DELETE", f"/v1/kernels/{name}", params={"force": force}))

@@ -63,6 +63,11 @@ class Paths:
         return self.data_dir / "images"
 
     @property
+    def kernel_build_cache(self) -> Path:
+        """`banger kernel build`'s source trees and objects, one per source version."""
+        return self.data_dir / "cache" / "kernel-build"
+
+    @property
     def tmp_dir(self) -> Path:
         """Scratch space for in-flight artifact builds; swept at daemon start."""
         return self.data_dir / "tmp"

@@ -68,11 +68,28 @@ class Kernel(BaseModel):
     name: str
     path: str
     vmlinux: str
-    initrd: str | None = None
-    package: str = ""
-    version: str = ""
+    initrd: str | None = None  # None: boots without an initramfs (a built kernel)
+    kind: Literal["pulled", "built"] = "pulled"
+    package: str = ""  # linux-image-* (pulled) or linux-source-* (built)
+    version: str = ""  # that Debian package's version
+    kernel_release: str = ""  # `uname -r` in the guest
+    config_sha256: str = ""  # built: the final .config
+    fragment_sha256: str = ""  # built: the config fragments it was made from
     created_at: float = 0.0
     size_bytes: int = 0
+
+
+class KernelBuild(BaseModel):
+    """`banger kernel build`: the fragment travels as text (`fragment_origin` names
+    the file it came from, for messages)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "micro-6.1"
+    source: str = "linux-source-6.1"
+    fragment: str | None = Field(default=None, max_length=1_000_000)
+    fragment_origin: str | None = None
+    jobs: int = Field(default=0, ge=0, le=1024)
 
 
 class Image(BaseModel):

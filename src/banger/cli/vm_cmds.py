@@ -347,6 +347,7 @@ class _RunCommand(click.Command):
 @click.option("--rm", "remove", is_flag=True, help="Delete the VM when the session ends.")
 @click.option("--nat", is_flag=True, help="Give the VM internet access.")
 @click.option("--engine", type=ENGINES)
+@click.option("--kernel", help="Kernel (default: the image's), e.g. one from `kernel build`.")
 @_publish_option
 @click.pass_context
 def run(
@@ -356,6 +357,7 @@ def run(
     remove: bool,
     nat: bool,
     engine: str | None,
+    kernel: str | None,
     publish: tuple[str, ...],
 ) -> None:
     """Pull what is missing, create a VM, and open a shell in it (or run `-- CMD`).
@@ -363,7 +365,15 @@ def run(
     IMAGE defaults to the configured default image: `banger vm run --rm -- uname -a`
     runs `uname -a` in a throwaway VM of it."""
     command: tuple[str, ...] = ctx.meta.get("banger.command", ())
-    v = _create(False, name=name, image=image, nat=nat or None, engine=engine, publish=publish)
+    v = _create(
+        False,
+        name=name,
+        image=image,
+        nat=nat or None,
+        engine=engine,
+        kernel=kernel,
+        publish=publish,
+    )
     c = client()
     out.print(f"[green]✓[/] {v.name} is running at {v.ip}")
     try:

@@ -9,13 +9,14 @@ where the user keeps them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from banger.api.models import Image, Kernel, PullOciImage, RegisterImage
+from banger.api.models import Image, Kernel, KernelBuild, PullOciImage, RegisterImage
 from banger.artifacts import images as image_lib
 from banger.artifacts import kernels as kernel_lib
 from banger.config import Config
@@ -83,9 +84,13 @@ class ArtifactService:
             name=info.name,
             path=str(info.path),
             vmlinux=str(info.vmlinux),
-            initrd=str(info.initrd) if info.initrd.exists() else None,
+            initrd=str(info.initrd) if info.has_initrd else None,
+            kind=info.kind,
             package=info.package,
             version=info.version,
+            kernel_release=info.kernel_release,
+            config_sha256=info.config_sha256,
+            fragment_sha256=info.fragment_sha256,
             created_at=info.created_at,
             size_bytes=info.size_bytes,
         )
@@ -100,6 +105,38 @@ class ArtifactService:
             return {"name": info.name, "version": info.version}
 
         return self.ops.start("kernel.pull", name, work, key=f"kernel:{name}")
+
+    def build_kernel(self, req: KernelBuild) -> Any:
+        """`banger kernel build` as an operation; bad input fails the request itself."""
+        fragment = None
+        if req.fragment is not None:
+            origin = req.fragment_origin or "the --config-fragment"
+            fragment = kernel_lib.Fragment(origin, req.fragment)
+        build = kernel_lib.BuildRequest(req.name, req.source, fragment, req.jobs)
+        kernel_lib.check_build_request(build)
+
+        async def work(progress: Progress) -> dict[str, str]:
+            # The build runs in a thread; on cancel, wait for it to notice (its next
+            # progress report raises), kill make and clean up before we report.
+            task = asyncio.ensure_future(
+                asyncio.to_thread(
+                    kernel_lib.build_kernel,
+                    build,
+                    self.paths.kernels_dir,
+                    self.paths.tmp_dir,
+                    self.paths.kernel_build_cache,
+                    progress,
+                )
+            )
+            try:
+                info = await asyncio.shield(task)
+            except asyncio.CancelledError:
+                with contextlib.suppress(BaseException):
+                    await task
+                raise
+            return {"name": info.name, "version": info.version, "release": info.kernel_release}
+
+        return self.ops.start("kernel.build", req.name, work, key=f"kernel:{req.name}")
 
     def remove_kernel(self, name: str, force: bool) -> list[str]:
         self.kernel(name)
@@ -353,6 +390,12 @@ class ArtifactService:
             return BootKernel(f"{image.name}:vmlinux", image.vmlinux, image.initrd)
         name = override or image.kernel or self.config.default_kernel
         info = kernel_lib.load_kernel(self.paths.kernels_dir, name)
+        if info is None and name not in kernel_lib.catalog():
+            raise NotFound(
+                f"kernel `{name}` does not exist",
+                hint=f"`banger kernel build --name {name}` builds it; `banger kernel list` "
+                "shows the kernels there are",
+            )
         if info is None or kernel_lib.is_outdated(info):
             why = "first use" if info is None else "the catalog's kernel recipe changed"
             progress("image", f"pulling kernel {name} ({why})")

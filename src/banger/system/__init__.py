@@ -12,6 +12,7 @@ from banger.system.run import (
     is_root,
     run,
     run_interactive,
+    run_lines,
     spawn_detached,
     sudo_ready,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "require_tool",
     "run",
     "run_interactive",
+    "run_lines",
     "spawn_detached",
     "sudo_ready",
 ]

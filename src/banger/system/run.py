@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
+import queue
+import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from banger.errors import CommandFailed, PrivilegeError
@@ -127,6 +132,93 @@ async def arun(
         raise
     assert proc.returncode is not None
     return _check(cmd, proc.returncode, out, err, check)
+
+
+def _term_with_parent() -> None:
+    """In the child: get SIGTERM when the thread that started it dies (the daemon
+    crashed), so a long build does not go on writing into a tree nobody owns."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def run_lines(
+    argv: Sequence[str],
+    on_line: Callable[[str], None],
+    *,
+    on_idle: Callable[[], None] | None = None,
+    idle_every: float = 2.0,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    nice: int = 0,
+    check: bool = True,
+) -> Result:
+    """Run a long program, handing each line of its output (stdout and stderr merged)
+    to `on_line` as it comes, and calling `on_idle` after `idle_every` s of silence.
+
+    Either callback may raise (for example `Cancelled`): the program's whole process
+    group is then terminated (SIGTERM, SIGKILL after 10 s) and waited for before the
+    exception propagates. The program also gets SIGTERM if this process dies. A non-zero
+    exit raises `CommandFailed` naming the last lines of output (with `check`); the
+    result's stdout holds the last 40 lines either way.
+    """
+    cmd = _argv(argv, False)
+    if nice:
+        cmd = [require_tool("nice"), "-n", str(nice), *cmd]
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=cwd,
+        env=dict(env) if env is not None else None,
+        start_new_session=True,
+        preexec_fn=_term_with_parent,
+    )
+    assert proc.stdout is not None
+    lines: queue.Queue[bytes | None] = queue.Queue()
+    tail: deque[str] = deque(maxlen=40)
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            lines.put(raw)
+        lines.put(None)
+
+    reader = threading.Thread(target=pump, name=f"run-lines-{proc.pid}", daemon=True)
+    reader.start()
+    try:
+        while True:
+            try:
+                raw = lines.get(timeout=idle_every)
+            except queue.Empty:
+                if on_idle is not None:
+                    on_idle()
+                continue
+            if raw is None:
+                break
+            line = raw.decode(errors="replace").rstrip("\n")
+            tail.append(line)
+            on_line(line)
+        proc.wait()
+    except BaseException:
+        # SIGTERM first: make then deletes the half-written targets it was building,
+        # so a later run does not take a truncated object for an up-to-date one.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    finally:
+        reader.join(timeout=5)
+        proc.stdout.close()
+    out = "\n".join(tail).encode()
+    return _check(cmd, proc.returncode, out, out, check)
 
 
 def spawn_detached(argv: Sequence[str], *, log_path: os.PathLike[str] | str) -> int:

@@ -93,6 +93,21 @@ def resolve(spec: KernelSpec, apt_options: Sequence[str] = ()) -> DebPackage:
         raise AptError(f"apt-cache gave an unreadable record for {name}: {exc}") from exc
 
 
+def candidate(package: str, apt_options: Sequence[str] = ()) -> DebPackage:
+    """The candidate version of `package` as apt sees it (e.g. linux-source-6.1)."""
+    info = _stanza(package, apt_options)
+    try:
+        return DebPackage(
+            name=info.get("Package", package),
+            version=info["Version"],
+            arch=info.get("Architecture", "all"),
+            size=int(info.get("Size", "0")),
+            sha256=info.get("SHA256", ""),
+        )
+    except (KeyError, ValueError) as exc:
+        raise AptError(f"apt-cache gave an unreadable record for {package}: {exc}") from exc
+
+
 def download(pkg: DebPackage, dest: Path, apt_options: Sequence[str] = ()) -> Path:
     """Download `pkg` into `dest` (apt verifies it), and return the .deb path."""
     dest.mkdir(parents=True, exist_ok=True)

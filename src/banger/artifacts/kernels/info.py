@@ -1,11 +1,16 @@
 """What a pulled kernel directory holds, and its `manifest.json`.
 
 kernels_dir/<name>/
-  vmlinux        ELF kernel (Firecracker and QEMU microvm via PVH)
-  initrd.img     gzip'd newc initramfs
-  config         the kernel's build config
-  modules.txt    module names in load order
-  manifest.json  KernelManifest: provenance plus sha256 and size of every file
+  vmlinux          ELF kernel (Firecracker and QEMU microvm via PVH)
+  initrd.img       gzip'd newc initramfs (pulled kernels only)
+  config           the kernel's build config
+  modules.txt      module names in load order (pulled kernels only)
+  fragment.config  the config fragments a built kernel was made from (built only)
+  manifest.json    KernelManifest: provenance plus sha256 and size of every file
+
+A pulled kernel (`kind = "pulled"`) is a Debian linux-image package plus banger's
+initramfs; a built one (`kind = "built"`, `banger kernel build`) is compiled from a
+Debian linux-source package with everything built in and boots without initramfs.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ VMLINUX = "vmlinux"
 INITRD = "initrd.img"
 CONFIG = "config"
 MODULES_TXT = "modules.txt"
+FRAGMENT_CONFIG = "fragment.config"
 FORMAT = 1
 
 
@@ -56,6 +62,12 @@ class KernelManifest(BaseModel):
     # The catalog's module request this initramfs was built for: when the catalog
     # asks for different modules, a pull rebuilds instead of keeping a stale kernel.
     catalog_modules: tuple[str, ...] = ()
+    # "pulled" (linux-image + initramfs) or "built" (`banger kernel build`, no initramfs)
+    kind: str = "pulled"
+    # Built kernels: digests of the final .config and of the fragments it came from
+    # (base + banger's + the user's): a build with other fragments rebuilds.
+    config_sha256: str = ""
+    fragment_sha256: str = ""
     files: dict[str, FileDigest]
     created: datetime
     banger_version: str
@@ -73,6 +85,11 @@ class KernelInfo(KernelManifest):
     @property
     def initrd(self) -> Path:
         return self.path / INITRD
+
+    @property
+    def has_initrd(self) -> bool:
+        """False for a kernel that boots without an initramfs (a built one)."""
+        return INITRD in self.files
 
     @property
     def config(self) -> Path:
@@ -119,7 +136,7 @@ def _records(info: KernelInfo) -> list[FileRecord]:
 def quick_check(info: KernelInfo) -> list[str]:
     """Cheap consistency check (presence and sizes), for the pull no-op path."""
     problems = size_problems(_records(info))
-    for required in (VMLINUX, INITRD):
+    for required in (VMLINUX, INITRD) if info.kind == "pulled" else (VMLINUX,):
         if required not in info.files:
             problems.append(f"the manifest does not list {required}")
     return problems

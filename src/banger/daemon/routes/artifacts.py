@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from banger.api.models import PullOciImage, RegisterImage
+from banger.api.models import KernelBuild, PullOciImage, RegisterImage
 from banger.daemon.routes.common import body, daemon_of, flag, ok
 
 routes = web.RouteTableDef()
@@ -13,6 +13,12 @@ routes = web.RouteTableDef()
 @routes.get("/v1/kernels")
 async def list_kernels(request: web.Request) -> web.Response:
     return ok(daemon_of(request).artifacts.kernels())
+
+
+@routes.post("/v1/kernels/build")
+async def build_kernel(request: web.Request) -> web.Response:
+    req = await body(request, KernelBuild)
+    return ok(daemon_of(request).artifacts.build_kernel(req), status=202)
 
 
 @routes.get("/v1/kernels/{name}")
