@@ -26,10 +26,15 @@ vhost-vsock). virtio-serial is one stream, so connections are relayed one at a
 time; only the agent's port is connected, others are closed without a reply, as
 Firecracker does when nothing listens.
 
-`PATCH /vm` pauses and resumes the vCPUs (QMP `stop` / `cont`). Later features add
-a route: `ROUTES[(method, template)] = handler`, e.g. snapshots as
-`PUT /snapshot/create` / `PUT /snapshot/load` over QEMU migration. A valid request
-with no handler is answered 400 "not implemented by the stand-in".
+`PATCH /vm` pauses and resumes the vCPUs (QMP `stop` / `cont`). Snapshots run over
+QEMU migration: `PUT /snapshot/create` (paused VM, Full) migrates the guest into
+`mem_file_path` and writes the machine configuration to `snapshot_path`;
+`PUT /snapshot/load` (nothing but logger/metrics configured before it) reads both,
+applies `network_overrides` and `vsock_override`, and launches QEMU with
+`-incoming` at once with `resume_vm`, else at the first `PATCH /vm Resumed`, so a
+`PATCH /drives/{id}` in between (new `path_on_host`) takes effect, as on
+Firecracker. Later features add a route: `ROUTES[(method, template)] = handler`.
+A valid request with no handler is answered 400 "not implemented by the stand-in".
 
 Environment: FAKE_FC_RECORD (JSON-lines file receiving every request and its
 status), FAKE_FC_GUEST=none (boot nothing: print a line on the console instead;
@@ -90,6 +95,7 @@ class StandIn:
         self.state = "Not started"
         self.config: dict[str, Any] = {"drives": {}, "network-interfaces": {}}
         self.qemu: subprocess.Popen[bytes] | None = None
+        self.pending_restore: Path | None = None  # memory to load at the first resume
         self.exit_code: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.vsock_server: asyncio.Server | None = None
         self._relay_lock = asyncio.Lock()
@@ -191,33 +197,67 @@ class StandIn:
             self.state = "Running"
             await self._serve_vsock()  # relays to whatever serves agent.sock
             return None
-        from banger.engines.qemu import QMP_SOCKET, build_argv, host_tsc_khz, qmp_execute
+        fault = await self._launch(None)
+        if fault:
+            return fault
+        self.state = "Running"
+        await self._serve_vsock()
+        return None
+
+    async def _launch(self, incoming: Path | None) -> str | None:
+        """QEMU for the configured machine; with `incoming`, restored from that
+        migration stream (paused until `cont`) instead of booted."""
+        # The accelerator probe imports banger.engines in a thread: let it finish
+        # before importing here (two threads importing one package can collide).
+        assert self._accel is not None
+        accel = await self._accel
+        from banger.engines.qemu import (
+            QMP_SOCKET,
+            build_argv,
+            host_tsc_khz,
+            load_from_file,
+            qmp_execute,
+            qmp_session,
+        )
 
         qemu_bin = _qemu_bin()
         if qemu_bin is None:
             return "Cannot start microvm: the stand-in needs qemu-system-x86_64"
-        assert self._accel is not None
-        accel = await self._accel
         cfg = self.guest_config()
         for stale in (QMP_SOCKET, "agent.sock"):
             (self.run_dir / stale).unlink(missing_ok=True)
         tsc = host_tsc_khz() if accel == "tcg" else None
         argv = build_argv(cfg, qemu_bin=qemu_bin, accel=accel, vhost_vsock=False, tsc_khz=tsc)
-        log(f"InstanceStart: {' '.join(argv)}")
+        if incoming is not None:
+            argv += ["-incoming", "defer"]
+        log(f"{'restore' if incoming else 'InstanceStart'}: {' '.join(argv)}")
         self.qemu = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, cwd=self.run_dir, preexec_fn=_die_with_parent
         )
         asyncio.get_running_loop().create_task(self._watch_qemu(self.qemu))
         qmp = self.run_dir / QMP_SOCKET
-        for _ in range(40):  # answer once QEMU runs (as Firecracker does), at most ~2 s
+        want = "running" if incoming is None else "inmigrate"
+        for _ in range(200):  # answer once QEMU runs (as Firecracker does)
             if self.qemu.poll() is not None:
                 return f"Cannot start microvm: qemu exited with {self.qemu.returncode}"
             with contextlib.suppress(Exception):
-                if (await qmp_execute(qmp, "query-status", timeout=1.0))["status"] == "running":
+                if (await qmp_execute(qmp, "query-status", timeout=1.0))["status"] == want:
                     break
-            await asyncio.sleep(0.05)
-        self.state = "Running"
-        await self._serve_vsock()
+            await asyncio.sleep(0.01)
+        if incoming is None:
+            return None
+        try:
+            async with qmp_session(qmp) as client:
+                await load_from_file(client, incoming)
+                while True:
+                    info: Any = await client.execute("query-migrate")
+                    if info.get("status") == "completed":
+                        break
+                    if info.get("status") == "failed" or self.qemu.poll() is not None:
+                        return f"Load snapshot error: {info.get('error-desc', 'qemu failed')}"
+                    await asyncio.sleep(0.01)
+        except Exception as exc:
+            return f"Load snapshot error: {exc}"
         return None
 
     async def _watch_qemu(self, proc: subprocess.Popen[bytes]) -> None:
@@ -395,10 +435,19 @@ async def _vm_config(fc: StandIn, body: dict[str, Any], params: dict[str, str]) 
 
 
 async def _patch_vm(fc: StandIn, body: dict[str, Any], params: dict[str, str]) -> Reply:
-    """Pause or resume the vCPUs (QMP `stop` / `cont`), as Firecracker's PATCH /vm."""
+    """Pause or resume the vCPUs (QMP `stop` / `cont`), as Firecracker's PATCH /vm.
+    The first resume after a snapshot load launches QEMU from the saved memory."""
     if not fc.started:
         return _fault(NOT_BEFORE_START)
     want = "Paused" if body["state"] == "Paused" else "Running"
+    if want == "Running" and fc.pending_restore is not None:
+        mem, fc.pending_restore = fc.pending_restore, None
+        if fc.guest:
+            fault = await fc._launch(mem)
+            if fault:
+                fc.finish(1)
+                return _fault(fault)
+        await fc._serve_vsock()
     if fc.guest:
         from banger.engines.qemu import QMP_SOCKET, qmp_execute
 
@@ -410,7 +459,97 @@ async def _patch_vm(fc: StandIn, body: dict[str, Any], params: dict[str, str]) -
     return 204, None
 
 
+# The snapshot file the stand-in writes: the machine's configuration as JSON
+# (Firecracker's is its device state); the memory file is QEMU's migration stream.
+SNAPSHOT_MAGIC = "banger-standin-snapshot"
+
+
+async def _snapshot_create(fc: StandIn, body: dict[str, Any], params: dict[str, str]) -> Reply:
+    if not fc.started:
+        return _fault(NOT_BEFORE_START)
+    if fc.state != "Paused":
+        return _fault("Create snapshot error: the microVM must be paused first (PATCH /vm).")
+    if body.get("snapshot_type", "Full") != "Full":
+        return _fault("Diff snapshots are not implemented by the banger stand-in")
+    mem = Path(body["mem_file_path"])
+    if fc.guest:
+        from banger.engines.qemu import QMP_SOCKET, save_to_file
+
+        try:
+            await save_to_file(fc.run_dir / QMP_SOCKET, mem, 300, "snapshot")
+        except Exception as exc:
+            return _fault(f"Create snapshot error: {exc}")
+    else:
+        mem.write_bytes(b"stand-in memory\n")
+    doc = {"magic": SNAPSHOT_MAGIC, "version": fc.spec.version, "config": fc.config}
+    Path(body["snapshot_path"]).write_text(json.dumps(doc))
+    return 204, None
+
+
+async def _snapshot_load(fc: StandIn, body: dict[str, Any], params: dict[str, str]) -> Reply:
+    configured = set(fc.config) - {"logger", "metrics", "drives", "network-interfaces"}
+    if fc.started or configured or fc.config["drives"] or fc.config["network-interfaces"]:
+        return _fault(
+            "Loading a microVM snapshot not allowed after configuring boot-specific resources."
+        )
+    backend: dict[str, str] = body.get("mem_backend") or {}
+    if ("mem_file_path" in body) == bool(backend):
+        return _fault("Exactly one of mem_file_path or mem_backend must be given.")
+    if backend and backend["backend_type"] != "File":
+        return _fault("Uffd memory backends are not implemented by the banger stand-in")
+    mem = Path(body.get("mem_file_path") or backend["backend_path"])
+    try:
+        doc = json.loads(Path(body["snapshot_path"]).read_text())
+        if doc.get("magic") != SNAPSHOT_MAGIC:
+            raise ValueError("not a snapshot")
+        mem.stat()
+    except (OSError, ValueError) as exc:
+        return _fault(f"Load snapshot error: cannot read the snapshot: {exc}")
+    config = doc["config"]
+    for override in body.get("network_overrides", []):
+        nic = config["network-interfaces"].get(override["iface_id"])
+        if nic is None:
+            return _fault(f"Load snapshot error: no network interface {override['iface_id']}")
+        nic["host_dev_name"] = override["host_dev_name"]
+    if "vsock_override" in body:
+        if "vsock" not in config:
+            return _fault("Load snapshot error: the snapshot has no vsock device")
+        config["vsock"]["uds_path"] = body["vsock_override"]["uds_path"]
+    logger, metrics = fc.config.get("logger"), fc.config.get("metrics")
+    fc.config = config
+    for key, value in (("logger", logger), ("metrics", metrics)):
+        if value is not None:
+            fc.config[key] = value
+    fc.state = "Paused"
+    fc.pending_restore = mem
+    if body.get("resume_vm"):
+        return await _patch_vm(fc, {"state": "Resumed"}, {})
+    return 204, None
+
+
+async def _patch_drive(fc: StandIn, body: dict[str, Any], params: dict[str, str]) -> Reply:
+    """Update a drive's backing file: only between a snapshot load and the resume
+    here (QEMU is launched on resume, with the updated path)."""
+    if not fc.started:
+        return _fault(NOT_BEFORE_START)
+    drive = fc.config["drives"].get(params["drive_id"])
+    if drive is None:
+        return _fault(f"Invalid block device ID: {params['drive_id']}")
+    if set(body) - {"drive_id", "path_on_host"}:
+        return _fault("rate limiter updates are not implemented by the banger stand-in")
+    if "path_on_host" in body:
+        if fc.pending_restore is None:
+            return _fault("the banger stand-in can change a drive only before a restore resumes")
+        if not Path(body["path_on_host"]).exists():
+            return _fault(f"Cannot open path_on_host {body['path_on_host']}: No such file")
+        drive["path_on_host"] = body["path_on_host"]
+    return 204, None
+
+
 ROUTES: dict[tuple[str, str], Handler] = {
+    ("PUT", "/snapshot/create"): _snapshot_create,
+    ("PUT", "/snapshot/load"): _snapshot_load,
+    ("PATCH", "/drives/{drive_id}"): _patch_drive,
     ("PATCH", "/vm"): _patch_vm,
     ("GET", "/"): _info,
     ("GET", "/version"): _version,

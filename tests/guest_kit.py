@@ -50,6 +50,9 @@ for p in /sys/class/virtio-ports/*; do [ -e $p ] && echo "PORT $(cat $p/name)"; 
 if grep -q banger.test.acpi /proc/cmdline; then
   acpid -d -a /etc/acpid.conf &
 fi
+if grep -q banger.test.tick /proc/cmdline; then
+  while true; do echo "TICK $(cut -d' ' -f1 /proc/uptime)"; sleep 0.2; done
+fi
 if grep -q banger.test.stay /proc/cmdline; then
   echo GUEST-STAYING
   while true; do sleep 60; done

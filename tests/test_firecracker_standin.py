@@ -121,6 +121,12 @@ async def test_api_rejects_what_firecracker_rejects(tmp_path: Path) -> None:
     assert (await fc.dispatch("GET", "/", None))[1]["state"] == "Running"
     status, body = await fc.dispatch("PUT", "/snapshot/create",
                                      {"snapshot_path": "/s", "mem_file_path": "/m"})  # fmt: skip
+    assert status == 400 and "must be paused" in body["fault_message"]
+    status, body = await fc.dispatch("PUT", "/snapshot/load", {"snapshot_path": "/s",
+                                                               "mem_file_path": "/m"})  # fmt: skip
+    assert status == 400 and "not allowed after configuring" in body["fault_message"]
+    status, body = await fc.dispatch("PUT", "/balloon", {"amount_mib": 1,
+                                                         "deflate_on_oom": False})  # fmt: skip
     assert status == 400 and "not implemented by the banger stand-in" in body["fault_message"]
 
 

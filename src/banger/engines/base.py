@@ -11,7 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from banger.engines.state import SavedState
 
 
 @dataclass(frozen=True)
@@ -76,14 +79,41 @@ class Engine(Protocol):
 
     def availability(self) -> Availability: ...
 
-    async def start(self, config: GuestConfig, on_spawn: OnSpawn | None = None) -> EngineHandle:
+    async def start(
+        self,
+        config: GuestConfig,
+        on_spawn: OnSpawn | None = None,
+        *,
+        restore: SavedState | None = None,
+    ) -> EngineHandle:
         """Launch the VM detached from the daemon (own session) and return once the
         hypervisor has accepted the configuration and the guest is booting. On failure
         nothing is left running.
 
+        With `restore`, the machine is not booted but restored from that saved state
+        (memory and device state; the disks are `config`'s drives) and is running
+        when this returns. The state must fit `config` (`state_fit`), else
+        `StateUnusable` is raised before anything is launched.
+
         `on_spawn` is called with the handle the moment the process exists, before any
         wait for readiness, so the caller can record it: a daemon killed during the
         wait leaves a pid the next daemon can find and kill."""
+        ...
+
+    def state_fit(self, config: GuestConfig) -> dict[str, Any]:
+        """What a state saved from `config` is tied to (`engines.state.machine_fit`)."""
+        ...
+
+    async def save_state(self, handle: EngineHandle, config: GuestConfig, dest: Path) -> SavedState:
+        """Pause the guest and write its memory and device state into `dest` (which
+        must be empty or absent); `state.json` is written last. The guest stays
+        paused: the caller then copies disks, and `resume`s or `kill`s it."""
+        ...
+
+    async def pause(self, handle: EngineHandle) -> None: ...
+
+    async def resume(self, handle: EngineHandle) -> None:
+        """Let a paused (or just saved) guest run again."""
         ...
 
     async def stop(self, handle: EngineHandle, timeout: float) -> None:

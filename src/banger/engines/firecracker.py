@@ -22,6 +22,7 @@ from typing import Any
 from banger.engines import process
 from banger.engines.base import Availability, EngineHandle, GuestConfig, OnSpawn
 from banger.engines.kvm import probe_kvm
+from banger.engines.state import SavedState, machine_fit, write_state
 from banger.errors import BangerError, CommandFailed, ToolMissing
 from banger.system import find_tool, run
 
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 API_SOCKET = "firecracker.sock"
 VSOCK_SOCKET = "vsock.sock"
 FC_LOG = "firecracker.log"
+SNAPSHOT_FILE = "vmstate"  # Firecracker's snapshot_path: device and vCPU state
+MEMORY_FILE = "memory"  # mem_file_path: guest memory
 # What the test stand-in's `--version` line carries (see FirecrackerEngine.is_standin).
 STANDIN_MARK = "banger test stand-in"
 
@@ -81,6 +84,52 @@ def build_requests(config: GuestConfig, *, log_path: Path | None = None) -> list
     return reqs
 
 
+def build_save_requests(dest: Path) -> list[ApiRequest]:
+    """Pause, then a full snapshot into `dest` (the guest stays paused)."""
+    return [
+        ApiRequest("PATCH", "/vm", {"state": "Paused"}),
+        ApiRequest(
+            "PUT",
+            "/snapshot/create",
+            {
+                "snapshot_type": "Full",
+                "snapshot_path": str(dest / SNAPSHOT_FILE),
+                "mem_file_path": str(dest / MEMORY_FILE),
+            },
+        ),
+    ]
+
+
+def build_restore_requests(
+    config: GuestConfig, saved: SavedState, *, log_path: Path | None = None
+) -> list[ApiRequest]:
+    """Load `saved` into a fresh Firecracker with `config`'s host side: its TAPs
+    (`network_overrides`), its vsock socket (`vsock_override`) and, for drives whose
+    host path differs from the saved one, `PATCH /drives` before the guest resumes."""
+    reqs: list[ApiRequest] = []
+    if log_path is not None:
+        reqs.append(ApiRequest("PUT", "/logger", {"log_path": str(log_path), "level": "Info"}))
+    moved = [d for d in config.drives if saved.drives.get(d.drive_id) != str(d.path)]
+    load: dict[str, Any] = {
+        "snapshot_path": str(saved.path(SNAPSHOT_FILE)),
+        "mem_backend": {"backend_type": "File", "backend_path": str(saved.path(MEMORY_FILE))},
+        "resume_vm": not moved,
+    }
+    if config.nics:
+        load["network_overrides"] = [
+            {"iface_id": n.iface_id, "host_dev_name": n.tap} for n in config.nics
+        ]
+    if config.vsock_cid is not None:
+        load["vsock_override"] = {"uds_path": str(config.run_dir / VSOCK_SOCKET)}
+    reqs.append(ApiRequest("PUT", "/snapshot/load", load))
+    for d in moved:
+        body = {"drive_id": d.drive_id, "path_on_host": str(d.path)}
+        reqs.append(ApiRequest("PATCH", f"/drives/{d.drive_id}", body))
+    if moved:
+        reqs.append(ApiRequest("PATCH", "/vm", {"state": "Resumed"}))
+    return reqs
+
+
 class ApiClient:
     """A tiny client for Firecracker's HTTP-over-UNIX-socket API."""
 
@@ -127,7 +176,9 @@ class FirecrackerEngine(process.DetachedEngine):
         *,
         kvm_cache: Path | None = None,
         start_timeout: float = 5.0,
+        save_timeout: float = 300.0,
     ) -> None:
+        self._save_timeout = save_timeout
         self._bin = firecracker_bin
         self._kvm_cache = kvm_cache
         self._start_timeout = start_timeout
@@ -185,8 +236,45 @@ class FirecrackerEngine(process.DetachedEngine):
         path = str(config.run_dir / VSOCK_SOCKET)
         return {"transport": "hybrid-vsock", "path": path, "cid": config.vsock_cid}
 
-    async def start(self, config: GuestConfig, on_spawn: OnSpawn | None = None) -> EngineHandle:
+    def state_fit(self, config: GuestConfig) -> dict[str, Any]:
+        agent = self.agent_channel(config)
+        return machine_fit(
+            config,
+            engine=self.name,
+            version=self.version,
+            accel="stand-in" if self.is_standin else "kvm",
+            agent=agent["transport"] if agent else None,
+        )
+
+    async def save_state(self, handle: EngineHandle, config: GuestConfig, dest: Path) -> SavedState:
+        fit = self.state_fit(config)
+        dest.mkdir(parents=True, exist_ok=True)
+        async with ApiClient(Path(handle.control_socket), timeout=self._save_timeout) as api:
+            for req in build_save_requests(dest):
+                await api.send(req)
+        drives = {d.drive_id: str(d.path) for d in config.drives}
+        return write_state(dest, fit, [SNAPSHOT_FILE, MEMORY_FILE], drives)
+
+    async def _set_state(self, handle: EngineHandle, state: str) -> None:
+        async with ApiClient(Path(handle.control_socket)) as api:
+            await api.send(ApiRequest("PATCH", "/vm", {"state": state}))
+
+    async def pause(self, handle: EngineHandle) -> None:
+        await self._set_state(handle, "Paused")
+
+    async def resume(self, handle: EngineHandle) -> None:
+        await self._set_state(handle, "Resumed")
+
+    async def start(
+        self,
+        config: GuestConfig,
+        on_spawn: OnSpawn | None = None,
+        *,
+        restore: SavedState | None = None,
+    ) -> EngineHandle:
         fc_bin = self._require_bin()
+        if restore is not None:
+            restore.check(self.state_fit(config))
         run_dir = config.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         api_sock = run_dir / API_SOCKET
@@ -207,8 +295,12 @@ class FirecrackerEngine(process.DetachedEngine):
             if on_spawn is not None:
                 on_spawn(handle)
             await self._wait_ready(handle, lambda: _accepts(api_sock), fc_log, 0.005)
-            async with ApiClient(api_sock) as api:
-                for req in build_requests(config, log_path=fc_log):
+            if restore is None:
+                reqs = build_requests(config, log_path=fc_log)
+            else:
+                reqs = build_restore_requests(config, restore, log_path=fc_log)
+            async with ApiClient(api_sock, timeout=self._save_timeout) as api:
+                for req in reqs:
                     await api.send(req)
         except BaseException:
             await process.terminate(handle.pid, handle.start_time, grace=0.0)

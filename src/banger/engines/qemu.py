@@ -15,10 +15,13 @@ so we hand the guest the host's TSC frequency (`tsc_early_khz=`) and keep the PI
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
 import re
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +30,7 @@ from qemu.qmp import QMPClient, QMPError
 from banger.engines import process
 from banger.engines.base import Availability, EngineHandle, GuestConfig, OnSpawn
 from banger.engines.kvm import probe_kvm
+from banger.engines.state import SavedState, machine_fit, write_state
 from banger.errors import BangerError, CommandFailed, ToolMissing
 from banger.system import find_tool, run
 
@@ -38,6 +42,11 @@ AGENT_SOCKET = "agent.sock"
 AGENT_PORT_NAME = "banger.agent"  # virtio-serial port name the guest agent opens
 QEMU_LOG = "qemu.log"
 VHOST_VSOCK = "/dev/vhost-vsock"
+STATE_FILE = "vmstate"  # the migration stream of a saved machine
+_STATE_FD = "banger-state"
+# Migration bandwidth cap (bytes/s): QEMU's default throttles a local file to
+# 128 MiB/s; a paused guest has nothing to race against.
+_MIGRATE_BANDWIDTH = 64 << 30
 
 
 def _esc(value: object) -> str:
@@ -115,6 +124,64 @@ def build_argv(
     return argv
 
 
+@contextlib.asynccontextmanager
+async def qmp_session(socket: Path, timeout: float = 5.0) -> AsyncIterator[QMPClient]:
+    """One QMP connection for several commands (QEMU serves one client at a time)."""
+    client = QMPClient()
+    await asyncio.wait_for(client.connect(str(socket)), timeout)
+    try:
+        yield client
+    finally:
+        await client.disconnect()
+
+
+async def _send_fd(client: QMPClient, path: Path, flags: int, timeout: float) -> None:
+    """Hand QEMU an open file as fd `_STATE_FD` (SCM_RIGHTS + `getfd`)."""
+    fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
+    try:
+        client.send_fd_scm(fd)
+        await asyncio.wait_for(client.execute("getfd", {"fdname": _STATE_FD}), timeout)
+    finally:
+        os.close(fd)
+
+
+async def wait_migration(client: QMPClient, timeout: float, what: str) -> None:
+    """Poll `query-migrate` until the migration completed; raise if it failed."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        info: Any = await asyncio.wait_for(client.execute("query-migrate"), 5.0)
+        status = info.get("status") if isinstance(info, dict) else None
+        if status == "completed":
+            return
+        if status in ("failed", "cancelled"):
+            raise CommandFailed(f"{what} failed: {info.get('error-desc', status)}")
+        if time.monotonic() > deadline:
+            raise CommandFailed(f"{what} did not finish within {timeout:.0f}s (status {status})")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+async def save_to_file(sock: Path, path: Path, timeout: float, what: str) -> None:
+    """Pause the guest and migrate its state into `path` through a passed fd (QEMU
+    7.2 has no `file:` URI nor mapped-ram). QEMU stays paused (`postmigrate`);
+    `cont` resumes it and takes the disks back."""
+    async with qmp_session(sock) as qmp:
+        await asyncio.wait_for(qmp.execute("stop"), 5.0)
+        params = {"max-bandwidth": _MIGRATE_BANDWIDTH}
+        await asyncio.wait_for(qmp.execute("migrate-set-parameters", params), 5.0)
+        await _send_fd(qmp, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 5.0)
+        await asyncio.wait_for(qmp.execute("migrate", {"uri": f"fd:{_STATE_FD}"}), 5.0)
+        await wait_migration(qmp, timeout, what)
+
+
+async def load_from_file(qmp: QMPClient, path: Path) -> None:
+    """Start loading `path` into a QEMU launched with `-incoming defer`; the load
+    completes in the background (`query-migrate`), leaving the guest paused."""
+    await _send_fd(qmp, path, os.O_RDONLY, 5.0)
+    await asyncio.wait_for(qmp.execute("migrate-incoming", {"uri": f"fd:{_STATE_FD}"}), 5.0)
+
+
 async def qmp_execute(
     socket: Path, command: str, args: dict[str, Any] | None = None, timeout: float = 5.0
 ) -> Any:
@@ -138,7 +205,9 @@ class QemuEngine(process.DetachedEngine):
         kvm_cache: Path | None = None,
         vhost_vsock: bool | None = None,
         start_timeout: float = 60.0,
+        save_timeout: float = 300.0,
     ) -> None:
+        self._save_timeout = save_timeout
         self._qemu_bin = qemu_bin
         self._accel = accel
         self._kvm_cache = kvm_cache
@@ -202,6 +271,62 @@ class QemuEngine(process.DetachedEngine):
             return {"transport": "vsock", "cid": config.vsock_cid}
         return {"transport": "virtio-serial", "path": str(config.run_dir / AGENT_SOCKET)}
 
+    def state_fit(self, config: GuestConfig) -> dict[str, Any]:
+        return machine_fit(
+            config,
+            engine=self.name,
+            version=self.version,
+            accel=self.accel(),
+            agent=self.agent_channel(config)["transport"],
+        )
+
+    async def save_state(self, handle: EngineHandle, config: GuestConfig, dest: Path) -> SavedState:
+        """`stop`, then migrate to a file through a passed fd (QEMU 7.2 has no `file:`
+        URI nor mapped-ram); the guest stays paused (`postmigrate`)."""
+        fit = self.state_fit(config)
+        fit["accel"] = handle.extra.get("accel", fit["accel"])
+        dest.mkdir(parents=True, exist_ok=True)
+        await save_to_file(
+            Path(handle.control_socket),
+            dest / STATE_FILE,
+            self._save_timeout,
+            f"saving {config.name}'s state",
+        )
+        drives = {d.drive_id: str(d.path) for d in config.drives}
+        return write_state(dest, fit, [STATE_FILE], drives)
+
+    async def pause(self, handle: EngineHandle) -> None:
+        await qmp_execute(Path(handle.control_socket), "stop")
+
+    async def resume(self, handle: EngineHandle) -> None:
+        # After a completed migration `cont` also takes the disks back.
+        await qmp_execute(Path(handle.control_socket), "cont")
+
+    async def _incoming(self, sock: Path, restore: SavedState) -> bool:
+        """Readiness probe of a restore: start the incoming migration once QMP
+        answers; when it completed, `cont` (the state was saved paused, and QEMU
+        restores the run state it was saved in)."""
+        status = await _status(sock)
+        if status is None:
+            return False
+        if status == "running":
+            return True
+        async with qmp_session(sock) as qmp:
+            info: Any = await asyncio.wait_for(qmp.execute("query-migrate"), 5.0)
+            migration = info.get("status") if isinstance(info, dict) else None
+            if status == "inmigrate" and not migration:
+                await load_from_file(qmp, restore.path(STATE_FILE))
+            elif migration == "failed":
+                raise CommandFailed(
+                    f"restoring {restore.dir} failed: {info.get('error-desc', 'failed')}"
+                )
+            elif status == "paused" and migration == "completed":
+                await asyncio.wait_for(qmp.execute("cont"), 5.0)
+                return True
+            elif status not in ("inmigrate", "restore-vm", "prelaunch"):
+                raise CommandFailed(f"qemu is {status!r} while restoring {restore.dir}")
+        return False
+
     def argv(self, config: GuestConfig) -> list[str]:
         """The QEMU command line `start` runs for `config` (also the raw baseline of
         `make bench-create`, so both boot the same device set)."""
@@ -211,8 +336,19 @@ class QemuEngine(process.DetachedEngine):
         tsc = host_tsc_khz() if accel == "tcg" else None
         return build_argv(config, qemu_bin=qemu_bin, accel=accel, vhost_vsock=vsock, tsc_khz=tsc)
 
-    async def start(self, config: GuestConfig, on_spawn: OnSpawn | None = None) -> EngineHandle:
+    async def start(
+        self,
+        config: GuestConfig,
+        on_spawn: OnSpawn | None = None,
+        *,
+        restore: SavedState | None = None,
+    ) -> EngineHandle:
+        if restore is not None:
+            self._require_bin()
+            restore.check(self.state_fit(config))
         argv = self.argv(config)
+        if restore is not None:
+            argv += ["-incoming", "defer"]
         accel = self.accel()
         agent = self.agent_channel(config)
         run_dir = config.run_dir
@@ -233,7 +369,13 @@ class QemuEngine(process.DetachedEngine):
         try:
             if on_spawn is not None:
                 on_spawn(handle)
-            await self._wait_ready(handle, lambda: _is_running(qmp_sock), qemu_log, 0.02)
+            if restore is None:
+                await self._wait_ready(handle, lambda: _is_running(qmp_sock), qemu_log, 0.02)
+            else:
+                saved = restore
+                await self._wait_ready(
+                    handle, lambda: self._incoming(qmp_sock, saved), qemu_log, 0.01
+                )
         except BaseException:
             await process.terminate(handle.pid, handle.start_time, grace=0.5)
             raise
@@ -247,6 +389,17 @@ class QemuEngine(process.DetachedEngine):
             log.warning("qmp system_powerdown failed for pid %d: %s", handle.pid, exc)
             return False
         return True
+
+
+async def _status(sock: Path) -> str | None:
+    """QEMU's run state, or None while QMP does not answer."""
+    if not sock.exists():
+        return None
+    try:
+        status = await qmp_execute(sock, "query-status")
+    except (QMPError, OSError, TimeoutError):
+        return None
+    return str(status.get("status")) if isinstance(status, dict) else None
 
 
 async def _is_running(sock: Path) -> bool:
