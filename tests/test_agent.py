@@ -26,6 +26,7 @@ from banger.artifacts.images.info import ImageManifest, read_info, write_manifes
 from banger.daemon.routes import agent as agent_routes
 from banger.daemon.routes.common import DAEMON_KEY
 from banger.daemon.server import errors as errors_middleware
+from banger.errors import BangerError
 from banger.vm import VMRecord
 
 
@@ -232,6 +233,29 @@ async def test_client_over_virtio_serial(agent: Agent, tmp_path: Path) -> None:
         results = await asyncio.gather(*(c.healthz() for _ in range(5)))
         assert all(r["ok"] is True for r in results)
         assert bridge.connections == 1
+
+
+async def test_actions_carry_a_body_and_report_bad_ones(agent: Agent, tmp_path: Path) -> None:
+    """Over the wire: an action is found by path and its body checked (the clock is
+    not set here: this runs on the host, as root); the setting is tested in-process
+    and, for real, in a resumed guest (test_snapshots.py)."""
+    sock = tmp_path / "agent.sock"
+    async with Bridge(agent, sock):
+        c = AgentClient({"transport": "virtio-serial", "path": str(sock)})
+        with pytest.raises(BangerError, match=r"answered /clock with 400: bad /clock request"):
+            await c.act("/clock", {"unix_ns": "soon"})
+        with pytest.raises(BangerError, match=r"answered /nope with 404: no such action"):
+            await c.act("/nope", {})
+        assert (await c.healthz())["ok"] is True  # still answering
+
+
+def test_set_clock_sets_the_realtime_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(guest.time, "clock_settime_ns", lambda clk, ns: calls.append((clk, ns)))
+    status, body = guest.act("/clock", {"unix_ns": 1_700_000_000_000_000_000})
+    assert status == 200 and calls == [(guest.time.CLOCK_REALTIME, 1_700_000_000_000_000_000)]
+    assert body["unix_ns"] == 1_700_000_000_000_000_000 and body["was_off_s"] > 0
+    assert guest.act("/clock", [1])[0] == 400
 
 
 async def test_client_over_hybrid_vsock(agent: Agent, tmp_path: Path) -> None:

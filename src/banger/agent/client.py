@@ -448,6 +448,10 @@ class AgentClient:
             msg = exc.message if isinstance(exc, BangerError) else str(exc) or type(exc).__name__
             raise self._unavailable(f"cannot be reached: {msg}") from exc
 
+    async def set_clock(self) -> dict[str, Any]:
+        """Set the guest's clock to the host's now (after a resume)."""
+        return await self.act("/clock", {"unix_ns": time.time_ns()})
+
     async def get(self, path: str) -> dict[str, Any]:
         """A request/response message (`/healthz`, `/ports`, `/info`, ...)."""
         if _is_legacy(self.key):

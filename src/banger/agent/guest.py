@@ -20,7 +20,7 @@ byte stream; HTTP over it could not carry concurrent requests).
   REQUEST  {"path": "/healthz"} → RESPONSE {"status", "body"}: the request/response
            table `HANDLERS` (/healthz, /ports, /info; add entries there). With a
            "body" ({"path": "/identity", "body": {...}}) it runs an action of
-           `ACTIONS` instead (/identity; add entries there).
+           `ACTIONS` instead (/identity, /clock; add entries there).
   OPEN     {"kind": "exec"|"tar-in"|"tar-out", ...} → OPENED {"pid"|"total"}, then
            data frames, then EXIT {"code", "signal", "error"} as the last frame.
   STDIN    host → guest data (empty = end of input); STDOUT, STDERR guest → host.
@@ -350,10 +350,20 @@ HANDLERS: dict[str, Callable[[str], dict[str, Any]]] = {
 }
 
 
+def set_clock(body: dict[str, Any]) -> dict[str, Any]:
+    """Set the realtime clock to the host's (`unix_ns`), e.g. after a resume: the
+    guest's clock stood still while its state was saved."""
+    target = int(body["unix_ns"])
+    before = time.time_ns()
+    time.clock_settime_ns(time.CLOCK_REALTIME, target)
+    return {"unix_ns": target, "was_off_s": round((before - target) / 1e9, 6)}
+
+
 # Requests that carry a JSON body (sent as {"path", "body"}) and change something in
 # the guest: a path and a function of that body returning a JSON object.
 ACTIONS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "/identity": identity,
+    "/clock": set_clock,
 }
 
 
@@ -1159,6 +1169,7 @@ def _hello(stream: Stream, proc: str, payload: bytes) -> Session | None:
         "max_frame": CHUNK,
         "kinds": sorted(KINDS),
         "requests": sorted(HANDLERS),
+        "actions": sorted(ACTIONS),
     }
     try:
         session.send(encode_json(HELLO, 0, reply))
