@@ -374,7 +374,10 @@ async def test_routes(agent: Agent, tmp_path: Path) -> None:
         assert (h["healthy"], h["agent"]) == (False, "stopped")
         assert (await http.get("/v1/vms/box/ports")).status == 409
         r = await http.get("/v1/vms/box/stream")
-        assert r.status == 409 and "banger vm start box" in (await r.json())["error"]["hint"]
+        err = (await r.json())["error"]
+        assert r.status == 409 and "banger vm start box" in err["hint"]
+        # the state guard's wording: the current state and the one needed
+        assert err["message"] == "VM `box` is stopped; its guest agent needs it running"
 
     async with api(_vm(channel), images) as http:
         h = await (await http.get("/v1/vms/box/health")).json()

@@ -23,8 +23,8 @@ from banger.agent.client import AgentClient, AgentStream, AgentUnavailable
 from banger.artifacts import images as image_lib
 from banger.daemon.app import Daemon
 from banger.daemon.routes.common import daemon_of, ok
-from banger.errors import BangerError, Conflict, InvalidInput
-from banger.vm import VMRecord
+from banger.errors import BangerError, InvalidInput
+from banger.vm import VMRecord, VMState
 
 routes = web.RouteTableDef()
 
@@ -67,8 +67,8 @@ async def vm_health(request: web.Request) -> web.Response:
     if expected is False:
         result.update(agent="absent", detail=NO_AGENT, hint=NO_AGENT_HINT)
         return ok(result)
-    if vm.state != "running":
-        result.update(agent="stopped", detail=f"the VM is {vm.state}")
+    if not vm.running:
+        result.update(agent="stopped", detail=f"the VM is {vm.state.value}")
         return ok(result)
     try:
         client = AgentClient(agent_channel(vm))
@@ -105,11 +105,7 @@ CH_STDIN, CH_STDOUT, CH_STDERR = 0, 1, 2
 def _running_agent(d: Daemon, vm: VMRecord) -> dict[str, Any] | None:
     if image_has_agent(d, vm.image) is False:
         raise AgentUnavailable(f"{vm.name} has no guest agent: {NO_AGENT}", hint=NO_AGENT_HINT)
-    if vm.state != "running":
-        raise Conflict(
-            f"{vm.name} is {vm.state}; its guest agent answers only while it runs",
-            hint=f"banger vm start {vm.name}",
-        )
+    vm.require(VMState.RUNNING, action="its guest agent", hint=f"banger vm start {vm.name}")
     return agent_channel(vm)
 
 
