@@ -48,8 +48,30 @@ def test_explicit_qemu(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_unknown_engine() -> None:
-    with pytest.raises(InvalidInput, match="unknown engine 'vbox'"):
+    with pytest.raises(InvalidInput, match="unknown engine 'vbox'") as exc:
         get_engine("vbox")
+    assert exc.value.hint == 'use "auto", "qemu" or "firecracker" for `engine`'
+
+
+def test_engine_names_are_named_once(tmp_path: Path) -> None:
+    """Config, the CLI's choices, the API and the registry accept exactly the engines
+    there are (and "auto"): one list, `banger.engine_names`."""
+    from banger.api.models import CreateVM
+    from banger.cli.vm_cmds import ENGINES as CLI_CHOICES
+    from banger.config import Config
+    from banger.engine_names import ENGINE_CHOICES, ENGINES
+    from banger.engines.registry import EngineRegistry
+
+    assert (QemuEngine.name, FirecrackerEngine.name) == ENGINES
+    assert ("auto", *ENGINES) == ENGINE_CHOICES
+    assert tuple(CLI_CHOICES.choices) == ENGINE_CHOICES
+    for name in ENGINE_CHOICES:
+        assert Config(engine=name).engine == name  # type: ignore[arg-type]
+        assert CreateVM(name="a", engine=name).engine == name  # type: ignore[arg-type]
+    registry = EngineRegistry(Config(), cache_dir=tmp_path)
+    assert [registry.get(n).name for n in ENGINES] == list(ENGINES)
+    with pytest.raises(InvalidInput, match="unknown engine 'vbox'"):
+        registry.get("vbox")
 
 
 def test_real_host(tmp_path: Path) -> None:

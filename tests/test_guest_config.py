@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from banger.engines.base import Drive, NetIface
-from banger.engines.guest_config import build_guest_config, mac_for
+from banger.engines.guest_config import build_guest_config
 from banger.errors import InvalidInput
+from banger.net.addresses import mac_for
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from pydantic import (
     field_validator,
 )
 
+from banger.engine_names import EngineChoice
 from banger.errors import InvalidInput
 from banger.paths import Paths
 from banger.sizing import MAX_VCPUS, precheck
@@ -31,7 +32,7 @@ from banger.sizing import MAX_VCPUS, precheck
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    engine: Literal["auto", "qemu", "firecracker"] = "auto"
+    engine: EngineChoice = "auto"
     firecracker_bin: str | None = None
     qemu_bin: str | None = None
     ssh_key_path: str | None = None

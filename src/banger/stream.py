@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import json
-import select
 import socket
 import threading
 import urllib.parse
@@ -212,9 +211,6 @@ class GuestStream:
 
     def signal(self, signum: int) -> None:
         self._send(TextMessage(data=json.dumps({"type": "signal", "signal": signum})))
-
-    def readable(self, timeout: float | None) -> bool:
-        return bool(select.select([self.sock], [], [], timeout)[0])
 
     def close(self) -> None:
         """Hang up: a guest process still running is killed."""

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from banger.engine_names import EngineChoice
+
 OpState = Literal["running", "succeeded", "failed", "cancelled"]
 
 
@@ -160,7 +162,7 @@ class CreateVM(_Request):
     name: str | None = None
     image: str | None = None
     kernel: str | None = None
-    engine: Literal["auto", "qemu", "firecracker"] | None = None
+    engine: EngineChoice | None = None
     vcpus: int | None = None
     memory: str | None = None
     disk_size: str | None = None

@@ -15,11 +15,12 @@ from banger.api.models import VM, CreateVM, Operation, PublishedPort, SetVM
 from banger.cli.common import after_daemon_loss, client, follow, json_option
 from banger.cli.output import err, out, print_json
 from banger.client import Client
+from banger.engine_names import ENGINE_CHOICES
 from banger.errors import BangerError, DaemonUnavailable
 from banger.sizing import precheck
 from banger.units import format_duration, format_size
 
-ENGINES = click.Choice(["auto", "qemu", "firecracker"])
+ENGINES = click.Choice(ENGINE_CHOICES)
 
 
 @click.group()

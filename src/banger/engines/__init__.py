@@ -8,8 +8,8 @@ is an error that says why.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
+from banger.engine_names import engine_hint
 from banger.engines.base import (
     Availability,
     Drive,
@@ -19,12 +19,11 @@ from banger.engines.base import (
     NetIface,
 )
 from banger.engines.firecracker import FirecrackerEngine
-from banger.engines.guest_config import build_guest_config, mac_for
+from banger.engines.guest_config import build_guest_config
 from banger.engines.kvm import KvmStatus, probe_kvm
 from banger.engines.qemu import QemuEngine
 from banger.errors import BangerError, InvalidInput, ToolMissing
 
-EngineName = Literal["qemu", "firecracker", "auto"]
 KVM_CACHE_FILE = "kvm-probe.json"
 
 __all__ = [
@@ -33,7 +32,6 @@ __all__ = [
     "Drive",
     "Engine",
     "EngineHandle",
-    "EngineName",
     "FirecrackerEngine",
     "GuestConfig",
     "KvmStatus",
@@ -41,7 +39,6 @@ __all__ = [
     "QemuEngine",
     "build_guest_config",
     "get_engine",
-    "mac_for",
     "probe_kvm",
 ]
 
@@ -68,12 +65,10 @@ def get_engine(
                 hint="sudo apt-get install qemu-system-x86",
             )
         return qemu
-    engines: dict[str, Engine] = {"firecracker": fc, "qemu": qemu}
+    engines: dict[str, Engine] = {e.name: e for e in (qemu, fc)}
     engine = engines.get(name)
     if engine is None:
-        raise InvalidInput(
-            f"unknown engine {name!r}", hint='use engine = "auto", "qemu" or "firecracker"'
-        )
+        raise InvalidInput(f"unknown engine {name!r}", hint=f"{engine_hint()} for `engine`")
     avail = engine.availability()
     if not avail.ok:
         raise BangerError(

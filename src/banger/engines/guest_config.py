@@ -9,14 +9,13 @@ their own command-line fragments without knowing about each other.
 
 from __future__ import annotations
 
-import hashlib
-import ipaddress
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from banger.engines.base import Drive, GuestConfig, NetIface
 from banger.errors import InvalidInput
+from banger.net.addresses import kernel_ip_param, mac_for
 from banger.sizing import check_memory, check_vcpus
 
 # Linux x86 COMMAND_LINE_SIZE is 2048 including the NUL; Firecracker enforces it too.
@@ -32,32 +31,10 @@ _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _TAP = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")  # IFNAMSIZ - 1
 
 
-def mac_for(vm_id: str) -> str:
-    """A stable MAC for a VM: locally administered, unicast (first octet 0x02)."""
-    digest = hashlib.sha256(vm_id.encode()).digest()
-    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
-
-
 def _check_file(what: str, path: Path) -> Path:
     if not path.is_file():
         raise InvalidInput(f"{what} {path} does not exist or is not a file")
     return path
-
-
-def _ip_param(ip: str, prefix: int, gateway: str, hostname: str, dns: str | None) -> str:
-    try:
-        iface = ipaddress.IPv4Interface(f"{ip}/{prefix}")
-        gw = ipaddress.IPv4Address(gateway)
-        dns_addr = ipaddress.IPv4Address(dns) if dns else None
-    except ValueError as exc:
-        raise InvalidInput(f"invalid guest network settings: {exc}") from exc
-    if gw not in iface.network:
-        raise InvalidInput(f"gateway {gw} is outside the guest network {iface.network}")
-    if iface.ip in (gw, iface.network.network_address, iface.network.broadcast_address):
-        raise InvalidInput(f"{iface.ip} cannot be a guest address in {iface.network}")
-    # ip=<client>:<server>:<gw>:<netmask>:<hostname>:<device>:<autoconf>[:<dns0>]
-    param = f"ip={iface.ip}::{gw}:{iface.netmask}:{hostname}:eth0:off"
-    return f"{param}:{dns_addr}" if dns_addr else param
 
 
 def _nic(tap: str, mac: str) -> NetIface:
@@ -94,7 +71,7 @@ def build_guest_config(
 
     Networking is all-or-nothing: `ip`, `gateway` and `tap` together, or none of
     them (a guest with no NIC, e.g. an offline image build). `mac` defaults to
-    `mac_for(vm_id)`. `console_log` defaults to `<run_dir>/console.log`.
+    `net.addresses.mac_for(vm_id)`. `console_log` defaults to `<run_dir>/console.log`.
 
     `golden`: the source boot of a golden snapshot (`banger.golden=1`): the same
     devices (a NIC on `tap`, both drives) but no `ip=`, so the guest stops before it
@@ -132,7 +109,7 @@ def build_guest_config(
         if ip is None or gateway is None or tap is None:
             raise InvalidInput("guest networking needs ip, gateway and tap together")
         nics = (_nic(tap, (mac or mac_for(vm_id)).lower()),)
-        parts.append(_ip_param(ip, prefix, gateway, name, dns))
+        parts.append(kernel_ip_param(ip, prefix, gateway, name, dns))
     parts.append(f"systemd.hostname={name}")
     for frag in extra_cmdline:
         if not frag.strip() or any(c in frag for c in "\n\r\0"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from banger.config import Config
+from banger.engine_names import engine_hint
 from banger.engines import KVM_CACHE_FILE, get_engine
 from banger.engines.base import Engine
 from banger.engines.firecracker import FirecrackerEngine
@@ -24,8 +25,11 @@ class EngineRegistry:
         self.cache_dir = cache_dir
         kvm_cache = cache_dir / KVM_CACHE_FILE
         self._engines: dict[str, Engine] = {
-            "qemu": QemuEngine(config.qemu_bin, kvm_cache=kvm_cache),
-            "firecracker": FirecrackerEngine(config.firecracker_bin, kvm_cache=kvm_cache),
+            e.name: e
+            for e in (
+                QemuEngine(config.qemu_bin, kvm_cache=kvm_cache),
+                FirecrackerEngine(config.firecracker_bin, kvm_cache=kvm_cache),
+            )
         }
         self._resolved: dict[str, str] = {}
 
@@ -45,6 +49,4 @@ class EngineRegistry:
         try:
             return self._engines[name]
         except KeyError:
-            raise InvalidInput(
-                f"unknown engine {name!r}", hint='use "auto", "qemu" or "firecracker"'
-            ) from None
+            raise InvalidInput(f"unknown engine {name!r}", hint=engine_hint()) from None

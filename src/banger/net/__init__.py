@@ -2,7 +2,7 @@
 
 Narrow interface, one module per concern:
 
-- `addresses`: pure subnet arithmetic (gateway, `allocate`, netmask, MACs, `ip=`).
+- `addresses`: pure subnet arithmetic (gateway, `allocate`, the MAC and `ip=` builders).
 - `bridge`:    `ensure_bridge`, `get_bridge`, `delete_bridge`.
 - `tap`:       `create_tap`, `attach_tap`, `delete_tap`, `list_taps`, `tap_exists`.
 - `pool`:      `TapPool` (`acquire`/`lease`, `release`, `refill`, `reclaim`, `drain`).

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import os
 from collections.abc import Iterable
 
 from banger.errors import Conflict, InvalidInput
@@ -48,22 +47,8 @@ def gateway(cidr: str) -> str:
     return str(parse_subnet(cidr).network_address + 1)
 
 
-def host_interface(cidr: str) -> str:
-    """The bridge's address with its prefix, e.g. "172.30.0.1/24"."""
-    net = parse_subnet(cidr)
-    return f"{net.network_address + 1}/{net.prefixlen}"
-
-
 def prefixlen(cidr: str) -> int:
     return parse_subnet(cidr).prefixlen
-
-
-def netmask(cidr: str) -> str:
-    return str(parse_subnet(cidr).netmask)
-
-
-def contains(cidr: str, ip: str) -> bool:
-    return parse_ip(ip) in parse_subnet(cidr)
 
 
 def reserved(cidr: str) -> set[str]:
@@ -85,19 +70,28 @@ def allocate(used: Iterable[str], cidr: str) -> str:
     )
 
 
-def generate_mac(seed: str | None = None) -> str:
-    """A locally administered unicast MAC; stable for a given `seed`, random without."""
-    raw = hashlib.sha256(seed.encode()).digest()[:6] if seed is not None else os.urandom(6)
-    # Set the locally-administered bit and clear the multicast bit of the first octet.
-    first = (raw[0] | 0x02) & 0xFE
-    return ":".join(f"{b:02x}" for b in (first, *raw[1:]))
+def mac_for(seed: str) -> str:
+    """The one MAC generator: stable for `seed` (a VM's id, the bridge's name), locally
+    administered and unicast (first octet 0x02)."""
+    digest = hashlib.sha256(seed.encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
 
 
 def kernel_ip_param(
-    ip: str, cidr: str, hostname: str = "", device: str = "eth0", dns: str | None = None
+    ip: str, prefix: int, gateway: str, hostname: str, dns: str | None = None
 ) -> str:
-    """The kernel's static `ip=` argument: client::gateway:netmask:hostname:dev:off[:dns]."""
-    if not contains(cidr, ip):
-        raise InvalidInput(f"{ip} is not inside {cidr}")
-    param = f"ip={ip}::{gateway(cidr)}:{netmask(cidr)}:{hostname}:{device}:off"
-    return param + (f":{dns}" if dns else "")
+    """The one builder of the kernel's static `ip=` argument, validated:
+    `ip=<client>::<gw>:<netmask>:<hostname>:eth0:off[:<dns0>]`."""
+    try:
+        iface = ipaddress.IPv4Interface(f"{ip}/{prefix}")
+        gw = ipaddress.IPv4Address(gateway)
+        dns_addr = ipaddress.IPv4Address(dns) if dns else None
+    except ValueError as exc:
+        raise InvalidInput(f"invalid guest network settings: {exc}") from exc
+    if gw not in iface.network:
+        raise InvalidInput(f"gateway {gw} is outside the guest network {iface.network}")
+    if iface.ip in (gw, iface.network.network_address, iface.network.broadcast_address):
+        raise InvalidInput(f"{iface.ip} cannot be a guest address in {iface.network}")
+    # ip=<client>:<server>:<gw>:<netmask>:<hostname>:<device>:<autoconf>[:<dns0>]
+    param = f"ip={iface.ip}::{gw}:{iface.netmask}:{hostname}:eth0:off"
+    return f"{param}:{dns_addr}" if dns_addr else param

@@ -103,9 +103,7 @@ def ensure_bridge(name: str, cidr: str, netns: str | None) -> dict[str, Any]:
                 try:
                     # A fixed MAC: otherwise the bridge takes its lowest port's MAC,
                     # which changes as TAPs come and go and confuses guests' ARP caches.
-                    ipr.link(
-                        "add", ifname=name, kind="bridge", address=addresses.generate_mac(name)
-                    )
+                    ipr.link("add", ifname=name, kind="bridge", address=addresses.mac_for(name))
                 except NetlinkError as exc:
                     if exc.code != errno.EEXIST:  # a concurrent ensure won the race
                         raise

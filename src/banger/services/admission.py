@@ -46,17 +46,9 @@ class Admission:
         self._queued = 0
 
     @property
-    def booting(self) -> int:
-        return self._booting
-
-    @property
     def full(self) -> bool:
         """Whether a boot asking now would have to wait."""
         return self._slots.locked()
-
-    @property
-    def queued(self) -> int:
-        return self._queued
 
     def check_memory(self, name: str, want_mib: int, held_mib: int) -> None:
         if self.host_mib <= 0 or self.overcommit <= 0:

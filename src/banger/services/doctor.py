@@ -87,14 +87,14 @@ def check_engines(paths: Paths, config: Config) -> list[CheckResult]:
     return [
         CheckResult(
             group="engines",
-            name="qemu",
+            name=QemuEngine.name,
             status="ok" if qemu.ok else "fail",
             detail=qemu.detail,
             fix="" if qemu.ok else "apt-get install qemu-system-x86",
         ),
         CheckResult(
             group="engines",
-            name="firecracker",
+            name=FirecrackerEngine.name,
             status="ok" if fc.ok else "warn",
             detail=fc.detail if fc.ok else f"not usable (optional; QEMU is used): {fc.detail}",
             fix=""

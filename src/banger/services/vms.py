@@ -34,8 +34,9 @@ from banger.capabilities.base import BootContributions, Capability, PrepareConte
 from banger.config import Config
 from banger.engines import process
 from banger.engines.base import Engine, EngineHandle
-from banger.engines.guest_config import build_guest_config, mac_for
+from banger.engines.guest_config import build_guest_config
 from banger.errors import BangerError, Conflict
+from banger.net.addresses import mac_for
 from banger.paths import Paths
 from banger.progress import Progress
 from banger.services.admission import Admission, default_boot_limit, host_memory_mib

@@ -18,6 +18,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, DataTable, Input, Label, Log, Select, Static
 
 from banger.api.models import CreateVM
+from banger.engine_names import ENGINE_CHOICES
 from banger.errors import BangerError
 
 ANSI = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|\][^\x07]*(\x07|\x1b\\)|[@-Z\\-_])")
@@ -149,7 +150,7 @@ class CreateForm(ModalScreen[str | None]):
             with Horizontal(classes="row"):
                 yield Label("Engine", classes="label")
                 yield Select(
-                    [(e, e) for e in ("auto", "qemu", "firecracker")],
+                    [(e, e) for e in ENGINE_CHOICES],
                     value=str(d.get("engine") or "auto"),
                     allow_blank=False,
                     id="f-engine",
