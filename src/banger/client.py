@@ -8,7 +8,6 @@ with Client.connect() as c:
 from __future__ import annotations
 
 import builtins
-import http.client
 import json
 import socket
 import urllib.parse
@@ -16,51 +15,105 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import BaseModel
-
-from banger.api.models import (
-    VM,
-    CreateVM,
-    DoctorReport,
-    Image,
-    Kernel,
-    KernelBuild,
-    Operation,
-    OperationEvent,
-    PullOciImage,
-    RegisterImage,
-    SetVM,
-    Status,
-)
 from banger.errors import BangerError, DaemonUnavailable, from_dict
 from banger.paths import Paths, default_paths
 
 if TYPE_CHECKING:
+    import http.client
+
+    from pydantic import BaseModel
+
+    from banger.api.models import (
+        VM,
+        CreateVM,
+        DoctorReport,
+        Image,
+        Kernel,
+        KernelBuild,
+        Operation,
+        OperationEvent,
+        PullOciImage,
+        RegisterImage,
+        SetVM,
+        Status,
+    )
     from banger.stream import ExecResult, GuestStream
 
-M = TypeVar("M", bound=BaseModel)
-EventCallback = Callable[[OperationEvent], None]
+# The API models (pydantic) are imported by the methods that build them, not here:
+# `banger vm list` reads plain JSON (`vm_rows`) and never pays for pydantic.
+M = TypeVar("M", bound="BaseModel")
+EventCallback = Callable[["OperationEvent"], None]
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    """HTTP/1.1 over the daemon's UNIX socket. The stdlib client is enough for a
-    local JSON API, and it keeps `banger vm list` well under 150 ms (httpx alone
-    costs ~100 ms to import)."""
+def _unix_socket(path: str, timeout: float | None) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(2.0)  # connecting to a local socket is instant or broken
+    try:
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        raise
+    sock.settimeout(timeout)
+    return sock
 
-    def __init__(self, path: str, timeout: float | None) -> None:
-        super().__init__("bangerd", timeout=timeout)
-        self._path = path
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(2.0)  # connecting to a local socket is instant or broken
-        try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        sock.settimeout(self.timeout)
-        self.sock = sock
+def _connection(path: str, timeout: float | None) -> http.client.HTTPConnection:
+    """An `http.client` connection over the daemon's UNIX socket, for the calls that
+    stream a response (operation events). Imported on use: http.client brings email
+    and ssl, more than a `banger vm list` may spend."""
+    import http.client
+
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = _unix_socket(path, self.timeout)
+
+    return UnixConnection("bangerd", timeout=timeout)
+
+
+class _BadResponse(Exception):
+    """The daemon's answer is not a whole HTTP response."""
+
+
+def _exchange(path: str, timeout: float | None, request: bytes) -> tuple[int, bytes]:
+    """One HTTP/1.1 request with `Connection: close` and its whole response: status and
+    body. The plain JSON calls need no more than this, and it needs only `socket`."""
+    with _unix_socket(path, timeout) as sock:
+        sock.sendall(request)
+        chunks: list[bytes] = []
+        while chunk := sock.recv(1 << 16):
+            chunks.append(chunk)
+    head, sep, body = b"".join(chunks).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status_line = lines[0].split(" ", 2)
+    if not sep or len(status_line) < 2 or not status_line[1].isdigit():
+        raise _BadResponse(f"no HTTP response ({len(head) + len(body)} bytes)")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        body = _dechunk(body)
+    elif "content-length" in headers:
+        length = int(headers["content-length"])
+        if len(body) < length:
+            raise _BadResponse(f"the response ended after {len(body)} of {length} bytes")
+        body = body[:length]
+    return int(status_line[1]), body
+
+
+def _dechunk(data: bytes) -> bytes:
+    out: list[bytes] = []
+    while True:
+        size_line, sep, rest = data.partition(b"\r\n")
+        if not sep:
+            raise _BadResponse("a chunked response ended early")
+        size = int(size_line.split(b";", 1)[0], 16)
+        if size == 0:
+            return b"".join(out)
+        if len(rest) < size + 2:
+            raise _BadResponse("a chunked response ended early")
+        out.append(rest[:size])
+        data = rest[size + 2 :]
 
 
 class Client:
@@ -100,29 +153,36 @@ class Client:
 
     # -- transport -----------------------------------------------------------------
 
+    @staticmethod
+    def _target(path: str, params: dict[str, Any] | None) -> str:
+        if not params:
+            return path
+        query = {k: str(v).lower() if isinstance(v, bool) else v for k, v in params.items()}
+        return f"{path}?{urllib.parse.urlencode(query)}"
+
+    def _lost(self, exc: Exception) -> DaemonUnavailable:
+        return DaemonUnavailable(
+            f"lost contact with the banger daemon ({exc})",
+            hint=f"check `banger daemon status`; the log is {self.paths.daemon_log}",
+        )
+
     def _open(
         self,
         method: str,
         path: str,
         params: dict[str, Any] | None = None,
-        body: Any = None,
         timeout: float | None = -1.0,
-    ) -> tuple[_UnixConnection, http.client.HTTPResponse]:
-        if params:
-            query = {k: str(v).lower() if isinstance(v, bool) else v for k, v in params.items()}
-            path = f"{path}?{urllib.parse.urlencode(query)}"
-        data = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"} if data is not None else {}
-        conn = _UnixConnection(str(self.paths.socket), self.timeout if timeout == -1.0 else timeout)
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """A request whose response is read as it comes (see `stream`)."""
+        import http.client
+
+        conn = _connection(str(self.paths.socket), self.timeout if timeout == -1.0 else timeout)
         try:
-            conn.request(method, path, body=data, headers=headers)
+            conn.request(method, self._target(path, params))
             return conn, conn.getresponse()
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
-            raise DaemonUnavailable(
-                f"lost contact with the banger daemon ({exc})",
-                hint=f"check `banger daemon status`; the log is {self.paths.daemon_log}",
-            ) from exc
+            raise self._lost(exc) from exc
 
     @staticmethod
     def _raise_for(status: int, data: bytes) -> None:
@@ -139,16 +199,20 @@ class Client:
         params: dict[str, Any] | None = None,
         body: Any = None,
     ) -> Any:
-        conn, resp = self._open(method, path, params, body)
+        data = json.dumps(body).encode() if body is not None else b""
+        head = f"{method} {self._target(path, params)} HTTP/1.1\r\nHost: bangerd\r\n"
+        head += "Connection: close\r\n"
+        if body is not None:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
         try:
-            data = resp.read()
-        except (OSError, http.client.HTTPException) as exc:
-            raise DaemonUnavailable(f"lost contact with the banger daemon ({exc})") from exc
-        finally:
-            conn.close()
-        if resp.status >= 400:
-            self._raise_for(resp.status, data)
-        return json.loads(data)
+            status, answer = _exchange(
+                str(self.paths.socket), self.timeout, (head + "\r\n").encode() + data
+            )
+        except (OSError, _BadResponse) as exc:
+            raise self._lost(exc) from exc
+        if status >= 400:
+            self._raise_for(status, answer)
+        return json.loads(answer)
 
     def _get(self, path: str, model: type[M], **kw: Any) -> M:
         return model.model_validate(self._request("GET", path, **kw))
@@ -157,11 +221,15 @@ class Client:
         return [model.model_validate(x) for x in self._request("GET", path)]
 
     def _op(self, method: str, path: str, **kw: Any) -> Operation:
+        from banger.api.models import Operation
+
         return Operation.model_validate(self._request(method, path, **kw))
 
     # -- daemon --------------------------------------------------------------------
 
     def status(self) -> Status:
+        from banger.api.models import Status
+
         return self._get("/v1/status", Status)
 
     def shutdown(self) -> None:
@@ -171,20 +239,30 @@ class Client:
         return dict(self._request("GET", "/v1/config"))
 
     def doctor(self) -> DoctorReport:
+        from banger.api.models import DoctorReport
+
         return self._get("/v1/doctor", DoctorReport)
 
     # -- operations ----------------------------------------------------------------
 
     def operation(self, op_id: str) -> Operation:
+        from banger.api.models import Operation
+
         return self._get(f"/v1/operations/{op_id}", Operation)
 
     def operations(self) -> list[Operation]:
+        from banger.api.models import Operation
+
         return self._list("/v1/operations", Operation)
 
     def cancel(self, op_id: str) -> Operation:
         return self._op("POST", f"/v1/operations/{op_id}/cancel")
 
     def stream(self, op_id: str, since: int = 0) -> Iterator[OperationEvent | Operation]:
+        import http.client
+
+        from banger.api.models import Operation, OperationEvent
+
         conn, resp = self._open(
             "GET", f"/v1/operations/{op_id}/events", {"since": since}, timeout=None
         )
@@ -209,6 +287,8 @@ class Client:
 
     def wait(self, op: Operation, on_event: EventCallback | None = None) -> Operation:
         """Follow an operation to the end; raise its error if it failed."""
+        from banger.api.models import OperationEvent
+
         final = None
         for item in self.stream(op.id):
             if isinstance(item, OperationEvent):
@@ -231,9 +311,13 @@ class Client:
     # -- kernels and images --------------------------------------------------------
 
     def kernels(self) -> list[Kernel]:
+        from banger.api.models import Kernel
+
         return self._list("/v1/kernels", Kernel)
 
     def kernel(self, name: str) -> Kernel:
+        from banger.api.models import Kernel
+
         return self._get(f"/v1/kernels/{name}", Kernel)
 
     def pull_kernel(self, name: str) -> Operation:
@@ -246,9 +330,13 @@ class Client:
         return dict(self._request("DELETE", f"/v1/kernels/{name}", params={"force": force}))
 
     def images(self) -> list[Image]:
+        from banger.api.models import Image
+
         return self._list("/v1/images", Image)
 
     def image(self, name: str) -> Image:
+        from banger.api.models import Image
+
         return self._get(f"/v1/images/{name}", Image)
 
     def pull_image(self, name: str) -> Operation:
@@ -258,6 +346,8 @@ class Client:
         return dict(self._request("DELETE", f"/v1/images/{name}", params={"force": force}))
 
     def register_image(self, req: RegisterImage) -> Image:
+        from banger.api.models import Image
+
         return Image.model_validate(
             self._request("POST", "/v1/images", body=req.model_dump(mode="json"))
         )
@@ -270,10 +360,26 @@ class Client:
 
     # -- VMs -----------------------------------------------------------------------
 
+    def vm_rows(self) -> builtins.list[dict[str, Any]]:
+        """Every VM as the daemon sends it: JSON objects with the fields of
+        `api.models.VM`, not validated into models. For a listing that has to be
+        quick (`banger vm list` never imports pydantic); `vms()` is the typed form."""
+        rows = self._request("GET", "/v1/vms")
+        assert isinstance(rows, builtins.list)
+        return rows
+
+    def vm_row(self, name: str) -> dict[str, Any]:
+        """One VM as the daemon sends it (see `vm_rows`); `vm()` is the typed form."""
+        return dict(self._request("GET", f"/v1/vms/{name}"))
+
     def vms(self) -> list[VM]:
+        from banger.api.models import VM
+
         return self._list("/v1/vms", VM)
 
     def vm(self, name: str) -> VM:
+        from banger.api.models import VM
+
         return self._get(f"/v1/vms/{name}", VM)
 
     def create_vm(self, req: CreateVM) -> Operation:
@@ -286,12 +392,16 @@ class Client:
         return self._op("DELETE", f"/v1/vms/{name}", params={"force": force})
 
     def set_vm(self, name: str, req: SetVM) -> VM:
+        from banger.api.models import VM
+
         return VM.model_validate(
             self._request("PATCH", f"/v1/vms/{name}", body=req.model_dump(exclude_none=True))
         )
 
     def publish(self, name: str, specs: list[str], *, remove: bool = False) -> VM:
         """Publish (or with `remove`, unpublish) ports of a VM; live when it runs."""
+        from banger.api.models import VM
+
         action = "unpublish" if remove else "publish"
         return VM.model_validate(
             self._request("POST", f"/v1/vms/{name}/{action}", body={"specs": specs})
@@ -342,6 +452,8 @@ class Client:
         on_event: EventCallback | None = None,
     ) -> VM:
         """Create and boot a VM; returns it running (the image is pulled if needed)."""
+        from banger.api.models import CreateVM
+
         req = CreateVM(name=name, image=image, vcpus=vcpus, memory=memory, nat=nat)
         final = self.wait(self.create_vm(req), on_event)
         return self.vm(str(final.result["name"]))

@@ -11,8 +11,6 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-import platformdirs
-
 
 @dataclass(frozen=True)
 class Paths:
@@ -103,14 +101,20 @@ def home_paths(
     return Paths(root / "config", root / "state", data, root / "run")
 
 
+def _xdg(var: str, fallback: str) -> Path:
+    """An XDG base directory: `$var` when set and not blank, else `~/fallback`."""
+    value = os.environ.get(var, "").strip()
+    return Path(value) if value else Path.home() / fallback
+
+
 def default_paths() -> Paths:
     home = os.environ.get("BANGER_HOME")
     if home:
         return home_paths(home, os.environ.get("BANGER_DATA_DIR"))
     return Paths(
-        config_dir=Path(platformdirs.user_config_dir("banger")),
-        state_dir=Path(platformdirs.user_state_dir("banger")),
-        data_dir=Path(platformdirs.user_data_dir("banger")),
+        config_dir=_xdg("XDG_CONFIG_HOME", ".config") / "banger",
+        state_dir=_xdg("XDG_STATE_HOME", ".local/state") / "banger",
+        data_dir=_xdg("XDG_DATA_HOME", ".local/share") / "banger",
         runtime_dir=_runtime_dir(),
     )
 

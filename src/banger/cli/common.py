@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from banger.api.models import VM, Operation
 from banger.cli.output import StageProgress, err
 from banger.client import Client
 from banger.errors import BangerError, DaemonUnavailable, NotFound
+
+if TYPE_CHECKING:  # only the commands that build models import pydantic
+    from banger.api.models import VM, Operation
 
 
 def client() -> Client:

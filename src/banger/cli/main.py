@@ -18,7 +18,10 @@ from banger.errors import BangerError
 
 
 class LazyGroup(click.Group):
-    """Imports a sub-command's module only when it runs: keeps `banger vm list` fast."""
+    """Imports a sub-command's module only when it runs: keeps `banger vm list` fast.
+
+    `banger --help` lists the commands from `summary` without importing any of them
+    (`tests/test_cli_imports.py` checks each summary against its command's help)."""
 
     lazy: dict[str, tuple[str, str]] = {
         "daemon": ("banger.cli.daemon_cmds", "daemon"),
@@ -30,6 +33,17 @@ class LazyGroup(click.Group):
         "vm": ("banger.cli.main", "vm"),
         "tui": ("banger.cli.tui_cmd", "tui"),
         "mcp": ("banger.cli.exec_cmds", "mcp"),
+    }
+    summary: dict[str, str] = {
+        "config": "Inspect configuration (~/.config/banger/config.toml).",
+        "daemon": "Start, stop and inspect the banger daemon.",
+        "dns": "Make `NAME.vm` resolve on the host (systemd-resolved).",
+        "doctor": "Check the host: tools, KVM, engines, privileges, dirs, artifacts.",
+        "image": "Root filesystem images (rootfs + work-seed).",
+        "kernel": "Guest kernels (vmlinux + initramfs) for microVMs.",
+        "mcp": "Serve the Model Context Protocol on stdio (for coding agents).",
+        "tui": "Terminal UI: VMs, images, kernels, operations, doctor.",
+        "vm": "Create, run and manage microVMs.",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -44,6 +58,17 @@ class LazyGroup(click.Group):
         cmd = getattr(importlib.import_module(module), attr)
         assert isinstance(cmd, click.Command)
         return cmd
+
+    def summary_for(self, name: str, limit: int) -> str:
+        """`name`'s summary cut to `limit` as click cuts a command's own help."""
+        return click.Command(name, help=self.summary[name]).get_short_help_str(limit)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(n) for n in names)
+        rows = [(n, self.summary_for(n, limit)) for n in names]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
 
 class LazyVM(click.Group):

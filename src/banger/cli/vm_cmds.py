@@ -5,13 +5,11 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from banger.api.models import VM, CreateVM, Operation, PublishedPort, SetVM
 from banger.cli.common import after_daemon_loss, client, follow, json_option
 from banger.cli.output import err, out, print_json
 from banger.client import Client
@@ -19,6 +17,12 @@ from banger.engine_names import ENGINE_CHOICES
 from banger.errors import BangerError, DaemonUnavailable
 from banger.sizing import precheck
 from banger.units import format_duration, format_size
+
+if TYPE_CHECKING:
+    from banger.api.models import VM, Operation
+
+# `vm list` and `vm show` read the daemon's JSON as it comes (`Client.vm_rows`): the
+# pydantic models are imported only by the commands that send or build them.
 
 ENGINES = click.Choice(ENGINE_CHOICES)
 
@@ -28,17 +32,17 @@ def vm() -> None:
     """Create, run and manage microVMs."""
 
 
-def _uptime(v: VM) -> str:
-    if v.state != "running" or not v.started_at:
+def _uptime(v: dict[str, Any]) -> str:
+    if v["state"] != "running" or not v.get("started_at"):
         return "-"
-    return format_duration(time.time() - v.started_at)
+    return format_duration(time.time() - float(v["started_at"]))
 
 
 @vm.command("list")
 @json_option
 def list_(as_json: bool) -> None:
     """List VMs."""
-    vms = client().vms()
+    vms = client().vm_rows()
     if as_json:
         print_json(vms)
         return
@@ -51,13 +55,13 @@ def list_(as_json: bool) -> None:
     colors = {"running": "green", "stopped": "dim", "error": "red"}
     for v in vms:
         t.add_row(
-            v.name,
-            f"[{colors.get(v.state, 'yellow')}]{v.state}[/]",
-            v.ip or "-",
-            v.image,
-            v.engine,
-            str(v.vcpus),
-            format_size(v.memory_mib * 1024**2),
+            v["name"],
+            f"[{colors.get(v['state'], 'yellow')}]{v['state']}[/]",
+            v.get("ip") or "-",
+            v["image"],
+            v["engine"],
+            str(v["vcpus"]),
+            format_size(int(v["memory_mib"]) * 1024**2),
             _uptime(v),
         )
     out.print(t)
@@ -95,6 +99,8 @@ def _create_options(f: F) -> F:
 
 def _create(quiet: bool, **kw: Any) -> VM:
     """Check what can be checked here, then create through the daemon (started if need be)."""
+    from banger.api.models import CreateVM
+
     kw["publish"] = list(kw.get("publish") or ())
     req = CreateVM.model_validate({k: v for k, v in kw.items() if v is not None})
     precheck(vcpus=req.vcpus, memory=req.memory, disk_size=req.disk_size, work_size=req.work_size)
@@ -118,16 +124,19 @@ def create(as_json: bool, **kw: object) -> None:
     out.print(f"[green]✓[/] {v.name} is running at {v.ip} (ready in {total:.1f}s)")
     out.print(f"  connect: banger vm ssh {v.name}")
     for p in v.ports:
-        out.print(f"  published: {_port_line(p)}")
+        out.print(f"  published: {_port_line(p.model_dump())}")
 
 
-def _port_line(p: PublishedPort) -> str:
-    host = "*" if p.host_addr == "0.0.0.0" else p.host_addr
-    return f"{host}:{p.host_port}/{p.proto} -> {p.guest_port}"
+def _port_line(p: dict[str, Any]) -> str:
+    """One published port (`api.models.PublishedPort` as JSON) as `vm show` prints it."""
+    host = "*" if p["host_addr"] == "0.0.0.0" else p["host_addr"]
+    return f"{host}:{p['host_port']}/{p['proto']} -> {p['guest_port']}"
 
 
 def _fan_out(names: tuple[str, ...], action: str, verb: str, **params: object) -> None:
     """Run one action on several VMs concurrently; report each; exit 1 if any failed."""
+    from concurrent.futures import ThreadPoolExecutor
+
     c = client()
 
     lost = False
@@ -206,15 +215,18 @@ def delete(names: tuple[str, ...], force: bool) -> None:
 @json_option
 def show(name: str, as_json: bool) -> None:
     """Show a VM's details and its last create/start stage timings."""
-    v = client().vm(name)
+    v = client().vm_row(name)
     if as_json:
         print_json(v)
         return
-    for key, val in v.model_dump(exclude={"timings", "ports"}).items():
-        out.print(f"{key:<11} {val}")
-    out.print(f"{'ports':<11} " + (", ".join(_port_line(p) for p in v.ports) or "-"))
-    if v.timings:
-        out.print("timings    " + "  ".join(f"{k}={s:.2f}s" for k, s in v.timings.items()))
+    for key, val in v.items():
+        if key not in ("timings", "ports"):
+            out.print(f"{key:<11} {val}")
+    ports: list[dict[str, Any]] = v.get("ports") or []
+    out.print(f"{'ports':<11} " + (", ".join(_port_line(p) for p in ports) or "-"))
+    timings: dict[str, float] = v.get("timings") or {}
+    if timings:
+        out.print("timings    " + "  ".join(f"{k}={s:.2f}s" for k, s in timings.items()))
 
 
 @vm.command("set")
@@ -224,6 +236,8 @@ def show(name: str, as_json: bool) -> None:
 @click.option("--nat/--no-nat", default=None)
 def set_(names: tuple[str, ...], vcpus: int | None, memory: str | None, nat: bool | None) -> None:
     """Change VM settings (vcpus/memory only while stopped)."""
+    from banger.api.models import SetVM
+
     precheck(vcpus=vcpus, memory=memory)
     c = client()
     req = SetVM(vcpus=vcpus, memory=memory, nat=nat)
@@ -250,7 +264,7 @@ def publish(name: str, specs: tuple[str, ...], as_json: bool) -> None:
         print_json(v)
         return
     for p in v.ports:
-        out.print(f"[green]✓[/] {name}: {_port_line(p)}")
+        out.print(f"[green]✓[/] {name}: {_port_line(p.model_dump())}")
 
 
 @vm.command()
@@ -259,7 +273,7 @@ def publish(name: str, specs: tuple[str, ...], as_json: bool) -> None:
 def unpublish(name: str, specs: tuple[str, ...]) -> None:
     """Stop publishing ports (by host port, or as they were published)."""
     v = client().publish(name, list(specs), remove=True)
-    left = ", ".join(_port_line(p) for p in v.ports) or "no ports"
+    left = ", ".join(_port_line(p.model_dump()) for p in v.ports) or "no ports"
     out.print(f"[green]✓[/] {name} now publishes {left}")
 
 

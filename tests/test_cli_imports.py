@@ -1,0 +1,187 @@
+"""The CLI's import budget: the quick commands load only what they use.
+
+`banger vm list` has to answer in well under 150 ms, and most of that is Python
+importing things. Each case runs the real CLI (`python -X importtime -m banger.cli`)
+against a stand-in daemon on a UNIX socket that answers the routes these commands
+call with real `api.models.VM` JSON, and reads from the import log which modules
+were loaded. A heavy import added at the top of a module on these paths fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socketserver
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+
+import pytest
+
+from banger.api.models import VM, PublishedPort
+from banger.paths import default_paths
+
+# Never on the quick paths: validation models, the daemon's HTTP stack, the TUI, the
+# other HTTP clients and what they pull in.
+HEAVY = {"pydantic", "pydantic_core", "httpx", "aiohttp", "textual", "pyroute2", "http.client"}
+HEAVY |= {"email", "ssl", "concurrent.futures", "banger.api", "banger.services", "banger.daemon"}
+
+
+def _vm(i: int) -> dict[str, object]:
+    ports = [
+        PublishedPort(
+            proto="tcp", host_addr="0.0.0.0", host_port=8080, guest_port=80, spec="8080:80"
+        )
+    ]
+    return VM(
+        id=f"{i:012x}",
+        name=f"box-{i}",
+        state="running" if i == 0 else "stopped",
+        image="debian-bookworm",
+        kernel="debian-6.1",
+        engine="qemu",
+        vcpus=2,
+        memory_mib=1024,
+        disk_bytes=4 << 30,
+        work_bytes=2 << 30,
+        nat=False,
+        ip=f"172.30.0.{2 + i}",
+        mac="02:00:00:00:00:01",
+        tap=None,
+        created_at=1.0,
+        started_at=2.0 if i == 0 else None,
+        ports=ports if i == 0 else [],
+    ).model_dump(mode="json")
+
+
+class _Daemon(BaseHTTPRequestHandler):
+    vms = [_vm(i) for i in range(10)]
+
+    def do_GET(self) -> None:
+        by_name = {v["name"]: v for v in self.vms}
+        name = self.path.removeprefix("/v1/vms/")
+        if self.path == "/v1/vms":
+            self._send(200, self.vms)
+        elif name in by_name:
+            self._send(200, by_name[name])
+        else:
+            self._send(404, {"error": {"code": "not_found", "message": f"no VM named `{name}`"}})
+
+    def _send(self, status: int, doc: object) -> None:
+        data = json.dumps(doc).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        return None
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    home = Path(str(tmp_path_factory.mktemp("h")))
+    old = os.environ.get("BANGER_HOME")
+    os.environ["BANGER_HOME"] = str(home)
+    try:
+        sock = default_paths().socket
+    finally:
+        if old is None:
+            del os.environ["BANGER_HOME"]
+        else:
+            os.environ["BANGER_HOME"] = old
+    sock.parent.mkdir(parents=True)
+    server = _Server(str(sock), _Daemon)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield home
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def run(home: Path, *args: str) -> tuple[str, set[str]]:
+    """Run the CLI; its stdout and every module it imported."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BANGER_")}
+    env.update(BANGER_HOME=str(home), COLUMNS="120")
+    res = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "banger.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    found = re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)$", res.stderr, re.M)
+    assert "banger.cli.main" in found, "no import log: is -X importtime still honoured?"
+    return res.stdout, set(found)
+
+
+def heavy(modules: set[str], allowed: frozenset[str] = frozenset()) -> set[str]:
+    return {m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY - allowed)}
+
+
+def test_vm_list_loads_no_models_and_no_http_stack(home: Path) -> None:
+    out, modules = run(home, "vm", "list")
+    assert "box-0" in out and "running" in out and "box-9" in out
+    assert heavy(modules) == set()
+
+
+def test_json_output_needs_no_rich_either(home: Path) -> None:
+    out, modules = run(home, "vm", "list", "--json")
+    assert json.loads(out) == _Daemon.vms  # exactly the daemon's JSON
+    assert heavy(modules) == set()
+    assert not any(m == "rich" or m.startswith("rich.") for m in modules)
+    out, modules = run(home, "vm", "show", "box-0", "--json")
+    assert json.loads(out) == _Daemon.vms[0]
+    assert heavy(modules) == set()
+
+
+def test_vm_show_reads_plain_json(home: Path) -> None:
+    out, modules = run(home, "vm", "show", "box-0")
+    assert re.search(r"^state\s+running$", out, re.M)
+    assert re.search(r"^ports\s+\*:8080/tcp -> 80$", out, re.M)
+    assert heavy(modules) == set()
+
+
+def test_help_and_version_import_no_command(home: Path) -> None:
+    for args in (["--help"], ["--version"]):
+        out, modules = run(home, *args)
+        assert heavy(modules) == set()
+        commands = {m for m in modules if m.startswith("banger.cli.")}
+        assert commands <= {"banger.cli.__main__", "banger.cli.main", "banger.cli.output"}
+        assert "rich" not in modules and "banger.client" not in modules
+    out, _ = run(home, "--help")
+    assert "vm      Create, run and manage microVMs." in out
+
+
+def test_help_summaries_match_the_commands() -> None:
+    """`banger --help` lists the commands from `LazyGroup.summary`: it must say what
+    each command's own help says, at any terminal width."""
+    import click
+
+    from banger.cli.main import LazyGroup, cli
+
+    assert isinstance(cli, LazyGroup)
+    ctx = click.Context(cli)
+    assert set(cli.summary) == set(cli.list_commands(ctx))
+    for name in cli.summary:
+        cmd = cli.get_command(ctx, name)
+        assert cmd is not None
+        for limit in (30, 45, 80, 200):
+            assert cli.summary_for(name, limit) == cmd.get_short_help_str(limit), name
+
+
+def test_the_budget_check_catches_a_heavy_import() -> None:
+    assert heavy({"banger.cli.main", "pydantic.main", "rich.table"}) == {"pydantic.main"}
+    assert heavy({"http.client", "http.server"}) == {"http.client"}
