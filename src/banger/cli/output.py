@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,58 @@ class _LazyConsole:
 
 out: Console = _LazyConsole(stderr=False)  # type: ignore[assignment]
 err: Console = _LazyConsole(stderr=True)  # type: ignore[assignment]
+
+
+# A cell: its text, or its text and a style ("green", "dim", "red", "yellow", "bold").
+Cell = str | tuple[str, str]
+_SGR = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33"}
+
+
+def _columns() -> int:
+    cols = os.environ.get("COLUMNS", "")
+    if cols.isdigit() and int(cols) > 0:
+        return int(cols)
+    try:
+        return os.get_terminal_size(sys.stdout.fileno()).columns
+    except (OSError, ValueError):
+        return 80
+
+
+def _color() -> bool:
+    return sys.stdout.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+
+
+def print_table(headers: list[str], rows: list[list[Cell]]) -> None:
+    """A table on stdout drawn like rich's default one (heavy head, cells padded by one,
+    columns cut with `…` to fit the terminal), without importing rich: `banger vm list`
+    is on the quick path. Styles are ANSI colours on a terminal only."""
+    cells = [[(c, "") if isinstance(c, str) else c for c in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i][0]) for r in cells]) for i, h in enumerate(headers)]
+    while sum(widths) + 3 * len(widths) + 1 > _columns() and max(widths) > 1:
+        widths[widths.index(max(widths))] -= 1
+    color = _color()
+
+    def fit(text: str, width: int, style: str) -> str:
+        text = text if len(text) <= width else text[: width - 1] + "…"
+        pad = " " * (width - len(text))
+        if color and style in _SGR:
+            text = f"\x1b[{_SGR[style]}m{text}\x1b[0m"
+        return text + pad
+
+    def line(left: str, fill: str, mid: str, right: str) -> str:
+        return left + mid.join(fill * (w + 2) for w in widths) + right
+
+    bold = "bold" if color else ""
+    out_lines = [line("┏", "━", "┳", "┓")]
+    out_lines.append(
+        "┃" + "┃".join(f" {fit(h, w, bold)} " for h, w in zip(headers, widths, strict=True)) + "┃"
+    )
+    out_lines.append(line("┡", "━", "╇", "┩"))
+    for row in cells:
+        text = "│".join(f" {fit(t, w, st)} " for (t, st), w in zip(row, widths, strict=True))
+        out_lines.append(f"│{text}│")
+    out_lines.append(line("└", "─", "┴", "┘"))
+    sys.stdout.write("\n".join(out_lines) + "\n")
 
 
 def print_json(data: Any) -> None:

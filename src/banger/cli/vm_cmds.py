@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from banger.cli.common import after_daemon_loss, client, follow, json_option
-from banger.cli.output import err, out, print_json
+from banger.cli.output import err, out, print_json, print_table
 from banger.client import Client
 from banger.engine_names import ENGINE_CHOICES
 from banger.errors import BangerError, DaemonUnavailable
@@ -47,24 +47,25 @@ def list_(as_json: bool) -> None:
         print_json(vms)
         return
     if not vms:
-        out.print("no VMs yet: `banger vm run` creates one and opens a shell")
+        sys.stdout.write("no VMs yet: `banger vm run` creates one and opens a shell\n")
         return
-    from rich.table import Table
-
-    t = Table("name", "state", "ip", "image", "engine", "cpu", "mem", "uptime")
     colors = {"running": "green", "stopped": "dim", "error": "red"}
-    for v in vms:
-        t.add_row(
-            v["name"],
-            f"[{colors.get(v['state'], 'yellow')}]{v['state']}[/]",
-            v.get("ip") or "-",
-            v["image"],
-            v["engine"],
-            str(v["vcpus"]),
-            format_size(int(v["memory_mib"]) * 1024**2),
-            _uptime(v),
-        )
-    out.print(t)
+    print_table(
+        ["name", "state", "ip", "image", "engine", "cpu", "mem", "uptime"],
+        [
+            [
+                v["name"],
+                (v["state"], colors.get(v["state"], "yellow")),
+                v.get("ip") or "-",
+                v["image"],
+                v["engine"],
+                str(v["vcpus"]),
+                format_size(int(v["memory_mib"]) * 1024**2),
+                _uptime(v),
+            ]
+            for v in vms
+        ],
+    )
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -219,14 +220,14 @@ def show(name: str, as_json: bool) -> None:
     if as_json:
         print_json(v)
         return
-    for key, val in v.items():
-        if key not in ("timings", "ports"):
-            out.print(f"{key:<11} {val}")
+    # Plain lines (no rich): values are printed as they are, never read as markup.
+    lines = [f"{key:<11} {val}" for key, val in v.items() if key not in ("timings", "ports")]
     ports: list[dict[str, Any]] = v.get("ports") or []
-    out.print(f"{'ports':<11} " + (", ".join(_port_line(p) for p in ports) or "-"))
+    lines.append(f"{'ports':<11} " + (", ".join(_port_line(p) for p in ports) or "-"))
     timings: dict[str, float] = v.get("timings") or {}
     if timings:
-        out.print("timings    " + "  ".join(f"{k}={s:.2f}s" for k, s in timings.items()))
+        lines.append("timings    " + "  ".join(f"{k}={s:.2f}s" for k, s in timings.items()))
+    sys.stdout.write("\n".join(lines) + "\n")
 
 
 @vm.command("set")
