@@ -4,7 +4,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup build run test test-fast lint coverage bench-create bench-tui bench-exec verify clean
+.PHONY: setup build run test test-fast lint coverage bench-create bench-tui bench-exec bench-cli verify clean
 
 setup:
 	@bash scripts/setup.sh
@@ -38,6 +38,9 @@ bench-tui: setup
 
 bench-exec: setup
 	$(UV) run python scripts/bench_exec.py $(ARGS)
+
+bench-cli: setup
+	$(UV) run python scripts/bench_cli.py $(ARGS)
 
 verify: setup
 	bash scripts/verify.sh $(ARGS)
