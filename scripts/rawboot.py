@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from benchlib import Sample, log, wait_ssh
 
 if TYPE_CHECKING:
-    from banger.capabilities.diskpool import DiskSpec
+    from banger.artifacts.diskpool import DiskSpec
     from banger.client import Client
 
 RAW_BRIDGE, RAW_SUBNET = "bgraw0", "172.31.0.0/24"
@@ -112,7 +112,7 @@ class Spec:
 def resolve_spec(client: Client, args: argparse.Namespace) -> Spec:
     """The artifacts banger will boot, chosen the way the daemon chooses them (what
     is missing is pulled, untimed). An image's own vmlinux boots unless --kernel."""
-    from banger.capabilities.diskpool import DiskSpec
+    from banger.artifacts.diskpool import DiskSpec
     from banger.config import load_config
     from banger.errors import NotFound
     from banger.services.ssh import ensure_key, public_key
@@ -186,7 +186,7 @@ class RawBoot:
     def prepare(self, index: int, tag: str) -> RawVM:
         """Disks, TAP and argv for one raw VM; none of this is on the clock."""
         from banger.capabilities.workdisk import WorkDiskCapability
-        from banger.engines.guest_config import BASE_CMDLINE, build_guest_config, mac_for
+        from banger.engines.guest_config import BASE_CMDLINE, build_guest_config
         from banger.engines.qemu import QemuEngine
         from banger.net import addresses
         from banger.net.bridge import ensure_bridge
@@ -226,7 +226,7 @@ class RawBoot:
             tap=tap,
             # A stable MAC per address: a new MAC on a reused address would leave the
             # host's neighbour entry pointing at the previous guest for up to ~30 s.
-            mac=mac_for(f"bgraw-{index}"),
+            mac=addresses.mac_for(f"bgraw-{index}"),
             extra_cmdline=extras,
             vsock_cid=0x10000 + index if self._engine.uses_vhost_vsock() else None,
             console_log=d / "console.log",

@@ -9,8 +9,9 @@ import pytest
 from dnslib import RCODE, DNSRecord
 
 from banger.capabilities.base import BootContributions
-from banger.capabilities.dns import DnsCapability, DnsService
+from banger.capabilities.dns import DnsCapability
 from banger.net._ns import call_in_netns
+from banger.net.dns import DnsService
 from banger.vm import VMRecord
 from tests.records import vm_record
 
@@ -71,9 +72,9 @@ async def test_bind_failure_is_logged_not_raised(caplog: pytest.LogCaptureFixtur
 
 async def test_sync_answers_for_readopted_vms() -> None:
     vms = [vm("web", "172.30.0.2"), vm("old", "172.30.0.3", state="stopped"), vm("x", None)]
-    service = DnsService("127.0.0.1", 0, lambda: vms)
+    service = DnsService("127.0.0.1", 0)
     service.register("stale", "172.30.0.9")
-    service.sync()  # what a restarted daemon does after re-adopting its VMs
+    await DnsCapability(service).reclaim(vms)  # what a restarted daemon does after re-adopting
     assert service.records() == {"web": "172.30.0.2"}
     assert await service.ensure_started()
     try:

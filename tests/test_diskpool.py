@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from banger.artifacts import ext4
-from banger.capabilities.diskpool import DiskSpec
+from banger.artifacts.diskpool import DiskSpec
 from banger.capabilities.workdisk import WorkDiskCapability
 
 MIB = 1024**2

@@ -239,7 +239,7 @@ def test_cmdline_extras_keeps_capability_fragments() -> None:
 
 
 def _spec(tmp_path: Path) -> object:
-    from banger.capabilities.diskpool import DiskSpec
+    from banger.artifacts.diskpool import DiskSpec
 
     disks = DiskSpec(tmp_path / "rootfs.ext4", tmp_path / "work-seed.ext4", 4 << 30, 2 << 30, "k")
     args = bc.parse_args([])

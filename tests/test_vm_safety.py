@@ -287,7 +287,7 @@ def test_boot_watch_fails_fast_on_panic_and_on_silence(tmp_path: Path) -> None:
 async def test_disks_recover_removes_unowned_vm_dirs_and_partial_pool_entries(
     tmp_path: Path,
 ) -> None:
-    from banger.capabilities.diskpool import ROOTFS, WORK
+    from banger.artifacts.diskpool import ROOTFS, WORK
     from banger.capabilities.workdisk import WorkDiskCapability
 
     vms_dir = tmp_path / "vms"

@@ -1,7 +1,7 @@
-"""`.vm` DNS: `DnsService` owns the daemon's DNS server and its records;
-`DnsCapability` registers `<name>.vm` for each booted VM and makes the server the
-guest's resolver (the `ip=` DNS field plus `banger.dns_search=<zone>`, which the
-guest's banger-net turns into /etc/resolv.conf).
+"""`.vm` DNS: `DnsCapability` plugs `net.dns.DnsService` (the daemon's DNS server and
+its records) into the VM lifecycle: it registers `<name>.vm` for each booted VM and
+makes the server the guest's resolver (the `ip=` DNS field plus
+`banger.dns_search=<zone>`, which the guest's banger-net turns into /etc/resolv.conf).
 
 Outside names are resolved for VMs with NAT only (`HostResolver`: the host's own
 resolution); everyone else gets REFUSED for them. DNS is a convenience: a server
@@ -15,7 +15,6 @@ import asyncio
 import json
 import logging
 import socket
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -23,112 +22,12 @@ from typing import Any
 from banger.capabilities.base import BootContributions, Capability
 from banger.errors import BangerError
 from banger.net import resolved
-from banger.net.dns import DnsServer, Upstream
-from banger.net.upstream import HostResolver
+from banger.net.dns import ZONE, DnsService
 from banger.vm import VMRecord
 
 log = logging.getLogger("banger.dns")
 
-RETRY_AFTER = 60.0  # seconds between bind attempts after a failure (each one logs)
-ZONE = "vm"
 SEARCH_PARAM = "banger.dns_search"  # kernel command-line key read by the guest's banger-net
-
-
-class DnsService:
-    """Name → address records for running VMs, served on the bridge address."""
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        running: Callable[[], Iterable[VMRecord]] = lambda: (),
-        *,
-        netns: str | None = None,
-        subnet: str | None = None,
-        upstream: Upstream | None = None,
-    ) -> None:
-        self.running = running
-        # The server reads these very containers on every query: never rebind them.
-        self._records: dict[str, str] = {}
-        self._nat: set[str] = set()  # addresses of running VMs that may resolve outside names
-        self.upstream = upstream if upstream is not None else HostResolver()
-        self.server = DnsServer(
-            self._records,
-            host,
-            port,
-            zone=ZONE,
-            netns=netns,
-            subnet=subnet,
-            reverse=self._reverse,
-            upstream=self.upstream,
-            may_recurse=self._nat.__contains__,
-        )
-        self.error: str | None = None  # why the server is not serving, for `doctor`
-        self._retry_at = 0.0
-        self._lock = asyncio.Lock()
-
-    @property
-    def serving(self) -> bool:
-        return self.server.address is not None
-
-    @property
-    def guest_resolver(self) -> str | None:
-        """The address guests put in resolv.conf (None: not on port 53, unusable there)."""
-        return self.server.host if self.server.port == 53 else None
-
-    def records(self) -> dict[str, str]:
-        return dict(self._records)
-
-    def _reverse(self, ip: str) -> str | None:
-        return next((n for n, a in list(self._records.items()) if a == ip), None)
-
-    def register(self, name: str, ip: str, *, nat: bool = False) -> None:
-        self._records[name.lower()] = ip
-        self.set_nat(ip, nat)
-
-    def set_nat(self, ip: str, nat: bool) -> None:
-        if nat:
-            self._nat.add(ip)
-        else:
-            self._nat.discard(ip)
-
-    def unregister(self, name: str, ip: str | None = None) -> None:
-        # With `ip`, only that address is forgotten: a newer VM may own the name now.
-        if ip is None or self._records.get(name.lower()) == ip:
-            old = self._records.pop(name.lower(), None)
-            if old is not None:
-                self._nat.discard(old)
-
-    def sync(self) -> None:
-        """Rebuild the records from the running VMs: at daemon start, after re-adoption
-        (not later: a VM mid-create is registered but not yet "running")."""
-        live = [vm for vm in self.running() if vm.running and vm.ip]
-        self._records.clear()
-        self._records.update({vm.name.lower(): vm.ip for vm in live if vm.ip})
-        self._nat.clear()
-        self._nat.update(vm.ip for vm in live if vm.ip and vm.nat)
-
-    async def ensure_started(self) -> bool:
-        """Serve if not serving yet; call once the bridge has its address. Never raises."""
-        async with self._lock:
-            if self.serving or time.monotonic() < self._retry_at:
-                return self.serving
-            try:
-                await self.server.start()
-            except Exception as exc:
-                self.error = str(exc)
-                self._retry_at = time.monotonic() + RETRY_AFTER
-                hint = getattr(exc, "hint", "")
-                log.warning("`.vm` DNS is off: %s%s", exc, f" ({hint})" if hint else "")
-                return False
-            self.error = None
-            return True
-
-    def close(self) -> None:
-        self.server.close()
-        close = getattr(self.upstream, "close", None)
-        if close is not None:
-            close()
 
 
 def resolver_cmdline(zone: str = ZONE) -> str:
@@ -144,7 +43,9 @@ class DnsCapability(Capability):
         self.service = service
 
     async def reclaim(self, vms: list[VMRecord]) -> None:
-        self.service.sync()
+        # After re-adoption: answer for the VMs that run (not later: a VM mid-create
+        # is registered when it attaches, before it is "running").
+        self.service.sync((vm.name, vm.ip, vm.nat) for vm in vms if vm.running and vm.ip)
 
     async def warm(self) -> None:
         await self.service.ensure_started()

@@ -15,8 +15,8 @@ import tempfile
 from pathlib import Path
 
 from banger.artifacts import ext4
+from banger.artifacts.diskpool import DiskPool, DiskSpec
 from banger.capabilities.base import BootContributions, Capability, PrepareContext
-from banger.capabilities.diskpool import DiskPool, DiskSpec
 from banger.engines.base import Drive
 from banger.progress import Progress, null_progress
 from banger.system import run

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from banger.capabilities.base import Capability
-from banger.capabilities.dns import DnsCapability, DnsService, HostDns
+from banger.capabilities.dns import DnsCapability, HostDns
 from banger.capabilities.nat import NatCapability
 from banger.capabilities.network import NetworkCapability
 from banger.capabilities.publish import PublishCapability
@@ -24,6 +24,7 @@ from banger.config import Config, LoadedConfig
 from banger.daemon import testhooks
 from banger.engines.registry import EngineRegistry
 from banger.net import addresses
+from banger.net.dns import DnsService
 from banger.net.pool import TapPool
 from banger.paths import Paths
 from banger.services.artifacts import ArtifactService
@@ -136,13 +137,7 @@ def build_daemon(paths: Paths, loaded: LoadedConfig) -> Daemon:
     network = NetworkCapability(VMRepository(store), pool, config.bridge_name, config.subnet)
     nat = NatCapability(config.bridge_name, config.subnet)
     publish = PublishCapability(store, config.bridge_name, config.subnet)
-    vms_ref: list[VMService] = []
-    dns = DnsService(
-        addresses.gateway(config.subnet),
-        config.dns_port,
-        running=lambda: vms_ref[0].all() if vms_ref else [],
-        subnet=config.subnet,
-    )
+    dns = DnsService(addresses.gateway(config.subnet), config.dns_port, subnet=config.subnet)
     key = ensure_key(paths, config.ssh_key_path)
     vms = VMService(
         store=store,
@@ -158,7 +153,6 @@ def build_daemon(paths: Paths, loaded: LoadedConfig) -> Daemon:
         fault=testhooks.maybe_fail,
         point=testhooks.crash_point,
     )
-    vms_ref.append(vms)
     host_dns = HostDns(
         paths.state_dir / "host-dns.json",
         config.bridge_name,

@@ -28,15 +28,20 @@ import errno
 import ipaddress
 import logging
 import socket
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol, cast
 
 from dnslib import PTR, QTYPE, RCODE, RR, A, DNSError, DNSLabel, DNSRecord
 
 from banger.errors import BangerError, Conflict, NotFound, PrivilegeError
 from banger.net._ns import call_in_netns
+from banger.net.upstream import HostResolver
 
 log = logging.getLogger(__name__)
+
+ZONE = "vm"
+RETRY_AFTER = 60.0  # seconds between bind attempts after a failure (each one logs)
 
 Lookup = Callable[[str], str | None] | Mapping[str, str]
 MAX_PACKET = 4096  # larger datagrams are not DNS queries we answer
@@ -304,3 +309,99 @@ def _bind_error(exc: OSError, host: str, port: int) -> BangerError:
             hint="the bridge must be up with its address first (see `banger doctor`)",
         )
     return BangerError(f"cannot serve DNS on {where}: {exc.strerror}")
+
+
+class DnsService:
+    """Name → address records for running VMs, served on the bridge address by a
+    `DnsServer`; outside names only for addresses with NAT. A server that cannot bind
+    is logged and retried after RETRY_AFTER, never an error."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        netns: str | None = None,
+        subnet: str | None = None,
+        upstream: Upstream | None = None,
+    ) -> None:
+        # The server reads these very containers on every query: never rebind them.
+        self._records: dict[str, str] = {}
+        self._nat: set[str] = set()  # addresses of running VMs that may resolve outside names
+        self.upstream = upstream if upstream is not None else HostResolver()
+        self.server = DnsServer(
+            self._records,
+            host,
+            port,
+            zone=ZONE,
+            netns=netns,
+            subnet=subnet,
+            reverse=self._reverse,
+            upstream=self.upstream,
+            may_recurse=self._nat.__contains__,
+        )
+        self.error: str | None = None  # why the server is not serving, for `doctor`
+        self._retry_at = 0.0
+        self._lock = asyncio.Lock()
+
+    @property
+    def serving(self) -> bool:
+        return self.server.address is not None
+
+    @property
+    def guest_resolver(self) -> str | None:
+        """The address guests put in resolv.conf (None: not on port 53, unusable there)."""
+        return self.server.host if self.server.port == 53 else None
+
+    def records(self) -> dict[str, str]:
+        return dict(self._records)
+
+    def _reverse(self, ip: str) -> str | None:
+        return next((n for n, a in list(self._records.items()) if a == ip), None)
+
+    def register(self, name: str, ip: str, *, nat: bool = False) -> None:
+        self._records[name.lower()] = ip
+        self.set_nat(ip, nat)
+
+    def set_nat(self, ip: str, nat: bool) -> None:
+        if nat:
+            self._nat.add(ip)
+        else:
+            self._nat.discard(ip)
+
+    def unregister(self, name: str, ip: str | None = None) -> None:
+        # With `ip`, only that address is forgotten: a newer VM may own the name now.
+        if ip is None or self._records.get(name.lower()) == ip:
+            old = self._records.pop(name.lower(), None)
+            if old is not None:
+                self._nat.discard(old)
+
+    def sync(self, live: Iterable[tuple[str, str, bool]]) -> None:
+        """Replace every record with `live`: (name, address, nat) of each running VM."""
+        vms = list(live)
+        self._records.clear()
+        self._records.update({name.lower(): ip for name, ip, _ in vms})
+        self._nat.clear()
+        self._nat.update(ip for _, ip, nat in vms if nat)
+
+    async def ensure_started(self) -> bool:
+        """Serve if not serving yet; call once the bridge has its address. Never raises."""
+        async with self._lock:
+            if self.serving or time.monotonic() < self._retry_at:
+                return self.serving
+            try:
+                await self.server.start()
+            except Exception as exc:
+                self.error = str(exc)
+                self._retry_at = time.monotonic() + RETRY_AFTER
+                hint = getattr(exc, "hint", "")
+                log.warning("`.vm` DNS is off: %s%s", exc, f" ({hint})" if hint else "")
+                return False
+            self.error = None
+            return True
+
+    def close(self) -> None:
+        self.server.close()
+        close = getattr(self.upstream, "close", None)
+        if close is not None:
+            close()
