@@ -40,7 +40,7 @@ class LazyGroup(click.Group):
         "dns": "Make `NAME.vm` resolve on the host (systemd-resolved).",
         "doctor": "Check the host: tools, KVM, engines, privileges, dirs, artifacts.",
         "image": "Root filesystem images (rootfs + work-seed).",
-        "kernel": "Guest kernels (vmlinux + initramfs) for microVMs.",
+        "kernel": "Guest kernels for microVMs: pulled from Debian (vmlinux + initramfs) or built.",
         "mcp": "Serve the Model Context Protocol on stdio (for coding agents).",
         "tui": "Terminal UI: VMs, images, kernels, operations, doctor.",
         "vm": "Create, run and manage microVMs.",
