@@ -79,6 +79,7 @@ class FakeEngine:
         self.fail_start: BaseException | None = None
         self.fail_stop: BaseException | None = None
         self.stops: list[tuple[str, int]] = []  # ("stop"|"kill", pid)
+        self.restored: list[Any] = []  # the `restore` each start was given (None: a boot)
 
     @classmethod
     def firecracker(cls, events: Events) -> FakeEngine:
@@ -97,9 +98,12 @@ class FakeEngine:
     def availability(self) -> Availability:
         return Availability(True, f"fake {self.name}")
 
-    async def start(self, config: GuestConfig, on_spawn: OnSpawn | None = None) -> EngineHandle:
-        self.events.append(f"engine.start:{config.name}")
+    async def start(
+        self, config: GuestConfig, on_spawn: OnSpawn | None = None, *, restore: Any = None
+    ) -> EngineHandle:
+        self.events.append(f"engine.{'restore' if restore else 'start'}:{config.name}")
         self.configs.append(config)
+        self.restored.append(restore)
         if self.fail_start is not None:
             raise self.fail_start
         pid = next(self._pids)

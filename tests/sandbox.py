@@ -333,8 +333,10 @@ def sandbox(home: Path | None = None, **kw: Any) -> Iterator[Sandbox]:
 
 
 def test_env() -> dict[str, str]:
-    """What boot tests run with: fault-injection hooks on, a small TAP pool."""
-    return {"BANGER_TEST_HOOKS": "1", "BANGER_TAP_POOL_SIZE": "2"}
+    """What boot tests run with: fault-injection hooks on, a small TAP pool, and no
+    golden snapshots (a build after each first create would cost a second boot; the
+    warm-create tests turn them on)."""
+    return {"BANGER_TEST_HOOKS": "1", "BANGER_TAP_POOL_SIZE": "2", "BANGER_WARM_CREATE": "0"}
 
 
 # -- for shell scripts: python -m tests.sandbox up|leaks|down ---------------------------

@@ -68,7 +68,7 @@ def test_argv_tcg_with_virtio_serial_agent(tmp_path: Path) -> None:
     assert {"-nodefaults", "-no-user-config", "-nographic", "-no-reboot"} <= set(argv)
     assert _opt(argv, "-kernel") == [str(cfg.kernel)]
     assert _opt(argv, "-initrd") == [str(cfg.initrd)]
-    assert _opt(argv, "-append") == [cfg.cmdline + " tsc_early_khz=2600000"]
+    assert _opt(argv, "-append") == [cfg.cmdline + " tsc_early_khz=2600000 tsc=reliable"]
     root = str(tmp_path / "root,,fs.ext4")  # QEMU's comma escape
     assert _opt(argv, "-drive") == [
         f"id=rootfs,file={root},format=raw,if=none,cache=writeback,discard=unmap",

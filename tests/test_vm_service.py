@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from banger.agent.client import AgentUnavailable
+from banger.agent.client import AgentClient, AgentUnavailable
 from banger.api.models import SetVM
 from banger.engines.firecracker import VSOCK_SOCKET, ApiRequest, build_requests
 from banger.engines.qemu import AGENT_SOCKET, build_argv
 from banger.errors import BangerError, Conflict, InvalidInput
+from banger.services.launch import ColdBoot, Identity, Restore
 from banger.store import Store
 from banger.store.migrations import MIGRATIONS
 from banger.vm import VMRecord
@@ -420,3 +423,101 @@ async def test_restart_readopts_running_releases_dead_and_removes_mid_create(
     assert ("stop", alive.engine_handle.pid) in h.engine().stops  # type: ignore[union-attr]
     # And the dead one starts again with its CID.
     assert (await h.start("dead")).vsock_cid == dead.vsock_cid
+
+
+# -- launch strategies: a create that restores instead of booting -----------------------------
+
+
+class FakeGolden:
+    """Offers one saved machine to every create (as `GoldenSnapshots.choose` would)."""
+
+    def __init__(self, root: Path, known_hosts: Path) -> None:
+        self.rootfs = root / "golden-rootfs.ext4"
+        self.rootfs.write_bytes(b"golden")
+        self.state = object()
+        self.identity = Identity(known_hosts, "ssh-ed25519 AAAAuser", mount_work=True)
+        self.built: list[str] = []
+
+    def choose(self, vm: VMRecord, image: Any, kernel: Any, *, cold: bool) -> Any:
+        if cold:
+            return ColdBoot(image.rootfs), "shape"
+        return Restore(self.state, self.rootfs, self.identity, "golden"), "shape"  # type: ignore[arg-type]
+
+    def build_later(self, shape: Any, ready: Any) -> None:
+        self.built.append(shape)
+        ready(self.rootfs)  # as if built at once: the capabilities get ready for it
+
+    async def reclaim(self) -> None:
+        return None
+
+
+@pytest.fixture
+def warm(h: Harness, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    bodies: list[dict[str, Any]] = []
+
+    async def call(self: Any, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        assert path == "/identity"
+        bodies.append(body)
+        return {"ok": True, "applied": ["hostname"]}
+
+    monkeypatch.setattr(AgentClient, "act", call)
+    h.vms.golden = FakeGolden(h.root, h.paths.known_hosts)  # type: ignore[assignment]
+    return bodies
+
+
+async def test_warm_create_restores_then_applies_its_own_identity(
+    h: Harness, warm: list[dict[str, Any]]
+) -> None:
+    h.default_engine = "qemu"
+    golden = h.vms.golden
+    assert isinstance(golden, FakeGolden)
+    a = await h.create("a", engine="qemu")
+    b = await h.create("b", engine="qemu")
+    eng = h.engine("qemu")
+    assert eng.restored == [golden.state, golden.state]
+    assert [e for e in h.events if e.startswith("engine.")] == [
+        "engine.restore:a",
+        "engine.restore:b",
+    ]
+    # The disks capability cloned the snapshot's rootfs, not the image's.
+    assert [s for s, _ in h.progress if s in ("boot", "restore", "identity")] == [
+        "restore", "identity", "restore", "identity"
+    ]  # fmt: skip
+    for vm in (a, b):
+        assert {"restore", "identity", "ssh"} <= set(vm.timings) and "boot" not in vm.timings
+    # Never shared: each restore got its own name, address, MAC, machine-id, host key.
+    for key in ("hostname", "ip", "mac", "machine_id", "host_key", "host_key_pub"):
+        assert warm[0][key] != warm[1][key], key
+    assert (warm[0]["hostname"], warm[0]["ip"], warm[0]["mac"]) == ("a", a.ip, a.mac)
+    assert warm[0]["gateway"] == "172.30.0.1" and warm[0]["dns"] == ["172.30.0.1"]
+    assert warm[0]["work_device"] == "/dev/vdb" and warm[0]["work_bytes"] == a.work_bytes
+    assert abs(warm[0]["time"] - time.time()) < 60
+    # banger's known_hosts trusts exactly the key it handed each guest.
+    known = h.paths.known_hosts.read_text().splitlines()
+    assert f"{a.ip},a,a.vm {warm[0]['host_key_pub']}" in known
+    assert f"{b.ip},b,b.vm {warm[1]['host_key_pub']}" in known
+    assert golden.built == []  # restored creates build nothing
+
+
+async def test_cold_flag_boots_and_a_cold_create_builds_the_golden_snapshot(
+    h: Harness, warm: list[dict[str, Any]]
+) -> None:
+    vm = await h.create("c", engine="qemu", cold=True)
+    assert h.engine("qemu").restored == [None] and "boot" in vm.timings
+    assert warm == []
+    golden = h.vms.golden
+    assert isinstance(golden, FakeGolden) and golden.built == ["shape"]
+
+
+async def test_a_failed_identity_rolls_the_restore_back(
+    h: Harness, warm: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def refuse(self: Any, path: str, body: dict[str, Any]) -> None:
+        raise BangerError("guest agent answered /identity with 500: boom")
+
+    monkeypatch.setattr(AgentClient, "act", refuse)
+    with pytest.raises(BangerError, match="boom"):
+        await h.create("d", engine="qemu")
+    assert h.vms.all() == [] and h.engine("qemu").alive == {}
+    assert not list(h.paths.vms_dir.iterdir())
+    assert "d.vm" not in (h.paths.known_hosts.read_text() if h.paths.known_hosts.exists() else "")

@@ -46,6 +46,9 @@ class Config(BaseModel):
     subnet: str = "172.30.0.0/24"
     tap_pool_size: int = Field(default=4, ge=0, le=64)
     disk_pool_size: int = Field(default=1, ge=0, le=16)
+    # Creates restore a golden snapshot of their shape instead of booting (after the
+    # first create of a shape built it in the background); false: always boot.
+    warm_create: bool = True
     dns_port: int = Field(default=53, ge=0, le=65535)
     debian_mirror: str | None = None
     # npm registry for the image's npm-published tools; default: the host's npm config;

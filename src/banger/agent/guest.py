@@ -247,15 +247,16 @@ def _sh(*argv: str, stdin: str | None = None) -> None:
         raise RuntimeError(f"{' '.join(argv)}: {res.stderr.strip() or res.returncode}")
 
 
-def _write(path: str, data: str | bytes, mode: int) -> None:
-    """Replace `path` atomically, on disk before it is used."""
+def _write(path: str, data: str | bytes, mode: int, *, sync: bool = False) -> None:
+    """Replace `path` atomically (with `sync`, on disk before it is used)."""
     raw = data.encode() if isinstance(data, str) else data
     tmp = f"{path}.banger-tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         os.write(fd, raw)
         os.fchmod(fd, mode)
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
@@ -307,8 +308,10 @@ def identity(body: dict[str, Any]) -> dict[str, Any]:
         _sh("/usr/local/sbin/banger-resolv", *search, *map(str, body["dns"]))
         done("dns")
     key = "/etc/ssh/ssh_host_ed25519_key"
-    _write(key, str(body["host_key"]), 0o600)
+    # On disk before sshd offers it: banger records this key, and a VM killed later
+    # must come back with it, not with the saved machine's.
     _write(key + ".pub", str(body["host_key_pub"]) + "\n", 0o644)
+    _write(key, str(body["host_key"]), 0o600, sync=True)
     done("host-key")
     os.makedirs(os.path.dirname(GOLDEN_FLAG), exist_ok=True)
     with open(IDENTITY_FLAG, "w"):  # the generator never marks this boot golden again
@@ -334,9 +337,13 @@ def identity(body: dict[str, Any]) -> dict[str, Any]:
         os.makedirs("/root/.ssh", mode=0o700, exist_ok=True)
         _write("/root/.ssh/authorized_keys", str(body["authorized_key"]) + "\n", 0o600)
         done("authorized-key")
-    # sshd reads its host key at start: restart one that runs (a fork), start it otherwise.
-    _sh("systemctl", "--no-block", "restart", "ssh.service")
-    _sh("systemctl", "--no-block", "start", "multi-user.target")
+    # sshd reads its host key at start: restart one that runs (a fork); a golden boot
+    # starts it with the rest it held back, in one call.
+    if work:
+        _sh("systemctl", "--no-block", "start", "ssh.service", "multi-user.target")
+    else:
+        _sh("systemctl", "--no-block", "restart", "ssh.service")
+        _sh("systemctl", "--no-block", "start", "multi-user.target")
     done("sshd")
     return {"ok": True, "applied": list(steps), "seconds": steps, "hostname": name}
 

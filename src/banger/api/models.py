@@ -169,6 +169,7 @@ class CreateVM(_Request):
     work_size: str | None = None
     nat: bool = False
     publish: list[str] = Field(default_factory=list)  # [ADDR:]HOST_PORT:GUEST_PORT[/udp]
+    cold: bool = False  # boot even when a golden snapshot could be restored
 
 
 class SetVM(_Request):

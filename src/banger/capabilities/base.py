@@ -11,6 +11,7 @@ that ran (in reverse) when a later step fails:
 - `detach(vm)`         after every stop (and on rollback): undo `attach`
 - `destroy(vm)`        on delete (and on rollback): undo `prepare`
 - `apply(vm)`          a live setting of a running VM changed (`vm set --nat`)
+- `anticipate(vm, ctx)` a create like this is coming: warm up for it (disk pool)
 
 and at each point of the daemon's life, in list order:
 
@@ -84,6 +85,11 @@ class Capability:
 
     async def apply(self, vm: VMRecord) -> None:
         """Make a running VM's live settings take effect now."""
+        return None
+
+    def anticipate(self, vm: VMRecord, ctx: PrepareContext) -> None:
+        """A create like `vm` with `ctx` is expected (e.g. once a golden snapshot is
+        ready): start making, in the background, what its `prepare` will need."""
         return None
 
     # -- daemon lifecycle ------------------------------------------------------------

@@ -83,6 +83,9 @@ class WorkDiskCapability(Capability):
             work, "/.ssh/authorized_keys", (spec.authorized_key + "\n").encode(), 0o600
         )
 
+    def anticipate(self, vm: VMRecord, ctx: PrepareContext) -> None:
+        self._refill_later(self._spec(vm, ctx))
+
     def _refill_later(self, spec: DiskSpec) -> None:
         """Build the next VM's disks off the create path."""
         if self.pool.size <= 0 or (self._refill is not None and not self._refill.done()):

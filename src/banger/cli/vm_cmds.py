@@ -92,6 +92,9 @@ def _create_options(f: F) -> F:
             click.option("--engine", type=ENGINES, help="Hypervisor (default from config)."),
             click.option("--nat", is_flag=True, help="Give the VM internet access."),
             _publish_option,
+            click.option(
+                "--cold", is_flag=True, help="Boot, even when a golden snapshot could be restored."
+            ),
         ]
     ):
         f = opt(f)

@@ -27,7 +27,10 @@ from banger.net import addresses
 from banger.net.dns import DnsService
 from banger.net.pool import TapPool
 from banger.paths import Paths
+from banger.services.admission import Admission, default_boot_limit, host_memory_mib
 from banger.services.artifacts import ArtifactService
+from banger.services.golden import GoldenSnapshots
+from banger.services.launch import Identity
 from banger.services.operations import OperationManager
 from banger.services.ssh import ensure_key, public_key
 from banger.services.vms import VMService
@@ -91,6 +94,8 @@ class Daemon:
 
     async def shutdown(self) -> None:
         await self.vms.watcher.close()
+        if self.vms.golden is not None:
+            await self.vms.golden.close()
         await self.ops.shutdown()
         for task in list(self._background):
             task.cancel()
@@ -139,6 +144,19 @@ def build_daemon(paths: Paths, loaded: LoadedConfig) -> Daemon:
     publish = PublishCapability(store, config.bridge_name, config.subnet)
     dns = DnsService(addresses.gateway(config.subnet), config.dns_port, subnet=config.subnet)
     key = ensure_key(paths, config.ssh_key_path)
+    admission = Admission(
+        config.max_concurrent_boots or default_boot_limit(),
+        config.memory_overcommit,
+        host_memory_mib(),
+    )
+    golden = GoldenSnapshots(
+        paths.state_dir / "golden",
+        engines.get,
+        network,
+        admission,
+        Identity(paths.known_hosts, public_key(key), mount_work=True),
+        enabled=config.warm_create,
+    )
     vms = VMService(
         store=store,
         paths=paths,
@@ -150,6 +168,8 @@ def build_daemon(paths: Paths, loaded: LoadedConfig) -> Daemon:
             paths, config, network, nat, publish, dns, public_key(key), store
         ),
         ssh_key=key,
+        admission=admission,
+        golden=golden,
         fault=testhooks.maybe_fail,
         point=testhooks.crash_point,
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -60,6 +61,25 @@ def public_key(private: Path) -> str:
     if pub.exists():
         return pub.read_text().strip()
     return run(["ssh-keygen", "-y", "-f", str(private)]).out.strip()
+
+
+async def generate_host_key() -> tuple[str, str]:
+    """A fresh ed25519 SSH host key made here, for a guest that must not reuse the one
+    of the machine it was restored from: (private key, public line)."""
+    with tempfile.TemporaryDirectory(prefix="banger-hostkey-") as tmp:
+        path = Path(tmp) / "key"
+        await arun(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(path)])
+        return path.read_text(), Path(f"{path}.pub").read_text().strip()
+
+
+def record_host_key(known_hosts: Path, hosts: list[str], public: str) -> None:
+    """Trust `public` (an `ssh-ed25519 AAAA...` line) for `hosts`, replacing what was
+    recorded for them: the host made this key and gave it to the guest itself."""
+    forget_host(known_hosts, hosts)
+    known_hosts.parent.mkdir(parents=True, exist_ok=True)
+    key = " ".join(public.split()[:2])
+    with known_hosts.open("a") as f:
+        f.write(f"{','.join(hosts)} {key}\n")
 
 
 def _entries(known_hosts: Path) -> list[str]:

@@ -1,9 +1,11 @@
 """The VM lifecycle: create, start, stop, restart, delete, set, and re-adoption.
 
 One path for create: record the VM → resolve artifacts (pulling what is missing)
-→ capabilities prepare (disks, lease) → wait for a boot slot (`queued`) →
-capabilities attach (TAP, …) → guest config → engine start → SSH ready. A failure
-or cancel at any step undoes, in reverse, whatever ran.
+→ choose the launch (`services.launch`: boot, or restore a golden snapshot) →
+capabilities prepare (disks, lease) → wait for a boot slot (`queued`) →
+capabilities attach (TAP, …) → guest config → engine start (`boot` or `restore`,
+then `identity`) → SSH ready. A failure or cancel at any step undoes, in reverse,
+whatever ran.
 
 Crash safety rests on three rules:
 - intent before action: the record (and each resource in it: lease, TAP, engine
@@ -18,6 +20,7 @@ Crash safety rests on three rules:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import secrets
@@ -41,6 +44,8 @@ from banger.paths import Paths
 from banger.progress import Progress
 from banger.services.admission import Admission, default_boot_limit, host_memory_mib
 from banger.services.artifacts import ArtifactService, BootImage, BootKernel
+from banger.services.golden import GoldenSnapshots
+from banger.services.launch import ColdBoot, Launch
 from banger.services.readiness import BootWatch, exit_reason
 from banger.services.ssh import forget_host, wait_for_ssh
 from banger.services.watch import EngineWatcher
@@ -77,6 +82,7 @@ class VMService:
         ssh_key: Path,
         admission: Admission | None = None,
         watcher: EngineWatcher | None = None,
+        golden: GoldenSnapshots | None = None,
         fault: FaultHook = lambda stage: None,
         point: PointHook = lambda name: None,
     ) -> None:
@@ -97,6 +103,7 @@ class VMService:
             host_memory_mib(),
         )
         self.watcher = watcher or EngineWatcher()
+        self.golden = golden
         self._locks: dict[str, asyncio.Lock] = {}
         # The task of each create in flight, so a delete or stop can cancel it.
         self._creates: dict[str, asyncio.Task[Any]] = {}
@@ -201,11 +208,20 @@ class VMService:
                 vm.kernel = kernel.name
                 self.repo.save(vm)
                 timings["image"] = time.monotonic() - t0
-                await self._prepare(vm, req, image.rootfs, image.work_seed, progress, timings, undo)
+                launch: Launch = ColdBoot(image.rootfs)
+                shape = None
+                if self.golden is not None and image.agent and image.ssh and not image.cmdline:
+                    launch, shape = self.golden.choose(vm, image, kernel, cold=req.cold)
+                await self._prepare(
+                    vm, req, launch.rootfs, image.work_seed, progress, timings, undo
+                )
                 # A new VM has a new identity: whatever was recorded for its address
                 # or name belonged to a VM that is gone.
                 forget_host(self.paths.known_hosts, _host_names(vm))
-                await self._boot(vm, kernel, image, progress, timings, undo, op="create")
+                undo.callback(forget_host, self.paths.known_hosts, _host_names(vm))
+                await self._boot(
+                    vm, kernel, image, progress, timings, undo, op="create", launch=launch
+                )
             except BaseException as exc:
                 log.warning("create of %s failed (%r); rolling back", vm.name, exc)
                 vm.state = VMState.ERROR
@@ -216,7 +232,19 @@ class VMService:
         vm.timings["total"] = round(time.monotonic() - t0, 3)
         self._mark_running(vm)
         log.info("vm %s ready in %.2fs: %s", vm.name, vm.timings["total"], vm.timings)
+        if shape is not None and not launch.restored and self.golden is not None:
+            # The next create of this shape restores; once the snapshot is there the
+            # capabilities (the disk pool) get ready for such a create.
+            template = dataclasses.replace(vm)
+            self.golden.build_later(
+                shape, lambda rootfs: self._anticipate(template, req, rootfs, image.work_seed)
+            )
         return vm
+
+    def _anticipate(self, vm: VMRecord, req: CreateVM, rootfs: Path, seed: Path | None) -> None:
+        ctx = PrepareContext(self.vm_dir(vm), rootfs, seed, lambda *a, **k: None, req.model_dump())
+        for cap in self.capabilities:
+            cap.anticipate(vm, ctx)
 
     async def _prepare(
         self,
@@ -285,10 +313,13 @@ class VMService:
         undo: AsyncExitStack,
         *,
         op: str,
+        launch: Launch | None = None,
     ) -> None:
-        """Attach runtime resources, start the engine, wait until the guest answers on
-        SSH (and its agent, when the image has one). Pushes undo steps. Waits for a
-        boot slot first (`queued`), so the host is not asked to boot more than it can."""
+        """Attach runtime resources, start the engine (boot, or restore and apply the
+        identity), wait until the guest answers on SSH (and its agent, when the image
+        has one). Pushes undo steps. Waits for a boot slot first (`queued`), so the
+        host is not asked to boot more than it can."""
+        launch = launch or ColdBoot(Path())
         t, queued = time.monotonic(), self.admission.full
         async with self.admission.boot_slot(progress):
             if queued:
@@ -296,7 +327,10 @@ class VMService:
             boot = await self._attach(vm, progress, timings, undo)
             self.point(f"{op}:attached")
             boot.cmdline[:0] = image.cmdline  # what the image needs (init=) comes first
-            engine, handle = await self._spawn(vm, kernel, boot, progress, timings, undo, op)
+            engine, handle = await self._spawn(
+                vm, kernel, boot, progress, timings, undo, op, launch
+            )
+            await launch.settle(vm, engine, handle, boot, progress, timings)
             self.point(f"{op}:booted")
             await self._wait_ready(vm, engine, handle, image, progress, timings)
         if op == "create":
@@ -327,10 +361,11 @@ class VMService:
         timings: dict[str, float],
         undo: AsyncExitStack,
         op: str,
+        launch: Launch,
     ) -> tuple[Engine, EngineHandle]:
         """Start the hypervisor; its handle is recorded the moment the process exists."""
         t = time.monotonic()
-        progress("boot", vm.engine)
+        progress(launch.stage, vm.engine)
         engine = self.engine_for(vm.engine)
         run_dir = self.vm_dir(vm) / "run"
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -363,12 +398,12 @@ class VMService:
             undo.push_async_callback(engine.kill, handle)
             self.point(f"{op}:spawned")
 
-        handle = await engine.start(cfg, on_spawn=spawned)
+        handle = await launch.start(engine, cfg, spawned)
         if vm.handle != handle.to_dict():  # an engine that did not call on_spawn
             spawned(handle)
         vm.started_at = time.time()
         self.repo.save(vm)
-        timings["boot"] = time.monotonic() - t
+        timings[launch.stage] = time.monotonic() - t
         self.fault("boot")
         return engine, handle
 
@@ -650,6 +685,11 @@ class VMService:
         The daemon then has each capability `reclaim` what no record owns (stray
         TAPs, NAT rules, VM directories, half-built pool disks).
         """
+        if self.golden is not None:
+            try:
+                await self.golden.reclaim()  # golden boots a killed daemon left
+            except Exception:
+                log.exception("reclaiming golden snapshots failed")
         for vm in self.all():
             try:
                 await self._reconcile_one(vm)

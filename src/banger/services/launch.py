@@ -1,0 +1,142 @@
+"""How a VM's engine gets going: boot its kernel (`ColdBoot`) or restore a saved
+machine and give it the VM's identity (`Restore`).
+
+The create path asks `Launcher.choose` once, before the disks are made: the
+strategy says which root filesystem the `disks` capability clones (the image's,
+or the one saved together with the state) and, after the capabilities attached
+TAP, MAC, address and CID, starts the engine and settles the guest. Everything
+else (capabilities, readiness, rollback) is the same for both.
+
+A restored guest starts as a copy of another machine, so `Restore.settle` makes it
+this VM: the work disk is resized to the VM's size (the guest still sees the size
+the saved machine had), then the agent's `/identity` request applies the hostname,
+MAC, address and route, DNS, a fresh machine-id, an SSH host key generated here
+(and recorded in banger's known_hosts before sshd offers it), the clock, the
+authorized key and `/root` from the VM's own work disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from banger.agent.client import AgentClient
+from banger.capabilities.base import BootContributions
+from banger.engines.base import Engine, EngineHandle, GuestConfig, OnSpawn
+from banger.progress import Progress
+from banger.services.ssh import generate_host_key, record_host_key
+from banger.vm import VMRecord
+
+if TYPE_CHECKING:
+    from banger.engines.state import SavedState
+
+log = logging.getLogger("banger.launch")
+
+IDENTITY_TIMEOUT = 120.0  # the agent answers at once; systemctl under TCG is slow
+WORK_DEVICE = "/dev/vdb"  # guest_config's drive order: rootfs vda, work vdb
+
+
+class ColdBoot:
+    """Boot the kernel: the guest takes its identity from the command line."""
+
+    stage = "boot"
+    restored = False
+
+    def __init__(self, rootfs: Path) -> None:
+        self.rootfs = rootfs
+
+    async def start(self, engine: Engine, cfg: GuestConfig, on_spawn: OnSpawn) -> EngineHandle:
+        return await engine.start(cfg, on_spawn=on_spawn)
+
+    async def settle(
+        self,
+        vm: VMRecord,
+        engine: Engine,
+        handle: EngineHandle,
+        boot: BootContributions,
+        progress: Progress,
+        timings: dict[str, float],
+    ) -> None:
+        return None
+
+
+@dataclass
+class Identity:
+    """What makes a restored guest this VM (besides what `boot` contributes)."""
+
+    known_hosts: Path
+    authorized_key: str
+    mount_work: bool  # a golden snapshot has no /root yet; a fork has its own mounted
+
+
+class Restore:
+    """Restore `state` (saved together with `rootfs`), then apply the VM's identity."""
+
+    stage = "restore"
+    restored = True
+
+    def __init__(self, state: SavedState, rootfs: Path, identity: Identity, what: str) -> None:
+        self.state = state
+        self.rootfs = rootfs
+        self.identity = identity
+        self.what = what  # "golden snapshot ..." / "snapshot s1", for logs and progress
+
+    async def start(self, engine: Engine, cfg: GuestConfig, on_spawn: OnSpawn) -> EngineHandle:
+        return await engine.start(cfg, on_spawn=on_spawn, restore=self.state)
+
+    async def settle(
+        self,
+        vm: VMRecord,
+        engine: Engine,
+        handle: EngineHandle,
+        boot: BootContributions,
+        progress: Progress,
+        timings: dict[str, float],
+    ) -> None:
+        t = time.monotonic()
+        progress("identity", vm.name)
+        resize = getattr(engine, "resize_drive", None)
+        if resize is not None:
+            await resize(handle, "work", vm.work_bytes)
+        private, public = await generate_host_key()
+        record_host_key(
+            self.identity.known_hosts, [h for h in (vm.ip, vm.name, f"{vm.name}.vm") if h], public
+        )
+        body = identity_body(vm, boot, self.identity, private, public)
+        body["time"] = time.time()
+        agent = AgentClient(handle.extra.get("agent"), timeout=IDENTITY_TIMEOUT)
+        answer = await agent.act("/identity", body)
+        log.info("vm %s: identity applied in the guest: %s", vm.name, answer.get("seconds"))
+        timings["identity"] = time.monotonic() - t
+
+
+def identity_body(
+    vm: VMRecord, boot: BootContributions, ident: Identity, private: str, public: str
+) -> dict[str, Any]:
+    search = next(
+        (c.split("=", 1)[1] for c in boot.cmdline if c.startswith("banger.dns_search=")), None
+    )
+    assert vm.ip is not None and boot.gateway is not None
+    mac = boot.nics[0].mac if boot.nics else vm.mac
+    return {
+        "hostname": vm.name,
+        "machine_id": secrets.token_hex(16),
+        "mac": mac,
+        "ip": vm.ip,
+        "prefix": boot.prefix or 24,
+        "gateway": boot.gateway,
+        "dns": [boot.dns] if boot.dns else [],
+        "search": search,
+        "host_key": private,
+        "host_key_pub": public,
+        "authorized_key": ident.authorized_key,
+        "work_device": WORK_DEVICE if ident.mount_work else None,
+        "work_bytes": vm.work_bytes,
+    }
+
+
+Launch = ColdBoot | Restore
