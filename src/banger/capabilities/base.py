@@ -44,6 +44,7 @@ class PrepareContext:
     progress: Progress
     # The create request's fields (e.g. "publish"): each capability reads its own.
     options: dict[str, Any] = field(default_factory=dict)
+    launch: str = "boot"  # "restore": image_rootfs is the disk saved with a machine state
 
 
 @dataclass

@@ -33,7 +33,15 @@ class WorkDiskCapability(Capability):
         self.vms_dir = vms_dir
         self.authorized_key = authorized_key
         self.pool = DiskPool(vms_dir.parent / "disk-pool", pool_size, self.build_disks)
-        self._refill: asyncio.Task[None] | None = None
+        # Restores clone the rootfs saved with a golden snapshot: their own pool, so
+        # cold and warm creates never sweep each other's ready disks.
+        self.restore_pool = DiskPool(
+            vms_dir.parent / "disk-pool-restore", pool_size, self.build_disks
+        )
+        self._refill: dict[str, asyncio.Task[None]] = {}
+
+    def _pool(self, ctx: PrepareContext) -> DiskPool:
+        return self.restore_pool if ctx.launch == "restore" else self.pool
 
     def rootfs(self, vm: VMRecord) -> Path:
         return self.vms_dir / vm.id / "rootfs.ext4"
@@ -48,12 +56,12 @@ class WorkDiskCapability(Capability):
     async def prepare(self, vm: VMRecord, ctx: PrepareContext) -> None:
         spec = self._spec(vm, ctx)
         await asyncio.to_thread(self._prepare, vm, spec, ctx)
-        self._refill_later(spec)
+        self._refill_later(self._pool(ctx), spec)
 
     def _prepare(self, vm: VMRecord, spec: DiskSpec, ctx: PrepareContext) -> None:
         root, work = self.rootfs(vm), self.work(vm)
         root.parent.mkdir(parents=True, exist_ok=True)
-        if self.pool.take(spec, root, work):
+        if self._pool(ctx).take(spec, root, work):
             ctx.progress("disks", "ready-made disks from the warm pool")
             log.info("vm %s disks: taken from the warm pool", vm.name)
             return
@@ -84,17 +92,18 @@ class WorkDiskCapability(Capability):
         )
 
     def anticipate(self, vm: VMRecord, ctx: PrepareContext) -> None:
-        self._refill_later(self._spec(vm, ctx))
+        self._refill_later(self._pool(ctx), spec=self._spec(vm, ctx))
 
-    def _refill_later(self, spec: DiskSpec) -> None:
+    def _refill_later(self, pool: DiskPool, spec: DiskSpec) -> None:
         """Build the next VM's disks off the create path."""
-        if self.pool.size <= 0 or (self._refill is not None and not self._refill.done()):
+        task = self._refill.get(str(pool.dir))
+        if pool.size <= 0 or (task is not None and not task.done()):
             return
-        self._refill = asyncio.create_task(self._refill_quietly(spec))
+        self._refill[str(pool.dir)] = asyncio.create_task(self._refill_quietly(pool, spec))
 
-    async def _refill_quietly(self, spec: DiskSpec) -> None:
+    async def _refill_quietly(self, pool: DiskPool, spec: DiskSpec) -> None:
         try:
-            made = await asyncio.to_thread(self.pool.fill, spec)
+            made = await asyncio.to_thread(pool.fill, spec)
             if made:
                 log.info("disk pool: built %d ready-made disk pair(s)", made)
         except Exception as exc:
@@ -121,6 +130,7 @@ class WorkDiskCapability(Capability):
                     log.warning("removing %s: no VM owns it", d)
                     shutil.rmtree(d, ignore_errors=True)
         self.pool.sweep_partial()
+        self.restore_pool.sweep_partial()
 
     async def attach(self, vm: VMRecord, boot: BootContributions) -> None:
         boot.drives.append(Drive("rootfs", self.rootfs(vm), is_root=True))

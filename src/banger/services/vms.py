@@ -213,7 +213,7 @@ class VMService:
                 if self.golden is not None and image.agent and image.ssh and not image.cmdline:
                     launch, shape = self.golden.choose(vm, image, kernel, cold=req.cold)
                 await self._prepare(
-                    vm, req, launch.rootfs, image.work_seed, progress, timings, undo
+                    vm, req, launch.rootfs, image.work_seed, progress, timings, undo, launch.stage
                 )
                 # A new VM has a new identity: whatever was recorded for its address
                 # or name belonged to a VM that is gone.
@@ -242,7 +242,9 @@ class VMService:
         return vm
 
     def _anticipate(self, vm: VMRecord, req: CreateVM, rootfs: Path, seed: Path | None) -> None:
-        ctx = PrepareContext(self.vm_dir(vm), rootfs, seed, lambda *a, **k: None, req.model_dump())
+        ctx = PrepareContext(
+            self.vm_dir(vm), rootfs, seed, lambda *a, **k: None, req.model_dump(), "restore"
+        )
         for cap in self.capabilities:
             cap.anticipate(vm, ctx)
 
@@ -255,9 +257,13 @@ class VMService:
         progress: Progress,
         timings: dict[str, float],
         undo: AsyncExitStack,
+        launch: str = "boot",
     ) -> None:
-        """Every capability's `prepare` (disks, lease), each undone by its `destroy`."""
-        ctx = PrepareContext(self.vm_dir(vm), rootfs, work_seed, progress, req.model_dump())
+        """Every capability's `prepare` (disks, lease), each undone by its `destroy`.
+        `launch` ("boot" or "restore") tells them what `rootfs` is."""
+        ctx = PrepareContext(
+            self.vm_dir(vm), rootfs, work_seed, progress, req.model_dump(), launch=launch
+        )
         for cap in self.capabilities:
             t = time.monotonic()
             stage = cap.stage
