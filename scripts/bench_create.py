@@ -607,9 +607,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"there (BANGER_DATA_DIR={box.paths.data_dir} banger kernel build "
                         f"--name {args.kernel}) or pass --data-dir"
                     )
-                box.pull(args.image)  # the image and its own kernel, measured beside it
+                box.pull(args.image, show=True)  # the image and its own kernel, measured beside it
             else:
-                box.pull(args.image, args.kernel)
+                box.pull(args.image, args.kernel, show=True)
             box.start_daemon()
         else:
             log("bench-create: host namespace, your own daemon")

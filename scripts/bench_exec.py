@@ -53,7 +53,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {}
     try:
         log("pulling (if needed) and creating VM `bench`")
-        box.pull()  # in the host namespace: the sandbox's has no way out
+        box.pull(show=True)  # in the host namespace: the sandbox's has no way out
         t0 = time.perf_counter()
         box.run("vm", "create", "--name", "bench", "--memory", "1G")
         log(f"VM ready in {time.perf_counter() - t0:.1f}s")

@@ -139,12 +139,25 @@ class Sandbox:
         return [*self.prefix, sys.executable, "-m", "banger.cli", *args]
 
     def run(
-        self, *args: str, timeout: float = 300, check: bool = True, netns: bool = True
+        self,
+        *args: str,
+        timeout: float = 300,
+        check: bool = True,
+        netns: bool = True,
+        show: bool = False,
     ) -> subprocess.CompletedProcess[str]:
-        """`banger ARGS` as a user in the namespace runs it (`netns=False`: outside)."""
+        """`banger ARGS` as a user in the namespace runs it (`netns=False`: outside).
+        Its output is captured, or with `show` goes to our stderr (progress)."""
         argv = self.argv(*args) if netns else self.argv(*args)[len(self.prefix) :]
+        out: Any = sys.stderr if show else subprocess.PIPE
         res = subprocess.run(
-            argv, env=self.env, capture_output=True, text=True, timeout=timeout, check=False
+            argv,
+            env=self.env,
+            stdout=out,
+            stderr=None if show else subprocess.PIPE,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
         if check and res.returncode != 0:
             raise AssertionError(
@@ -235,19 +248,24 @@ class Sandbox:
 
     # -- artifacts ---------------------------------------------------------------------
 
-    def pull(self, image: str | None = None, kernel: str | None = None) -> None:
+    def pull(self, image: str | None = None, kernel: str | None = None, show: bool = False) -> None:
         """Make the image (and the kernel it boots) intact and current in the data dir,
         in the host namespace: the sandbox's has no way out. `banger image pull` and
         `kernel pull` apply the project's own rules (missing, damaged or built from an
         older recipe) and return at once when there is nothing to do. The daemon they
-        start is stopped again; it never ran a VM, so it made no network devices."""
+        start is stopped again; it never ran a VM, so it made no network devices.
+        `show` puts their progress on stderr (a first image build takes minutes)."""
+        from banger.config import load_config
+
+        cfg = load_config(self.paths).config  # the defaults the daemon will use
+        image = image or cfg.default_image
         outside: dict[str, Any] = {"timeout": 3600, "netns": False}
         try:
-            pulled = self.run("image", "pull", *([image] if image else []), "--json", **outside)
-            img = json.loads(pulled.stdout)
+            self.run("image", "pull", image, show=show, **outside)
+            img = json.loads(self.run("image", "show", image, "--json", **outside).stdout)
             if kernel or not img.get("vmlinux"):
-                name = kernel or img.get("kernel")
-                self.run("kernel", "pull", *([name] if name else []), **outside)
+                name = kernel or img.get("kernel") or cfg.default_kernel
+                self.run("kernel", "pull", name, show=show, **outside)
         finally:
             self.stop_daemon()
 
@@ -370,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cmd == "up":
         box = Sandbox.create(data_dir=args.data_dir, prefix=args.prefix)
         try:
-            box.pull(args.image)
+            box.pull(args.image, show=True)
         except BaseException:
             box.teardown()
             raise
