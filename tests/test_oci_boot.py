@@ -58,7 +58,7 @@ def oci(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Oci]:
 
 def test_pull_then_run_prints_the_marker_with_layers_owners_and_setuid_kept(oci: Oci) -> None:
     b = oci.b
-    r = b.run("image", "pull", "--insecure", f"{oci.addr}/test/app:1", timeout=900)
+    r = b.run("image", "pull", f"{oci.addr}/test/app:1", timeout=900)
     assert "image test-app ready" in r.stdout
     show = b.run("image", "show", "test-app").stdout
     for expected in ("workdir    /srv", "user       1000", "env        GREETING=hello",
@@ -101,8 +101,8 @@ def test_pull_errors_from_the_cli_are_one_line_with_a_fix(oci: Oci) -> None:
     b = oci.b
     for args, problem, fix in (
         (["Bad:Ref:1"], "is malformed", "write it as"),
-        ([f"{oci.addr}/test/app:9", "--insecure"], "test/app:9 does not exist", "list-tags"),
-        (["127.0.0.1:1/test/app:1", "--insecure"], "unreachable", "running"),
+        ([f"{oci.addr}/test/app:9"], "test/app:9 does not exist", "list-tags"),
+        (["127.0.0.1:1/test/app:1"], "unreachable", "running"),
     ):
         r = b.run("image", "pull", *args, check=False, timeout=300)
         assert r.returncode != 0

@@ -17,6 +17,7 @@ from banger.artifacts import ext4
 from banger.artifacts import images as image_lib
 from banger.artifacts.images.bootable import make_bootable
 from banger.artifacts.images.info import ImageInfo
+from banger.artifacts.images.oci import explain_skopeo, is_loopback_registry
 from banger.errors import BangerError
 from tests import oci_kit
 
@@ -61,7 +62,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 
 
 def test_pull_applies_layers_keeps_owners_and_setuid_and_records_the_config(env: Env) -> None:
-    info = env.pull(f"{env.addr}/test/app:1", insecure=True)
+    # no --insecure: a registry on the loopback may speak plain HTTP, as with Docker
+    info = env.pull(f"{env.addr}/test/app:1")
     rootfs = info.rootfs
     assert ext4.read_file_from(rootfs, "/etc/marker") == f"{oci_kit.MARKER}\n".encode()
     assert ext4.inode_info(rootfs, "/etc/doomed") is None  # the upper layer's whiteout
@@ -101,7 +103,6 @@ def test_pull_applies_layers_keeps_owners_and_setuid_and_records_the_config(env:
     [
         ("{addr}/test/app:2", True, "test/app:2 does not exist on", "list-tags"),
         ("127.0.0.1:{closed}/test/app:1", True, "is unreachable (connection refused)", "running"),
-        ("{addr}/test/app:1", False, "speaks plain HTTP", "--insecure"),
         ("{addr}/test/app:arm", True, "is linux/arm64; banger runs linux/amd64", "linux/amd64"),
     ],
 )
@@ -196,3 +197,26 @@ def test_an_image_with_systemd_and_sshd_gets_the_golden_setup(tmp_path: Path) ->
     assert "/dev/vdb  /root" in (root / "etc" / "fstab").read_text()
     assert (root / "opt" / "banger" / "bin" / "python3").is_file()
     assert not (root / "sbin" / "banger-init").exists()
+
+
+def test_a_plain_http_registry_elsewhere_needs_insecure() -> None:
+    ref = image_lib.parse_reference("registry.example:5000/team/app:1")
+    stderr = (
+        'time="..." level=fatal msg="initializing source docker://registry.example:5000/'
+        "team/app:1: pinging container registry registry.example:5000: Get "
+        '\\"https://registry.example:5000/v2/\\": http: server gave HTTP response to HTTPS '
+        'client"'
+    )
+    err = explain_skopeo(ref, stderr, insecure=False)
+    assert err.message == "registry registry.example:5000 speaks plain HTTP, not HTTPS"
+    assert "--insecure" in err.hint
+
+
+@pytest.mark.parametrize(
+    ("registry", "loopback"),
+    [("127.0.0.1:5000", True), ("127.9.8.7", True), ("localhost:5000", True),
+     ("[::1]:5000", True), ("10.0.0.1:5000", False), ("registry.example", False),
+     ("localhost.example:80", False)],
+)  # fmt: skip
+def test_loopback_registries(registry: str, loopback: bool) -> None:
+    assert is_loopback_registry(registry) is loopback

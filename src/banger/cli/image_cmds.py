@@ -81,7 +81,11 @@ def _absolute_archive(ref: str) -> str:
     type=click.Path(dir_okay=False),
     help="Registry credentials (default: the containers/docker auth file of this user).",
 )
-@click.option("--insecure", is_flag=True, help="Plain HTTP / unverified TLS to the registry.")
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Plain HTTP / unverified TLS to the registry (always allowed on loopback).",
+)
 @json_option
 def pull(ref: str, name: str | None, authfile: str | None, insecure: bool, as_json: bool) -> None:
     """Build a catalog image (default: debian-bookworm) or pull an OCI image.

@@ -20,6 +20,7 @@ skopeo and umoci run as children that a cancel kills at once.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
 from collections.abc import Callable
@@ -189,6 +190,19 @@ def oci_info(ref: OciRef, digest: str, config: dict[str, Any]) -> OciInfo:
     )
 
 
+def is_loopback_registry(registry: str) -> bool:
+    """True for localhost[:port], 127.x.y.z[:port] and [::1][:port]."""
+    host = registry.rsplit(":", 1)[0] if registry.count(":") == 1 else registry
+    if host.startswith("[") and "]" in host:
+        host = host[1 : host.index("]")]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
     """Run blocking work in a thread; a cancel waits for it to finish (so the work
     directory is not removed under it), then propagates."""
@@ -221,6 +235,9 @@ async def pull_oci_image(
             "pulling an OCI image needs root (umoci unpack must keep every file's owner)",
             hint="run the banger daemon as root",
         )
+    # Like Docker, a registry on this host's loopback may speak plain HTTP: nothing
+    # of it leaves the machine.
+    insecure = insecure or is_loopback_registry(ref.registry)
     with work_dir(tmp_dir, f"pull-{name}") as work:
         layout = work / "layout"
         progress("fetch", f"{ref} (skopeo)", 0.0)
@@ -330,4 +347,11 @@ def _publish(out: Path, manifest: ImageManifest, images_dir: Path, work: Path) -
     return info
 
 
-__all__ = ["TMP_PREFIX", "OciPullError", "explain_skopeo", "pull_oci_image", "read_config"]
+__all__ = [
+    "TMP_PREFIX",
+    "OciPullError",
+    "explain_skopeo",
+    "is_loopback_registry",
+    "pull_oci_image",
+    "read_config",
+]
