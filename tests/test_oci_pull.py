@@ -220,3 +220,35 @@ def test_a_plain_http_registry_elsewhere_needs_insecure() -> None:
 )  # fmt: skip
 def test_loopback_registries(registry: str, loopback: bool) -> None:
     assert is_loopback_registry(registry) is loopback
+
+
+def test_a_daemon_killed_mid_pull_leaves_nothing_once_restarted(env: Env, banger_home: Any) -> None:
+    """SIGKILL the daemon while umoci unpacks: the next daemon kills the orphaned
+    children and removes the half-made pull; no image appears."""
+    import signal
+
+    from banger.api.models import OperationEvent, PullOciImage
+    from banger.client import Client
+    from tests.conftest import start_daemon
+
+    daemon = start_daemon(banger_home)
+    try:
+        with Client(banger_home) as c:
+            op = c.pull_oci_image(PullOciImage(ref=f"{env.addr}/test/app:1", name="killed"))
+            for item in c.stream(op.id):
+                if isinstance(item, OperationEvent) and item.stage in ("unpack", "bootable"):
+                    break
+                assert isinstance(item, OperationEvent), item
+    finally:
+        os.kill(daemon.proc.pid, signal.SIGKILL)
+        daemon.proc.wait()
+    tmp = banger_home.tmp_dir
+    assert any(p.name.startswith("image-pull-killed-") for p in tmp.iterdir())
+    again = start_daemon(banger_home)
+    try:
+        assert [p.name for p in tmp.iterdir() if not p.name.endswith(".lock")] == []
+        assert not (banger_home.images_dir / "killed").exists()
+        with Client(banger_home) as c:
+            assert [i.name for i in c.images()] == []
+    finally:
+        again.stop()

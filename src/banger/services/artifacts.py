@@ -20,6 +20,7 @@ from banger.api.models import Image, Kernel, KernelBuild, PullOciImage, Register
 from banger.artifacts import images as image_lib
 from banger.artifacts import kernels as kernel_lib
 from banger.config import Config
+from banger.engines import process
 from banger.errors import Conflict, InvalidInput, NotFound
 from banger.paths import Paths
 from banger.progress import Progress
@@ -57,7 +58,17 @@ class ArtifactService:
         self.ops = ops
 
     def sweep(self) -> None:
-        """Remove half-written pulls left by a daemon that died mid-way."""
+        """Remove half-written pulls left by a daemon that died mid-way, after killing
+        the skopeo/umoci children such a pull left running (they name its work dir)."""
+        orphans = process.processes_with_arg(f"{self.paths.tmp_dir}/{image_lib.OCI_WORK_PREFIX}")
+        for orphan in orphans:
+            log.info("killing pid %d left by an interrupted image pull", orphan.pid)
+            process.kill(orphan.pid, orphan.start_time)
+        deadline = time.monotonic() + 5
+        while any(process.is_alive(o.pid, o.start_time) for o in orphans):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         for swept in kernel_lib.sweep_tmp(self.paths.tmp_dir) + image_lib.sweep_tmp(
             self.paths.tmp_dir
         ):

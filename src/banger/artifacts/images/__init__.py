@@ -14,6 +14,7 @@ from banger.artifacts.images.info import (
     quick_check,
     verify,
 )
+from banger.artifacts.images.oci import WORK_PREFIX as OCI_WORK_PREFIX
 from banger.artifacts.images.oci import OciPullError, pull_oci_image
 from banger.artifacts.images.oci_ref import OciRef, is_catalog_name, parse_reference
 from banger.artifacts.images.recipe import Recipe, load_recipe
@@ -28,6 +29,7 @@ from banger.artifacts.images.store import (
 )
 
 __all__ = [
+    "OCI_WORK_PREFIX",
     "FileInfo",
     "ImageInfo",
     "ImageManifest",

@@ -55,6 +55,8 @@ MiB = ext4.MiB
 ROOTFS_LABEL = "banger-root"
 WORK_LABEL = "banger-work"
 LAYOUT_TAG = "banger"
+# Work directories of pulls: tmp_dir/image-pull-<name>-*; skopeo and umoci name them.
+WORK_PREFIX = f"{TMP_PREFIX}pull-"
 PLATFORM = ("linux", "amd64")
 
 T = TypeVar("T")
@@ -349,6 +351,7 @@ def _publish(out: Path, manifest: ImageManifest, images_dir: Path, work: Path) -
 
 __all__ = [
     "TMP_PREFIX",
+    "WORK_PREFIX",
     "OciPullError",
     "explain_skopeo",
     "is_loopback_registry",
