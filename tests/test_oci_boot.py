@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 
 from tests import netns, oci_kit
-from tests.vmkit import CACHE, NsBanger, banger_in_netns, ensure_artifacts
+from tests.sandbox import Sandbox, sandbox
+from tests.sandbox import test_env as sandbox_env
+from tests.vmkit import CACHE, ensure_artifacts
 
 pytestmark = [
     pytest.mark.boot,
@@ -33,7 +35,7 @@ pytestmark = [
 
 
 class Oci:
-    def __init__(self, b: NsBanger, addr: str) -> None:
+    def __init__(self, b: Sandbox, addr: str) -> None:
         self.b, self.addr = b, addr
 
 
@@ -47,8 +49,8 @@ def oci(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Oci]:
     data.mkdir(parents=True)
     (data / "kernels").symlink_to(CACHE / "data" / "kernels")
     try:
-        with banger_in_netns(home) as b:
-            b.env["BANGER_DATA_DIR"] = str(data)
+        with sandbox(home, data_dir=data, env=sandbox_env()) as b:
+            assert b.ns is not None
             with oci_kit.registry(tmp, ns=b.ns, port=5000) as addr:
                 oci_kit.push(layout, "1", f"{addr}/test/app:1", ns=b.ns)
                 yield Oci(b, addr)
