@@ -20,7 +20,8 @@ import pytest
 from banger.artifacts.kernels import apt
 from banger.errors import BangerError
 from tests import netns
-from tests.sandbox import Sandbox, sandbox, test_env
+from tests.sandbox import Sandbox, sandbox
+from tests.sandbox import test_env as sandbox_env  # (not collected as a test)
 from tests.vmkit import DATA, NsBanger, ensure_artifacts
 
 pytestmark = [pytest.mark.boot, netns.skip_unless_netns()]
@@ -32,7 +33,7 @@ BUILD_TIMEOUT = 3 * 3600  # a fresh build on a loaded 2-core machine
 @pytest.fixture
 def host() -> Iterator[Sandbox]:
     """The CLI in the host namespace (a build needs no VM network), shared data dir."""
-    box = Sandbox.create(data_dir=DATA, own_netns=False, env=test_env())
+    box = Sandbox.create(data_dir=DATA, own_netns=False, env=sandbox_env())
     try:
         yield box
     finally:
@@ -46,7 +47,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     except BangerError as exc:
         pytest.skip(f"apt does not know linux-source-6.1: {exc.message}")
     ensure_artifacts(tmp_path_factory.mktemp("pull"))
-    box = Sandbox.create(data_dir=DATA, own_netns=False, env=test_env())
+    box = Sandbox.create(data_dir=DATA, own_netns=False, env=sandbox_env())
     try:
         started = time.monotonic()
         res = box.run("kernel", "build", "--name", NAME, timeout=BUILD_TIMEOUT, check=False)
@@ -87,7 +88,7 @@ def test_a_fragment_disabling_virtio_blk_is_caught_before_compiling(
 
 @pytest.fixture(scope="module")
 def guest(built: dict[str, str]) -> Iterator[NsBanger]:
-    with sandbox(data_dir=DATA, env=test_env()) as b:  # a short /tmp home: VM sockets
+    with sandbox(data_dir=DATA, env=sandbox_env()) as b:  # a short /tmp home: VM sockets
         b.run("vm", "create", "--name", "k", "--kernel", NAME, "--memory", "512M", timeout=900)
         yield b
 
