@@ -20,7 +20,7 @@ from banger.artifacts.images import (
     sweep_tmp,
     verify,
 )
-from banger.artifacts.publish import remove_tree
+from banger.artifacts.publish import remove_tree, work_dir
 from banger.errors import BangerError, Conflict, InvalidInput, NotFound
 from banger.system import find_tool, is_root, run
 
@@ -165,6 +165,20 @@ def test_sweep_tmp_only_touches_image_leftovers(tmp_path: Path) -> None:
     assert sorted(p.name for p in removed) == ["image-build-x-123", "image-rm-y-456"]
     assert sorted(p.name for p in tmp.iterdir()) == ["kernel-pull-z"]
     assert sweep_tmp(tmp_path / "absent") == []
+
+
+def test_sweep_tmp_leaves_a_build_another_process_is_running(tmp_path: Path) -> None:
+    # Two daemons share one data directory (tests and benchmarks share the artifact
+    # cache): the one starting must not delete the other's build in progress, while
+    # a dead build's leftovers still go.
+    tmp = tmp_path / "tmp"
+    with work_dir(tmp, "image-build-") as live:
+        (live / "rootfs.ext4").write_text("half")
+        (tmp / "image-build-dead").mkdir()
+        removed = sweep_tmp(tmp)
+        assert [p.name for p in removed] == ["image-build-dead"]
+        assert (live / "rootfs.ext4").read_text() == "half"
+    assert list(tmp.iterdir()) == []
 
 
 @pytest.mark.skipif(not is_root(), reason="needs root to bind-mount")

@@ -4,13 +4,16 @@ Every build, and every removal, works in a fresh directory under the shared tmp_
 whose name starts with its package's prefix (`kernel-`, `image-`), and an artifact
 enters or leaves its store directory only through one `os.rename`. So a store never
 holds a half-written artifact, and `sweep_tmp` (run when nothing is building: the
-daemon calls it at start) removes whatever an interrupted build left behind.
+daemon calls it at start) removes whatever an interrupted build left behind. A work
+directory is flock()ed by the process using it, so a sweep by another daemon sharing
+the data directory (tests and benchmarks share one artifact cache) skips it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -34,10 +37,16 @@ def work_dir(tmp_dir: Path, prefix: str) -> Iterator[Path]:
     sweep_tmp if the process dies first, which is why `prefix` must be the package's)."""
     tmp_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=prefix, dir=tmp_dir))
+    # Held until the work is gone; the kernel drops it if this process dies.
+    fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         yield work
     finally:
-        remove_tree(work)
+        try:
+            remove_tree(work)
+        finally:
+            os.close(fd)
 
 
 def rename(src: Path, dst: Path) -> None:
@@ -87,15 +96,32 @@ def discard(src: Path, tmp_dir: Path, prefix: str) -> None:
 def sweep_tmp(tmp_dir: Path, prefix: str) -> list[Path]:
     """Remove the leftovers whose names start with `prefix`; returns them.
 
-    Only call it when no such work is running (the daemon does, at start).
+    A work directory some live process still holds (its flock, see `work_dir`) is
+    left alone, so a daemon starting beside another one on the same data directory
+    does not pull a build out from under it.
     """
     if not tmp_dir.is_dir():
         return []
     removed = []
     for entry in sorted(tmp_dir.iterdir()):
-        if entry.name.startswith(prefix):
+        if not entry.name.startswith(prefix):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            try:
+                fd = os.open(entry, os.O_RDONLY | os.O_DIRECTORY)
+            except FileNotFoundError:
+                continue  # finished meanwhile
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # in use
+                remove_tree(entry)
+            finally:
+                os.close(fd)
+        else:
             remove_tree(entry)
-            removed.append(entry)
+        removed.append(entry)
     return removed
 
 
