@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -28,18 +27,18 @@ def _devices(ns: str) -> list[str]:
     return [t.name for t in list_taps("tap-pool-", netns=ns)]
 
 
-def test_refill_keeps_n_warm_and_acquire_is_instant(ns: str) -> None:
+def test_refill_keeps_n_warm_and_acquire_takes_a_ready_tap(ns: str) -> None:
     pool = TapPool("banger0", size=3, netns=ns)
     assert pool.refill() == 3
     assert pool.refill() == 0
     assert pool.idle == ["tap-pool-0", "tap-pool-1", "tap-pool-2"]
     assert all(t.master == "banger0" and t.up for t in list_taps("tap-pool-", netns=ns))
 
-    t0 = time.perf_counter()
+    # A warm lease hands out a TAP that already exists (no device is made on the
+    # create path); its speed is measured by bench-create, not asserted here.
     lease = pool.lease()
-    elapsed = time.perf_counter() - t0
     assert not lease.cold
-    assert elapsed < 0.005, f"warm acquire took {elapsed * 1000:.2f} ms"
+    assert lease.name == "tap-pool-0" and len(_devices(ns)) == 3
     assert pool.busy == {lease.name}
     assert pool.refill() == 1  # back to three idle
     assert len(pool.idle) == 3 and len(_devices(ns)) == 4
