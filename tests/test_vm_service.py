@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from banger.agent.client import AgentClient, AgentUnavailable
-from banger.api.models import SetVM
+from banger.api.models import CreateVM, SetVM
 from banger.engines.firecracker import VSOCK_SOCKET, ApiRequest, build_requests
 from banger.engines.qemu import AGENT_SOCKET, build_argv
 from banger.errors import BangerError, Conflict, InvalidInput
@@ -22,7 +22,7 @@ from banger.services.launch import ColdBoot, Identity, Restore
 from banger.store import Store
 from banger.store.migrations import MIGRATIONS
 from banger.vm import VMRecord
-from tests.fakes import FakeEngine, Harness, Injected
+from tests.fakes import FakeEngine, Harness, Injected, progress_log
 
 CAPS = ["disks", "vsock", "network", "nat", "dns"]
 
@@ -521,3 +521,28 @@ async def test_a_failed_identity_rolls_the_restore_back(
     assert h.vms.all() == [] and h.engine("qemu").alive == {}
     assert not list(h.paths.vms_dir.iterdir())
     assert "d.vm" not in (h.paths.known_hosts.read_text() if h.paths.known_hosts.exists() else "")
+
+
+async def test_a_build_vm_is_marked_and_removed_by_the_next_daemon_in_any_state(
+    h: Harness,
+) -> None:
+    """An image build's VM (its `purpose` set) cannot outlive the build: a daemon that
+    died mid-build leaves it running or stopped, and the next one removes it whole."""
+    mine = await h.create("mine")
+    running = await h.vms.create(
+        CreateVM(name="imgbuild-a"), progress_log(h.progress), purpose="image-build:dev"
+    )
+    stopped = await h.vms.create(
+        CreateVM(name="imgbuild-b"), progress_log(h.progress), purpose="image-build:dev2"
+    )
+    await h.stop("imgbuild-b")
+    assert VMRecord.from_row(h.row(running.id) or {}).purpose == "image-build:dev"
+
+    await h.restart()
+
+    assert [r["name"] for r in h.store.all("vms")] == ["mine"]
+    assert h.row(mine.id) is not None and h.row(mine.id)["state"] == "running"  # type: ignore[index]
+    for vm in (running, stopped):
+        assert {f"{c}.destroy:{vm.name}" for c in CAPS} <= set(h.events)
+        assert not h.paths.vm_dir(vm.id).exists() and vm.id not in h.network.leases
+    assert h.engine().alive.keys() == {mine.engine_handle.pid}  # type: ignore[union-attr]

@@ -70,6 +70,9 @@ class VMRecord:
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
     updated_at: float = field(default_factory=time.time)
+    # "" for the user's VMs; "image-build:<image>" for a build's throwaway VM, which
+    # `vm list` hides and reconciliation removes whatever state it was left in.
+    purpose: str = ""
 
     def __post_init__(self) -> None:
         self.state = VMState(self.state)

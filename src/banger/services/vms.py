@@ -178,10 +178,13 @@ class VMService:
             vm.memory_mib for vm in self.all() if vm.state in HOLDS_MEMORY and vm.id != exclude
         )
 
-    async def create(self, req: CreateVM, progress: Progress) -> VMRecord:
+    async def create(self, req: CreateVM, progress: Progress, *, purpose: str = "") -> VMRecord:
         """Create and boot a VM. Holds the VM's lock throughout; a `delete` or `stop`
-        of the VM meanwhile cancels it, and the rollback removes all it made."""
+        of the VM meanwhile cancels it, and the rollback removes all it made.
+        A `purpose` marks a VM banger made for its own work (hidden from `vm list`,
+        removed by `reconcile` whatever state it is in)."""
         vm = self.new_record(req)
+        vm.purpose = purpose
         task = asyncio.current_task()
         assert task is not None
         async with self.lock(vm.id):
@@ -687,7 +690,8 @@ class VMService:
         - mid-create or mid-delete: the VM goes, with all it made (its process too);
         - mid-start or mid-stop: the process is killed, the VM is stopped;
         - running: re-adopted and watched when its process lives, else stopped;
-        - stopped with runtime resources still recorded: they are released.
+        - stopped with runtime resources still recorded: they are released;
+        - banger's own work VMs (an image build's) go, in whatever state.
         The daemon then has each capability `reclaim` what no record owns (stray
         TAPs, NAT rules, VM directories, half-built pool disks).
         """
@@ -707,6 +711,10 @@ class VMService:
         engine = self.engine_for(vm.engine)
         if vm.state in (VMState.CREATING, VMState.DELETING):
             log.warning("vm %s was %s when the daemon died; removing it", vm.name, vm.state)
+            await self._teardown(vm, quiet=True)
+        elif vm.purpose:
+            # banger's own work VM (an image build): the work died with the daemon.
+            log.warning("vm %s (%s) outlived its daemon; removing it", vm.name, vm.purpose)
             await self._teardown(vm, quiet=True)
         elif vm.running and handle is not None and engine.is_running(handle):
             log.info("re-adopted running vm %s (pid %s)", vm.name, handle.pid)

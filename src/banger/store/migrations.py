@@ -82,4 +82,9 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX published_ports_vm ON published_ports (vm_id);
     """,
+    # 4: what a VM is for: "" for the user's VMs; "image-build:<image>" for the
+    # throwaway VM of `image build` (hidden from `vm list`, removed by reconcile).
+    """
+    ALTER TABLE vms ADD COLUMN purpose TEXT NOT NULL DEFAULT '';
+    """,
 ]

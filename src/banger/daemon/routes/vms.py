@@ -40,7 +40,8 @@ def _vm_json(request: web.Request, name: str) -> web.Response:
 async def list_vms(request: web.Request) -> web.Response:
     d = daemon_of(request)
     ports = d.publish.all_rules()
-    return ok([_api(d, vm, ports.get(vm.id, [])) for vm in d.vms.all()])
+    # banger's own work VMs (image builds) are not the user's: not listed.
+    return ok([_api(d, vm, ports.get(vm.id, [])) for vm in d.vms.all() if not vm.purpose])
 
 
 @routes.post("/v1/vms")
