@@ -37,6 +37,7 @@ LAYER_OF = {
     "sizing": "base",  # the VM sizing rules, shared by CLI, daemon and engines
     "engine_names": "base",  # the engine names: config, CLI, API, registry, doctor
     "progress": "base",
+    "imagespec": "base",  # `image build` inputs: checked by the CLI and the daemon
     "config": "base",
 }
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from banger.api.models import (
         VM,
+        BuildImage,
         CreateVM,
         DoctorReport,
         Image,
@@ -354,6 +355,10 @@ class Client:
 
     def pull_oci_image(self, req: PullOciImage) -> Operation:
         return self._op("POST", "/v1/images/pull", body=req.model_dump(mode="json"))
+
+    def build_image(self, req: BuildImage) -> Operation:
+        """Start `image build` (host paths in `req` must be absolute)."""
+        return self._op("POST", "/v1/images/build", body=req.model_dump())
 
     def promote_image(self, name: str) -> Operation:
         return self._op("POST", f"/v1/images/{name}/promote")

@@ -194,3 +194,16 @@ class RegisterImage(_Request):
     kernel: str | None = None
     vmlinux: str | None = None
     initrd: str | None = None
+
+
+class BuildImage(_Request):
+    """`image build`: provision a VM booted from `base`, publish its disks as `name`.
+    Host paths are absolute (the daemon reads them); see banger.imagespec."""
+
+    name: str
+    base: str
+    size: str | None = None  # grow the base's rootfs to this; default: the base's size
+    packages: list[str] = Field(default_factory=list)
+    scripts: list[str] = Field(default_factory=list)
+    files: list[str] = Field(default_factory=list)  # SRC:DST
+    nat: bool = False  # scripts get the internet too (apt always does)

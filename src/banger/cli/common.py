@@ -10,10 +10,10 @@ import click
 
 from banger.cli.output import StageProgress, err
 from banger.client import Client
-from banger.errors import BangerError, DaemonUnavailable, NotFound
+from banger.errors import BangerError, Cancelled, DaemonUnavailable, NotFound
 
 if TYPE_CHECKING:  # only the commands that build models import pydantic
-    from banger.api.models import VM, Operation
+    from banger.api.models import VM, Operation, OperationEvent
 
 
 def client() -> Client:
@@ -32,25 +32,70 @@ def client() -> Client:
     return c
 
 
-def follow(op: Operation, title: str, quiet: bool = False) -> Operation:
+def follow(
+    op: Operation,
+    title: str,
+    quiet: bool = False,
+    *,
+    cancel_on_interrupt: bool = False,
+    output_stage: str | None = None,
+) -> Operation:
     """Stream an operation's stages to stderr and return its final state.
 
     If the daemon is lost mid-way, the error (exit 3) says what became of the
-    operation's VM, as a restarted daemon sees it."""
+    operation's VM, as a restarted daemon sees it. With `cancel_on_interrupt`,
+    Ctrl-C cancels the operation and waits for its rollback. Events of
+    `output_stage` are lines of output, printed as they come (unless quiet)."""
     c = client()
     try:
         with StageProgress(title, enabled=not quiet) as prog:
-            final = c.wait(op, on_event=prog)
+
+            def on_event(ev: OperationEvent) -> None:
+                if output_stage is not None and ev.stage == output_stage:
+                    if not quiet:
+                        prog.line(ev.detail)
+                else:
+                    prog(ev)
+
+            try:
+                final = c.wait(op, on_event=on_event)
+            except KeyboardInterrupt:
+                if not cancel_on_interrupt:
+                    raise
+                raise _cancel(c, op) from None
             prog.done(final)
     except DaemonUnavailable as exc:
         raise after_daemon_loss(c, op, exc) from None
     return final
 
 
+def _cancel(c: Client, op: Operation) -> BangerError:
+    """Ctrl-C: cancel the operation and wait until its rollback is done."""
+    err.print(f"[yellow]cancelling {op.kind} {op.target}…[/] (it cleans up after itself)")
+    try:
+        c.cancel(op.id)
+        while (now := c.operation(op.id)).state == "running":
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        return Cancelled(
+            f"{op.kind} {op.target}: cancel requested; the daemon finishes the clean-up",
+            hint="`banger daemon status` shows whether it is still running",
+        )
+    if now.state == "succeeded":
+        return Cancelled(f"{op.kind} {op.target} had already finished", hint="nothing was undone")
+    return Cancelled(f"{op.kind} {op.target} cancelled; nothing was kept")
+
+
 def after_daemon_loss(c: Client, op: Operation, exc: DaemonUnavailable) -> DaemonUnavailable:
     """The error for an operation whose daemon went away: ask a (re)started daemon
     what state the operation's VM ended in."""
     lost = f"the banger daemon stopped during {op.kind} {op.target}"
+    if op.kind == "image.build":
+        return DaemonUnavailable(
+            f"{lost}; no image was published, and the next daemon start removes the "
+            "build's VM and temp files",
+            hint="run the build again (it starts the daemon)",
+        )
     if not op.kind.startswith("vm."):
         return DaemonUnavailable(f"{lost}; its outcome is unknown", hint=exc.hint)
     try:

@@ -1,10 +1,10 @@
-"""`banger image list|pull|show|rm|register|promote`."""
+"""`banger image list|pull|build|show|rm|register|promote`."""
 
 from __future__ import annotations
 
 import click
 
-from banger.api.models import PullOciImage, RegisterImage
+from banger.api.models import BuildImage, PullOciImage, RegisterImage
 from banger.cli.common import client, follow, json_option
 from banger.cli.kernel_cmds import _when
 from banger.cli.output import out, print_json
@@ -123,6 +123,71 @@ def pull(ref: str, name: str | None, authfile: str | None, insecure: bool, as_js
 
 
 @image.command()
+@click.option("--from", "base", required=True, metavar="BASE", help="Image to start from.")
+@click.option("--name", required=True, help="Name of the new image.")
+@click.option("--size", help="Grow the root filesystem to this, e.g. 4G (default: BASE's).")
+@click.option(
+    "--package", "packages", multiple=True, metavar="PKG", help="Debian package (repeatable)."
+)
+@click.option(
+    "--script", "scripts", multiple=True, metavar="FILE", help="Script to run (repeatable)."
+)
+@click.option(
+    "--file", "files", multiple=True, metavar="SRC:DST", help="Copy a host file (repeatable)."
+)
+@click.option("--nat", is_flag=True, help="Let scripts reach the internet (apt always does).")
+@json_option
+def build(
+    base: str,
+    name: str,
+    size: str | None,
+    packages: tuple[str, ...],
+    scripts: tuple[str, ...],
+    files: tuple[str, ...],
+    nat: bool,
+    as_json: bool,
+) -> None:
+    """Build an image: boot BASE, copy files, install packages, run scripts, keep
+    the result. Steps run in that order; Ctrl-C cancels and leaves nothing behind."""
+    import os
+
+    from banger.imagespec import check_package, parse_file_spec
+    from banger.units import parse_size
+
+    if size is not None:
+        parse_size(size)
+    for p in packages:
+        check_package(p)
+    abs_files = []
+    for spec in files:
+        f = parse_file_spec(spec)
+        abs_files.append(f"{os.path.abspath(os.path.expanduser(f.src))}:{f.dest}")
+    req = BuildImage(
+        name=name,
+        base=base,
+        size=size,
+        packages=list(packages),
+        scripts=[os.path.abspath(os.path.expanduser(s)) for s in scripts],
+        files=abs_files,
+        nat=nat,
+    )
+    c = client()
+    follow(
+        c.build_image(req),
+        f"building image {name}",
+        quiet=as_json,
+        cancel_on_interrupt=True,
+        output_stage="output",
+    )
+    img = c.image(name)
+    if as_json:
+        print_json(img)
+    else:
+        out.print(f"[green]✓[/] image [bold]{name}[/] built from {base}: {img.rootfs}")
+        out.print(f"  try it: banger vm run {name}")
+
+
+@image.command()
 @click.argument("name")
 @json_option
 def show(name: str, as_json: bool) -> None:
@@ -134,7 +199,7 @@ def show(name: str, as_json: bool) -> None:
     for key, val in img.model_dump(exclude={"info"}).items():
         out.print(f"{key:<10} {val}")
     for key, val in img.info.items():
-        if not isinstance(val, (dict, list)):
+        if val is not None and not isinstance(val, (dict, list)):
             out.print(f"{key:<10} {val}")
     oci = img.info.get("oci") or {}
     for key in ("reference", "digest", "platform", "entrypoint", "cmd", "workdir", "user"):
@@ -151,6 +216,20 @@ def show(name: str, as_json: bool) -> None:
     for tool, t in (img.info.get("tools") or {}).items():
         state = "installed" if t.get("installed") else f"skipped: {t.get('skipped')}"
         out.print(f"{'tool':<10} {tool} {t.get('version')} ({t.get('package')}) {state}")
+    b = img.info.get("build")
+    if isinstance(b, dict):
+        base = b.get("base", "")
+        if b.get("base_rootfs_sha256"):
+            base += f" (rootfs sha256 {b['base_rootfs_sha256'][:16]}…)"
+        out.print(f"{'base':<10} {base}")
+        out.print(f"{'digest':<10} {b.get('digest', '')}")
+        for n, step in enumerate(b.get("steps") or [], 1):
+            out.print(
+                f"{'step':<10} {n}. {step.get('kind'):<8} {step.get('what')}  "
+                f"[dim]sha256 {str(step.get('sha256'))[:16]}…[/]"
+            )
+        if not b.get("steps"):
+            out.print(f"{'step':<10} (none: a copy of the base)")
 
 
 @image.command("rm")

@@ -145,5 +145,12 @@ class StageProgress:
                 f"{self.title}: [bold]{event.stage}[/]{frac} [dim]{event.detail}[/]"
             )
 
+    def line(self, text: str) -> None:
+        """A line of the work's own output (a build script's), printed as it comes."""
+        if self.enabled:
+            from rich.markup import escape
+
+            err.print(f"    [dim]│[/] {escape(text)}")
+
     def done(self, op: Operation) -> None:
         self._finish_stage()

@@ -30,6 +30,7 @@ from banger.paths import Paths
 from banger.services.admission import Admission, default_boot_limit, host_memory_mib
 from banger.services.artifacts import ArtifactService
 from banger.services.golden import GoldenSnapshots
+from banger.services.imagebuild import ImageBuilder
 from banger.services.launch import Identity
 from banger.services.operations import OperationManager
 from banger.services.ssh import ensure_key, public_key
@@ -53,6 +54,7 @@ class Daemon:
     dns: DnsService
     host_dns: HostDns
     vms: VMService
+    builds: ImageBuilder
     started_at: float = field(default_factory=time.time)
     _background: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -194,4 +196,5 @@ def build_daemon(paths: Paths, loaded: LoadedConfig) -> Daemon:
         dns=dns,
         host_dns=host_dns,
         vms=vms,
+        builds=ImageBuilder(vms=vms, artifacts=artifacts, ops=ops, paths=paths, config=config),
     )

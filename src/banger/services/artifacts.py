@@ -339,7 +339,12 @@ class ArtifactService:
 
     def remove_image(self, name: str, force: bool) -> list[str]:
         img = self.image(name)
-        users = [r["name"] for r in self.store.query("SELECT name FROM vms WHERE image=?", (name,))]
+        users = [
+            f"{r['name']} (building image {r['purpose'].split(':', 1)[-1]})"
+            if r["purpose"]
+            else r["name"]
+            for r in self.store.query("SELECT name, purpose FROM vms WHERE image=?", (name,))
+        ]
         if users and not force:
             raise Conflict(
                 f"image `{name}` is used by VMs: {', '.join(users)}",

@@ -239,21 +239,24 @@ def apply_recipe(root: Path, recipe: Recipe, progress: Progress) -> bool:
     return agent
 
 
-def write_packages_manifest(root: Path, out: Path) -> int:
-    """ "name<TAB>version<TAB>arch" of every installed package, sorted; returns the count."""
-    res = run(
-        [
-            "dpkg-query",
-            f"--admindir={root}/var/lib/dpkg",
-            "-W",
-            "-f=${db:Status-Abbrev}\t${Package}\t${Version}\t${Architecture}\n",
-        ]
-    )
-    rows = sorted(
+# dpkg-query's format for packages.manifest (the status says which are installed).
+DPKG_QUERY_FORMAT = "${db:Status-Abbrev}\t${Package}\t${Version}\t${Architecture}\n"
+
+
+def packages_manifest(dpkg_query_out: str) -> list[str]:
+    """ "name<TAB>version<TAB>arch" of the installed packages in `dpkg-query -W
+    -f=DPKG_QUERY_FORMAT` output, sorted."""
+    return sorted(
         "\t".join(cols[1:])
-        for cols in (line.split("\t") for line in res.out.splitlines())
+        for cols in (line.split("\t") for line in dpkg_query_out.splitlines())
         if len(cols) == 4 and cols[0].startswith("ii")
     )
+
+
+def write_packages_manifest(root: Path, out: Path) -> int:
+    """ "name<TAB>version<TAB>arch" of every installed package, sorted; returns the count."""
+    res = run(["dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W", f"-f={DPKG_QUERY_FORMAT}"])
+    rows = packages_manifest(res.out)
     out.write_text("".join(f"{r}\n" for r in rows))
     return len(rows)
 

@@ -87,6 +87,29 @@ class OciInfo(BaseModel):
     ports: tuple[str, ...] = ()  # ExposedPorts, e.g. "80/tcp"
 
 
+class BuildStep(BaseModel):
+    """One provisioning step of `image build`, with the sha256 of what went in."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: str  # "file", "packages", "script"
+    what: str  # "SRC -> DST", the package list, the script's file name
+    sha256: str
+
+
+class BuildRecord(BaseModel):
+    """How a built image was made: its base and steps, in the order they ran."""
+
+    model_config = ConfigDict(frozen=True)
+
+    base: str
+    base_source: str = ""  # the base's own `source` (e.g. recipe:debian-bookworm)
+    base_rootfs_sha256: str = ""
+    steps: tuple[BuildStep, ...] = ()
+    digest: str = ""  # over the base and every step (banger.imagespec.build_digest)
+    nat: bool = False  # scripts ran with internet access
+
+
 class ImageManifest(BaseModel):
     """The content of image.json."""
 
@@ -116,6 +139,8 @@ class ImageManifest(BaseModel):
     ssh: bool = True
     # Kernel command-line fragments the image needs (init=/sbin/banger-init).
     cmdline: tuple[str, ...] = ()
+    # `image build`: the base and the steps (None for images not built that way).
+    build: BuildRecord | None = None
 
 
 class ImageInfo(ImageManifest):
@@ -181,10 +206,12 @@ class ImageInfo(ImageManifest):
                 "init",
                 "ssh",
                 "cmdline",
+                "build",
             },
         )
-        if out.get("oci") is None:
-            out.pop("oci", None)
+        for key in ("oci", "build"):  # only for images pulled / built that way
+            if out.get(key) is None:
+                out.pop(key, None)
         return out
 
 

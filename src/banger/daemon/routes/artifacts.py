@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from banger.api.models import KernelBuild, PullOciImage, RegisterImage
+from banger.api.models import BuildImage, KernelBuild, PullOciImage, RegisterImage
 from banger.daemon.routes.common import body, daemon_of, flag, ok
 
 routes = web.RouteTableDef()
@@ -53,6 +53,13 @@ async def register_image(request: web.Request) -> web.Response:
 async def pull_oci_image(request: web.Request) -> web.Response:
     req = await body(request, PullOciImage)
     return ok(daemon_of(request).artifacts.pull_oci_image(req), status=202)
+
+
+@routes.post("/v1/images/build")
+async def build_image(request: web.Request) -> web.Response:
+    """`image build`: bad input fails the request; the build is an operation."""
+    req = await body(request, BuildImage)
+    return ok(daemon_of(request).builds.start(req), status=202)
 
 
 @routes.get("/v1/images/{name}")
