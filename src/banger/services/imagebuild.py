@@ -218,8 +218,16 @@ class ImageBuilder:
             await guest.run(argv, f"script {s.src}", show=True, env={"BANGER_IMAGE": plan.name})
 
         progress("manifest", "dpkg-query")
-        out = await guest.run(
-            ["dpkg-query", "-W", f"-f={DPKG_QUERY_FORMAT}"], "dpkg-query", show=False
+        out = await guest.run(  # an image without dpkg gets an empty manifest
+            [
+                "/bin/sh",
+                "-c",
+                'command -v dpkg-query >/dev/null 2>&1 || exit 0; exec dpkg-query -W -f="$1"',
+                "sh",
+                DPKG_QUERY_FORMAT,
+            ],
+            "dpkg-query",
+            show=False,
         )
         rows = packages_manifest(out)
         progress("manifest", f"{len(rows)} packages")

@@ -239,6 +239,17 @@ def publish_built(
         apt_sources=apt_sources,
         agent=agent,
         build=record,
+        # How the base boots (systemd, or banger-init for OCI images) carries over.
+        **(
+            {
+                "oci": base_info.oci,
+                "init": base_info.init,
+                "ssh": base_info.ssh,
+                "cmdline": base_info.cmdline,
+            }
+            if base_info is not None
+            else {}
+        ),
     )
     if load_image(images_dir, name) is not None or (images_dir / name).exists():
         raise Conflict(
