@@ -130,6 +130,13 @@ def mirror_relay(ns: str) -> Iterator[list[tuple[str, int]]]:
     hosts = etc / "hosts"
     before = hosts.read_text() if hosts.exists() else Path("/etc/hosts").read_text()
     hosts.write_text(before + "".join(f"{a} {n}\n" for n, a, _ in found))
+    # The host's nameserver is out of reach from the namespace: lookups that miss the
+    # hosts file (apt's AAAA queries) must fail at once, not hold the daemon DNS's
+    # bounded pool of lookups until it answers SERVFAIL to everything.
+    resolv = etc / "resolv.conf"
+    made_resolv = not resolv.exists()
+    if made_resolv:
+        resolv.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
     for addr in addrs:
         netns.ip(ns, "addr", "add", f"{addr}/32", "dev", "lo")
     stop = threading.Event()
@@ -150,6 +157,8 @@ def mirror_relay(ns: str) -> Iterator[list[tuple[str, int]]]:
             shutil.rmtree(etc, ignore_errors=True)
         else:
             hosts.write_text(before)
+            if made_resolv:
+                resolv.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

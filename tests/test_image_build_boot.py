@@ -28,7 +28,8 @@ from banger.artifacts import ext4
 from banger.imagespec import packages_digest, sha256_file, sha256_tree
 from tests import netns
 from tests.mirror_relay import mirror_relay
-from tests.sandbox import CACHE, Sandbox, sandbox, test_env
+from tests.sandbox import CACHE, Sandbox, sandbox
+from tests.sandbox import test_env as sandbox_env
 from tests.vmkit import ensure_artifacts
 
 pytestmark = [pytest.mark.boot, netns.skip_unless_netns()]
@@ -78,7 +79,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
     try:
         _private_data(home / "data")
         with (
-            sandbox(home, data_dir=home / "data", env=test_env()) as b,
+            sandbox(home, data_dir=home / "data", env=sandbox_env()) as b,
             mirror_relay(str(b.ns)),
         ):
             res = b.run(
