@@ -366,7 +366,7 @@ def build_report(
     report: dict[str, Any] = {
         "image": spec.image,
         "kernel": spec.kernel,
-        "image_kernel": own_kernel,  # measured beside --kernel, when it names another
+        "image_kernel_name": own_kernel,  # measured beside --kernel, when it names another
         "engine": engines[0],
         "accel": "/".join(sorted({s.accel for s in every if s.accel})) or "unknown",
         "vcpus": spec.vcpus,
@@ -378,7 +378,7 @@ def build_report(
         "target": None,
         "argv_parity": parity,
     }
-    b, r, ik = report["banger"], report["raw"], report["image_kernel"]
+    b, r, ik = report["banger"], report["raw"], report["image_kernel_name"]
     if b and (w := report[WarmCreate.key]):
         cold_p50, warm_p50 = b["wall"]["p50"], w["wall"]["p50"]
         speedup = cold_p50 / warm_p50 if warm_p50 > 0 else math.inf
