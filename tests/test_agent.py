@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -33,11 +34,15 @@ from banger.vm import VMRecord
 class Agent:
     """The guest agent in a subprocess, serving one end of a socketpair (the "port")."""
 
-    def __init__(self) -> None:
+    def __init__(self, ignore_sigint: bool = False) -> None:
         self.host, guest = socket.socketpair()
         self.proc = subprocess.Popen(
             [sys.executable, "-I", str(GUEST_PROGRAM), "--fd", str(guest.fileno())],
             pass_fds=[guest.fileno()],
+            # what a background job or nohup hands its children
+            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+            if ignore_sigint
+            else None,
         )
         guest.close()
         self.host.settimeout(10)

@@ -25,8 +25,8 @@ from tests.test_agent import Agent, Bridge
 
 
 @pytest.fixture
-async def client(tmp_path: Path) -> AsyncIterator[AgentClient]:
-    agent = Agent()
+async def client(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AgentClient]:
+    agent = Agent(ignore_sigint=getattr(request, "param", False))
     sock = tmp_path / "agent.sock"
     try:
         async with Bridge(agent, sock):
@@ -252,6 +252,9 @@ async def test_tty_has_a_terminal_size_and_resizes(client: AgentClient) -> None:
     assert ev["code"] == 3
 
 
+@pytest.mark.parametrize(
+    "client", [False, True], indirect=True, ids=["agent", "agent-started-with-sigint-ignored"]
+)
 async def test_tty_ctrl_c_interrupts_the_foreground_process(client: AgentClient) -> None:
     stream, info = await client.open(
         {"kind": "exec", "argv": ["sleep", "60"], "tty": True, "stdin": True}

@@ -1301,7 +1301,32 @@ def serve_vsock(port: int, proc: str = "/proc") -> None:
                 threading.Thread(target=_serve_conn, args=(conn, proc), daemon=True).start()
 
 
+# Job-control signals a command expects at their defaults. An ignored disposition
+# survives exec, so an agent started with them ignored (a background job, nohup, some
+# init systems) would hand that on and a terminal's Ctrl-C would do nothing. A handled
+# signal is reset to its default at exec, so the agent handles them as no-ops instead.
+_INHERITED_SIGNALS = (
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGTSTP,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+)
+
+
+def _ignore(signum: int, frame: object) -> None:
+    pass
+
+
+def _unignore_signals() -> None:
+    for sig in _INHERITED_SIGNALS:
+        if signal.getsignal(sig) == signal.SIG_IGN:
+            signal.signal(sig, _ignore)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _unignore_signals()
     ap = argparse.ArgumentParser(prog="banger-agent", description=__doc__.split("\n")[0])
     ap.add_argument("--serial", default=SERIAL_PATH, help="virtio-serial port to serve")
     ap.add_argument("--vsock-port", type=int, default=VSOCK_PORT)
