@@ -471,22 +471,19 @@ class AgentClient:
             except AgentUnavailable:
                 _legacy[self.key] = time.monotonic()
             return data
-        try:
-            async with asyncio.timeout(self.timeout):
-                status, body = await session.request(path)
-        except TimeoutError as exc:
-            session.stalled(self.timeout)
-            raise self._unavailable(f"did not answer {path} within {self.timeout:g}s") from exc
-        if status != 200:
-            raise BangerError(f"guest agent answered {path} with {status}: {body.get('error')}")
-        return body
+        return await self._request(session, path)
 
     async def act(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """An action with a JSON body (`guest.ACTIONS`); agents before version 3
         answer 404 (a `BangerError`)."""
         if _is_legacy(self.key):
             raise AgentUnavailable(f"the guest agent in this VM is too old for {path}")
-        session = await self.session()
+        return await self._request(await self.session(), path, body)
+
+    async def _request(
+        self, session: AgentSession, path: str, body: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """One request on the session: a stall or a non-200 answer is an error."""
         try:
             async with asyncio.timeout(self.timeout):
                 status, answer = await session.request(path, body)
