@@ -16,6 +16,7 @@ import errno
 import fcntl
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -116,13 +117,25 @@ def sweep_tmp(tmp_dir: Path, prefix: str) -> list[Path]:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue  # in use
-                remove_tree(entry)
+                _remove_settled(entry)
             finally:
                 os.close(fd)
         else:
             remove_tree(entry)
         removed.append(entry)
     return removed
+
+
+def _remove_settled(entry: Path, settle: float = 5.0) -> None:
+    """remove_tree, again while something still adds to the tree: a child the dead
+    process left (it gets SIGTERM with its parent, see system.run) may finish writing a
+    file after the walk listed its directory."""
+    deadline = time.monotonic() + settle
+    while True:
+        remove_tree(entry)
+        if not entry.exists() or time.monotonic() > deadline:
+            return
+        time.sleep(0.1)
 
 
 def fsync_tree(directory: Path) -> None:

@@ -94,6 +94,7 @@ def run(
             env=dict(env) if env is not None else None,
             timeout=timeout,
             check=False,
+            preexec_fn=_die_with_parent(),
         )
     except subprocess.TimeoutExpired as exc:
         raise CommandFailed(f"`{cmd[0]}` timed out after {timeout}s") from exc
@@ -120,6 +121,7 @@ async def arun(
         cwd=cwd,
         env=dict(env) if env is not None else None,
         start_new_session=True,
+        preexec_fn=_die_with_parent(),
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(input), timeout)
@@ -134,14 +136,25 @@ async def arun(
     return _check(cmd, proc.returncode, out, err, check)
 
 
-def _term_with_parent() -> None:
-    """In the child: get SIGTERM when the thread that started it dies (the daemon
-    crashed), so a long build does not go on writing into a tree nobody owns."""
+@functools.cache
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec hook that makes the child get SIGTERM when the thread that started it
+    dies (the daemon crashed), so a build or unpack does not go on writing into a tree
+    nobody owns. Resolved in the parent: the child, forked from a threaded process, must
+    not import or load anything."""
     import ctypes
 
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
     pr_set_pdeathsig = 1
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    sigterm = int(signal.SIGTERM)
+
+    def hook() -> None:
+        prctl(pr_set_pdeathsig, sigterm)
+
+    return hook
 
 
 def run_lines(
@@ -175,7 +188,7 @@ def run_lines(
         cwd=cwd,
         env=dict(env) if env is not None else None,
         start_new_session=True,
-        preexec_fn=_term_with_parent,
+        preexec_fn=_die_with_parent(),
     )
     assert proc.stdout is not None
     lines: queue.Queue[bytes | None] = queue.Queue()
