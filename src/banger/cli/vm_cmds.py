@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -288,8 +289,17 @@ def _ssh_argv(info: dict[str, object], command: tuple[str, ...], tty: bool) -> l
     argv += ["-o", "ConnectTimeout=10"] + (["-t"] if tty else [])
     argv.append(f"root@{info['ip']}")
     if command:
-        argv += ["--", *command]
+        argv += ["--", remote_command(command)]
     return argv
+
+
+def remote_command(command: tuple[str, ...]) -> str:
+    """What ssh hands the guest's shell: one argument is a shell command line (as
+    with ssh itself: `-- 'echo hi > f'`); several are an argv, quoted so each reaches
+    the program exactly (spaces, quotes, `$`, `;`, empty strings)."""
+    if len(command) == 1 and command[0]:
+        return command[0]
+    return shlex.join(command)
 
 
 def _ssh(c: Client, name: str, command: tuple[str, ...]) -> int:
