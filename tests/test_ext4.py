@@ -170,3 +170,58 @@ def test_truncated_ext4_is_refused(image: Path, tmp_path: Path) -> None:
     with pytest.raises(ext4.NotExt4, match="is truncated"):
         ext4.require_ext4(cut, "rootfs")
     ext4.require_ext4(image, "rootfs")  # the whole image passes
+
+
+CAP_NET_RAW = bytes.fromhex("0100000200200000000000000000000000000000")  # cap_net_raw+ep
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="makes files owned by other users")
+def test_work_disk_slow_path_keeps_setuid_owners_and_xattrs(tmp_path: Path) -> None:
+    """An image without a work-seed gets /root copied out of its rootfs: that copy
+    keeps setuid/setgid/sticky bits, owners, file capabilities and other xattrs."""
+    from banger.artifacts.diskpool import DiskSpec
+    from banger.capabilities.workdisk import WorkDiskCapability
+
+    src = tmp_path / "src"
+    home = src / "root"
+    (home / "shared dir").mkdir(parents=True)
+    tool = home / "suid-tool"
+    tool.write_bytes(b"\x7fELF not really\n")
+    os.chmod(tool, 0o4755)
+    os.chmod(home / "shared dir", 0o2770)
+    os.chown(home / "shared dir", 0, 2345)
+    owned = home / "shared dir" / "owned by 1234"
+    owned.write_text("mine\n")
+    os.chown(owned, 1234, 2345)
+    os.chmod(owned, 0o640)
+    (home / "drop").mkdir(mode=0o1777)
+    os.chmod(home / "drop", 0o1777)
+    capped = home / "pinger"
+    capped.write_bytes(b"#!/bin/sh\n")
+    os.chmod(capped, 0o755)
+    os.setxattr(capped, "security.capability", CAP_NET_RAW)
+    os.setxattr(owned, "user.note", b"kept")
+    os.symlink("shared dir/owned by 1234", home / "link")
+    os.chmod(home, 0o700)
+    rootfs, root, work = tmp_path / "rootfs.ext4", tmp_path / "r.ext4", tmp_path / "w.ext4"
+    ext4.mkfs_from_dir(src, rootfs, 64 * MiB, "rootfs")
+
+    spec = DiskSpec(rootfs, None, 64 * MiB, 64 * MiB, "ssh-ed25519 AAAA test")
+    WorkDiskCapability.build_disks(spec, root, work)
+
+    def info(path: str) -> tuple[int, int, int]:
+        i = ext4.inode_info(work, path)
+        assert i is not None, path
+        return i["mode"], i["user"], i["group"]
+
+    assert info("/suid-tool") == (0o4755, 0, 0)
+    assert info('"/shared dir"') == (0o2770, 0, 2345)
+    assert info('"/shared dir/owned by 1234"') == (0o640, 1234, 2345)
+    assert info("/drop") == (0o1777, 0, 0)
+    assert info("/") == (0o700, 0, 0)
+    caps = debugfs(work, "ea_get /pinger security.capability")
+    assert CAP_NET_RAW.hex(" ") in caps.replace("\n", " "), caps
+    assert '"kept"' in debugfs(work, 'ea_get "/shared dir/owned by 1234" user.note')
+    assert ext4.read_file_from(work, "/suid-tool") == b"\x7fELF not really\n"
+    assert debugfs(work, "stat /link").count("Type: symlink") == 1
+    assert ext4.read_file_from(work, "/.ssh/authorized_keys") == b"ssh-ed25519 AAAA test\n"

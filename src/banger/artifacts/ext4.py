@@ -445,3 +445,96 @@ def inode_info(image: Path, guest_path: str) -> dict[str, int] | None:
         else:
             info[key] = int(value, 8 if key == "mode" else 10)
     return info
+
+
+def _debugfs_quote(path: str) -> str | None:
+    """`path` as one debugfs argument, or None when debugfs cannot take it."""
+    if any(c in path for c in '"\n\\'):
+        return None
+    return f'"{path}"'
+
+
+def _debugfs_script(image: Path, cmds: list[str], *, write: bool = False) -> list[str]:
+    """Run `cmds` in one debugfs; the output of each command, in order."""
+    if not cmds:
+        return []
+    argv = ["debugfs", *(["-w"] if write else []), "-f", "-", str(image)]
+    out = run(argv, input="\n".join(cmds).encode() + b"\n", timeout=600).out
+    sections: list[str] = []
+    for line in out.splitlines(keepends=True):
+        if line.startswith("debugfs: "):
+            sections.append("")
+        elif sections:
+            sections[-1] += line
+    return sections[-len(cmds) :] if len(sections) >= len(cmds) else sections
+
+
+_EA_NAME = re.compile(r"^  (\S+) \((\d+)\)", re.MULTILINE)
+
+
+def copy_dir_out(image: Path, guest_dir: str, dest: Path) -> list[str]:
+    """Copy the directory `guest_dir` of `image` to `dest/<its name>` (debugfs rdump,
+    no mount). rdump drops setuid/setgid/sticky bits, xattrs (file capabilities) and,
+    unless run as root, ownership: the returned debugfs commands restore all of them
+    on a filesystem whose root is that copied directory (see `mkfs_from_dir`); run
+    them there with `restore_metadata`."""
+    run(["debugfs", "-R", f"rdump {guest_dir} {dest}", str(image)], timeout=600)
+    tree = dest / PurePosixPath(guest_dir).name
+    if not tree.is_dir():
+        return []
+    subdirs = sorted(
+        str(Path(d).relative_to(tree) / name)
+        for d, dirs, _ in os.walk(tree)
+        for name in dirs
+        if not os.path.islink(os.path.join(d, name))
+    )
+    rels = ["", *subdirs]
+    base = guest_dir.rstrip("/")
+    listing_cmds: list[str] = []
+    listed: list[str] = []
+    for rel in rels:
+        q = _debugfs_quote(f"{base}/{rel}" if rel else base)
+        if q is not None:
+            listing_cmds.append(f"ls -p {q}")
+            listed.append(rel)
+    entries: list[tuple[str, int, int, int]] = []  # path in the copy, mode, uid, gid
+    for rel, text in zip(listed, _debugfs_script(image, listing_cmds), strict=False):
+        for line in text.splitlines():
+            fields = line.split("/")
+            if len(fields) != 8 or not fields[2].isdigit():
+                continue
+            name, mode, uid, gid = fields[5], int(fields[2], 8), int(fields[3]), int(fields[4])
+            if name == "..":
+                continue
+            if name == ".":
+                if rel:
+                    continue  # listed under its parent already
+                entries.append(("/", mode, uid, gid))
+            else:
+                entries.append((f"/{rel}/{name}" if rel else f"/{name}", mode, uid, gid))
+    cmds: list[str] = []
+    ea_cmds: list[str] = []
+    ea_paths: list[tuple[str, str]] = []
+    for path, mode, uid, gid in entries:
+        q = _debugfs_quote(path)
+        src = _debugfs_quote(base + path if path != "/" else base)
+        if q is None or src is None:
+            continue
+        cmds += [f"sif {q} mode 0{mode:o}", f"sif {q} uid {uid}", f"sif {q} gid {gid}"]
+        ea_cmds.append(f"ea_list {src}")
+        ea_paths.append((src, q))
+    attrs = tempfile.mkdtemp(prefix="xattrs-", dir=dest)
+    get: list[str] = []
+    for (src, q), text in zip(ea_paths, _debugfs_script(image, ea_cmds), strict=False):
+        for m in _EA_NAME.finditer(text):
+            value = os.path.join(attrs, str(len(get)))
+            get.append(f"ea_get -f {value} {src} {m.group(1)}")
+            cmds.append(f"ea_set -f {value} {q} {m.group(1)}")
+    _debugfs_script(image, get)
+    return cmds
+
+
+def restore_metadata(image: Path, cmds: list[str]) -> None:
+    """Apply what `copy_dir_out` returned to `image` (while its temporary directory,
+    which holds the xattr values, still exists)."""
+    _debugfs_script(image, cmds, write=True)

@@ -19,7 +19,6 @@ from banger.artifacts.diskpool import DiskPool, DiskSpec
 from banger.capabilities.base import BootContributions, Capability, PrepareContext
 from banger.engines.base import Drive
 from banger.progress import Progress, null_progress
-from banger.system import run
 from banger.vm import VMRecord
 
 log = logging.getLogger("banger.workdisk")
@@ -113,10 +112,12 @@ class WorkDiskCapability(Capability):
     def _work_from_rootfs(rootfs: Path, work: Path, size: int) -> None:
         with tempfile.TemporaryDirectory(prefix="banger-root-") as tmp:
             tree = Path(tmp) / "root"
-            # debugfs copies the directory out of the image without mounting it.
-            run(["debugfs", "-R", f"rdump /root {tmp}", str(rootfs)], timeout=600)
+            # debugfs copies the directory out of the image without mounting it; what
+            # its copy loses (setuid bits, owners, capabilities) is put back after.
+            fixes = ext4.copy_dir_out(rootfs, "/root", Path(tmp))
             tree.mkdir(mode=0o700, exist_ok=True)  # an image without /root: start empty
             ext4.mkfs_from_dir(tree, work, size, label="work", root_mode=0o700)
+            ext4.restore_metadata(work, fixes)
 
     async def reclaim(self, vms: list[VMRecord]) -> None:
         """At daemon start: remove VM directories no record owns (a record is always
