@@ -29,6 +29,7 @@ from pathlib import Path
 MARKER = "banger-oci-marker-4711"
 BUSYBOX = "/bin/busybox"
 APPLETS = ("sh", "cat", "id", "ls", "stat", "sleep", "echo", "pwd", "test", "mkdir", "rm")
+IMAGE_PATH = "/opt/app/bin:/usr/bin:/bin"  # the image's Env PATH
 ENTRYPOINT = (
     "/bin/sh",
     "-c",
@@ -122,6 +123,10 @@ def _base_tree(root: Path) -> None:
     (root / "etc" / "group").write_text("root:x:0:\napp:x:1000:\n")
     (root / "etc" / "marker").write_text(MARKER + "\n")
     (root / "etc" / "doomed").write_text("deleted by the upper layer\n")
+    app_bin = root / "opt" / "app" / "bin"  # on the image's PATH only (its Env)
+    app_bin.mkdir(parents=True)
+    (app_bin / "app-hello").write_text('#!/bin/sh\necho "app says $GREETING"\n')
+    os.chmod(app_bin / "app-hello", 0o755)
     setuid = root / "usr" / "bin" / "setuid-tool"
     setuid.write_text("#!/bin/sh\necho setuid\n")
     os.chmod(setuid, 0o4755)
@@ -154,7 +159,8 @@ def build_image(
     shutil.rmtree(bundle)
     config = [
         "umoci", "config", "--image", image, "--architecture", arch, "--os", "linux",
-        "--config.env", "GREETING=hello", "--config.workingdir", "/srv",
+        "--config.env", "GREETING=hello", "--config.env", f"PATH={IMAGE_PATH}",
+        "--config.workingdir", "/srv",
         "--config.user", "1000",
     ]  # fmt: skip
     if entrypoint:

@@ -83,6 +83,12 @@ def test_pull_then_run_prints_the_marker_with_layers_owners_and_setuid_kept(oci:
             break
         time.sleep(1)
     assert r.stdout == "hello /srv 1000\n"
+    # commands through the agent get the image's Env too (its PATH finds app-hello);
+    # --env overrides it, as with docker exec
+    r = b.run("vm", "exec", "t", "--", "app-hello")
+    assert r.stdout == "app says hello\n"
+    r = b.run("vm", "exec", "-e", "GREETING=bye", "t", "--", "sh", "-c", "app-hello; echo $PATH")
+    assert r.stdout == f"app says bye\n{oci_kit.IMAGE_PATH}\n"
     # the network came up from ip= and /root is the work disk
     r = b.run("vm", "exec", "t", "--", "cat", "/proc/mounts")
     assert " /root ext4 " in r.stdout

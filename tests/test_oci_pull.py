@@ -86,7 +86,11 @@ def test_pull_applies_layers_keeps_owners_and_setuid_and_records_the_config(env:
     assert info.oci is not None
     assert info.oci.reference == f"{env.addr}/test/app:1"
     assert info.oci.digest.startswith("sha256:")
-    assert (info.oci.env, info.oci.workdir, info.oci.user) == (("GREETING=hello",), "/srv", "1000")
+    assert (info.oci.env, info.oci.workdir, info.oci.user) == (
+        ("GREETING=hello", f"PATH={oci_kit.IMAGE_PATH}"),
+        "/srv",
+        "1000",
+    )
     assert info.oci.entrypoint == oci_kit.ENTRYPOINT
     assert info.summary()["oci"]["workdir"] == "/srv"
     assert b'"workdir": "/srv"' in (ext4.read_file_from(rootfs, "/opt/banger/image.json") or b"")

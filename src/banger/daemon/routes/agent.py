@@ -41,6 +41,20 @@ def image_has_agent(d: Daemon, image: str) -> bool | None:
     return None if info is None else info.agent
 
 
+def image_env(d: Daemon, image: str) -> dict[str, str]:
+    """A pulled OCI image's Env (PATH included): what its commands run with, as
+    under docker or podman. Empty for other images."""
+    info = image_lib.load_image(d.paths.images_dir, image)
+    if info is None or info.oci is None:
+        return {}
+    env: dict[str, str] = {}
+    for item in info.oci.env:
+        key, sep, value = item.partition("=")
+        if sep and key:
+            env[key] = value
+    return env
+
+
 def agent_channel(vm: VMRecord) -> dict[str, Any] | None:
     handle = vm.engine_handle
     if handle is None:
@@ -132,6 +146,11 @@ async def vm_stream(request: web.Request) -> web.StreamResponse:
         if not isinstance(spec, dict) or spec.get("kind") not in STREAM_KINDS:
             raise InvalidInput(f"a stream starts with a JSON spec whose kind is {STREAM_KINDS}")
         timeout = spec.pop("timeout", None)
+        if spec["kind"] == "exec":  # the image's Env, then what the caller set
+            given = spec.get("env") or {}
+            if not isinstance(given, dict):
+                raise InvalidInput("an exec spec's env is an object of strings")
+            spec["env"] = {**image_env(d, vm.image), **given}
         stream, info = await client.open(spec)
     except (BangerError, TimeoutError, ValueError) as exc:
         err = exc if isinstance(exc, BangerError) else InvalidInput(f"bad stream start: {exc}")
