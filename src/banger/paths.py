@@ -7,6 +7,7 @@ XDG_* (or BANGER_HOME) at a temporary directory.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,17 +145,73 @@ def ensure_dirs(paths: Paths) -> None:
 def tighten(paths: Paths) -> int:
     """Make everything under banger's config, state and data directories private to
     this user (no group/other bits), as files from earlier versions were not. Symlinks
-    and files owned by others are left alone. Returns how many modes changed."""
+    and files owned by others are left alone, and so are mounts (a build's /proc) and
+    work directories another live process holds (their flock, see
+    `artifacts.publish.work_dir`): the walk does not enter them. A file that cannot be
+    changed is logged, never fatal. Returns how many modes changed."""
     changed = 0
     uid = os.getuid()
+    mounts = _mount_points()
     for top in (paths.config_dir, paths.state_dir, paths.data_dir):
         if not top.is_dir():
             continue
+        try:
+            dev = top.stat().st_dev
+        except OSError:
+            continue
         for root, dirs, files in os.walk(top):
-            for name in [*dirs, *files]:
+            for name in list(dirs):
+                path = os.path.join(root, name)
+                if _off_limits(path, dev, mounts):
+                    dirs.remove(name)
+                else:
+                    changed += _private(path, uid)
+            for name in files:
                 changed += _private(os.path.join(root, name), uid)
         changed += _private(str(top), uid)
     return changed
+
+
+def _mount_points(mountinfo: str = "/proc/self/mountinfo") -> set[str]:
+    points: set[str] = set()
+    try:
+        with open(mountinfo) as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4:  # octal escapes: \040 is a space
+                    points.add(re.sub(r"\\([0-7]{3})", _unescape, fields[4]))
+    except OSError:
+        pass
+    return points
+
+
+def _unescape(m: re.Match[str]) -> str:
+    return chr(int(m.group(1), 8))
+
+
+def _off_limits(path: str, dev: int, mounts: set[str]) -> bool:
+    """A directory tighten must not enter: a mount, or one another process holds."""
+    import fcntl
+
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return True
+    if not stat.S_ISDIR(st.st_mode):
+        return False  # a symlink: os.walk does not follow it
+    if st.st_dev != dev or path in mounts:
+        return True
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True  # held (LOCK_EX) by a live build
+    finally:
+        os.close(fd)  # drops our lock too
+    return False
 
 
 def _private(path: str, uid: int) -> int:
@@ -166,5 +223,11 @@ def _private(path: str, uid: int) -> int:
         return 0
     if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
         return 0  # sockets, fifos: not ours to change
-    os.chmod(path, stat.S_IMODE(st.st_mode) & ~0o077)
+    try:
+        os.chmod(path, stat.S_IMODE(st.st_mode) & ~0o077)
+    except OSError as exc:
+        import logging
+
+        logging.getLogger("banger.paths").warning("cannot make %s private: %s", path, exc)
+        return 0
     return 1

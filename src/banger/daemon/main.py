@@ -113,9 +113,9 @@ def main(foreground: bool, debug: bool) -> None:
             click.echo(f"bangerd started (pid {pid}), listening on {paths.socket}")
             return
         lock = _take_lock(paths)
-        tightened = tighten(paths)
         level = "debug" if debug else load_config(paths).config.log_level
         _setup_logging(paths, level, to_stderr=True)
+        tightened = tighten(paths)  # after the logging set-up: what it skips is logged
         if tightened:
             log.info("made %d files and directories private (0600/0700)", tightened)
         asyncio.run(_serve_forever(paths))
