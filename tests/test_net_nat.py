@@ -106,6 +106,8 @@ def topology() -> Iterator[tuple[str, str, str]]:
         ensure_bridge("banger0", "172.30.0.0/24", netns=host)
         netns.ip(host, "link", "add", "vm0", "type", "veth", "peer", "name", "eth0", "netns", vm)
         netns.ip(host, "link", "set", "vm0", "master", "banger0", "up")
+        # a hairpin port, as banger makes every TAP (test_net_tap checks that)
+        netns.ip(host, "link", "set", "vm0", "type", "bridge_slave", "hairpin", "on")
         netns.ip(vm, "addr", "add", "172.30.0.2/24", "dev", "eth0")
         netns.ip(vm, "link", "set", "eth0", "up")
         netns.ip(vm, "route", "add", "default", "via", "172.30.0.1")
@@ -212,5 +214,20 @@ def test_published_port_end_to_end(topology: tuple[str, str, str]) -> None:
         assert nat.list_published(netns=host) == []
         assert _fetch(net, ("10.99.0.1", 8080)) is None
         assert "banger:pub:" not in _table(host)
+    finally:
+        srv.close()
+
+
+def test_a_vm_reaches_its_own_published_port_through_host_addresses(
+    topology: tuple[str, str, str],
+) -> None:
+    """Hairpin: the VM connects to a host address and lands on itself (masqueraded, so
+    its reply goes back through the host and the connection completes)."""
+    host, vm, _ = topology
+    srv = _tcp_server(vm, ("172.30.0.2", 80), b"hello from vm")
+    try:
+        nat.set_published("172.30.0.2", [nat.PortRule("tcp", "0.0.0.0", 8080, 80)], netns=host)
+        for addr in ("10.99.0.1", "172.30.0.1"):  # the uplink's and the bridge's address
+            assert _fetch(vm, (addr, 8080)) == "hello from vm to 172.30.0.1", addr
     finally:
         srv.close()

@@ -50,6 +50,8 @@ def test_create_tap_attached_up_owned(ns: str) -> None:
     assert data["persist"] is True
     assert data["user"] == 1234
     assert info.index == link["ifindex"] != bridge["ifindex"]
+    # hairpin: a VM reaching its own published port gets its frames back
+    assert link["linkinfo"]["info_slave_data"]["hairpin"] is True
 
 
 def test_root_default_owner_is_none(ns: str) -> None:
@@ -90,6 +92,7 @@ def test_attach_repairs_a_detached_tap(ns: str) -> None:
     netns.ip(ns, "link", "set", "tap-e", "nomaster", "down")
     info = attach_tap("tap-e", "banger0", netns=ns)
     assert info.master == "banger0" and info.up
+    assert _link(ns, "tap-e")["linkinfo"]["info_slave_data"]["hairpin"] is True
     with pytest.raises(NotFound):
         attach_tap("tap-none", "banger0", netns=ns)
 

@@ -21,7 +21,9 @@ Published ports work like Docker's `-p` without its userland proxy: DNAT for tra
 to any local address arriving from outside (prerouting) or made on the host
 (output). From 127.0.0.1 that needs `route_localnet` on the bridge and a masquerade
 of loopback sources; a VM reaching a published port through a host address is
-masqueraded too (hairpin), so the reply comes back the same way.
+masqueraded too (hairpin), so the reply comes back the same way; its TAP is a
+hairpin bridge port (`ops._join_bridge`), without which br_netfilter drops the
+DNATed frame the bridge would send back out the port it came in on.
 
 Per-VM rules live in their own chains so they need not know the bridge or subnet,
 and the trailing drop keeps VMs without `--nat` off the uplink even when the host

@@ -191,12 +191,21 @@ def _bridge_index(ipr: Any, bridge: str) -> int:
     return int(link["index"])
 
 
+def _join_bridge(ipr: Any, index: int, bridge_index: int) -> None:
+    """Enslave the link to the bridge, up, in hairpin mode: a VM reaching its own
+    published port through a host address is DNATed back to itself, and with
+    br_netfilter loaded (Docker loads it) that frame is bridged out of the port it
+    came in on, which a bridge only does for a hairpin port."""
+    ipr.link("set", index=index, master=bridge_index, state="up")
+    ipr.link("set", index=index, kind="bridge_slave", mode=1)  # IFLA_BRPORT_MODE
+
+
 def _attach(ipr: Any, name: str, bridge: str) -> dict[str, Any]:
     br = _bridge_index(ipr, bridge)
     link = get_link(ipr, name)
     if link is None or _tun_data(link) is None:
         raise NotFound(f"TAP device `{name}` does not exist", hint="check `ip -d link`")
-    ipr.link("set", index=int(link["index"]), master=br, state="up")
+    _join_bridge(ipr, int(link["index"]), br)
     info = _tap_info(ipr, ipr.link("get", index=int(link["index"]))[0])
     assert info is not None
     return info
@@ -227,7 +236,7 @@ def create_tap(name: str, bridge: str, owner_uid: int | None, netns: str | None)
             try:
                 idx = link_index(ipr, name)
                 assert idx is not None
-                ipr.link("set", index=idx, master=br, state="up")
+                _join_bridge(ipr, idx, br)
                 info = _tap_info(ipr, ipr.link("get", index=idx)[0])
                 assert info is not None
                 return info
