@@ -1,7 +1,9 @@
 """The daemon's DNS server on the bridge address: `.vm` names, and the outside world
 for VMs with NAT.
 
-Answers, per question (one per packet; anything else is FORMERR):
+Served over UDP and TCP (RFC 7766: two-byte length prefix, several queries per
+connection, answers as they are ready) on the same port. Answers, per question (one
+per packet; anything else is FORMERR):
 
 - `<name>.vm` A: the VM's address (authoritative, short TTL). AAAA and other types of
   a known name: NOERROR without data. Unknown names in the zone: NXDOMAIN.
@@ -17,14 +19,18 @@ Answers, per question (one per packet; anything else is FORMERR):
 Robustness: garbage, responses and oversized packets are dropped without a reply;
 the work per packet is one parse plus at most one cache lookup; outside lookups run
 off the event loop with a bound on how many are in flight (the rest get SERVFAIL at
-once), and replies that do not fit a UDP datagram are truncated (TC set).
-The socket is bound to the bridge address only, never to a wildcard.
+once), and replies that do not fit a UDP datagram are truncated (TC set), so the
+client asks again over TCP, where they are whole. TCP connections are bounded in
+number and closed after TCP_IDLE seconds without a query. The sockets are bound to the
+bridge address only, never to a wildcard.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import functools
 import ipaddress
 import logging
 import socket
@@ -47,6 +53,9 @@ Lookup = Callable[[str], str | None] | Mapping[str, str]
 MAX_PACKET = 4096  # larger datagrams are not DNS queries we answer
 UDP_PAYLOAD = 512  # without EDNS, the most a UDP reply may carry
 MAX_INFLIGHT = 64  # outside lookups running at once; beyond that, SERVFAIL at once
+TCP_PAYLOAD = 65535  # the most a length-prefixed TCP message may carry
+MAX_TCP = 64  # TCP connections at once; more are closed at once
+TCP_IDLE = 10.0  # seconds a TCP connection may sit without a query
 
 
 class Upstream(Protocol):
@@ -91,24 +100,57 @@ class DnsServer:
         self._inflight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._transport: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.Server | None = None
+        self._tcp_writers: set[asyncio.StreamWriter] = set()
         self.address: tuple[str, int] | None = None  # once bound
         self.stats = {"queries": 0, "dropped": 0, "forwarded": 0, "overload": 0}
 
     async def start(self) -> tuple[str, int]:
         """Bind and serve; returns the bound (host, port), useful with port 0."""
-        sock = call_in_netns(self.netns, self._bind)  # a socket keeps its namespace
+        # A socket keeps its namespace. With port 0 the TCP socket takes the port the
+        # UDP one got; should that be taken for TCP, both try again elsewhere.
+        for attempt in range(20):
+            sock = call_in_netns(self.netns, self._bind)
+            port = int(sock.getsockname()[1])
+            try:
+                tcp = call_in_netns(self.netns, functools.partial(self._bind_tcp, port))
+            except Conflict:
+                sock.close()
+                if self.port == 0 and attempt < 19:
+                    continue
+                raise
+            except BaseException:
+                sock.close()
+                raise
+            break
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
+        try:
+            transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
+        except BaseException:
+            sock.close()
+            tcp.close()
+            raise
         self._transport = transport
+        try:
+            self._tcp = await asyncio.start_server(self._serve_tcp, sock=tcp)
+        except BaseException:
+            tcp.close()
+            self.close()
+            raise
         host, port = sock.getsockname()[:2]
         self.address = (str(host), int(port))
-        log.info("DNS for .%s listening on %s:%d", self.zone, host, port)
+        log.info("DNS for .%s listening on %s:%d (UDP and TCP)", self.zone, host, port)
         return self.address
 
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
             self._transport = None
+        if self._tcp is not None:
+            self._tcp.close()
+            self._tcp = None
+        for writer in list(self._tcp_writers):
+            writer.close()
         for task in list(self._tasks):
             task.cancel()
         self.address = None  # not serving: a later start() binds again
@@ -129,6 +171,59 @@ class DnsServer:
             raise _bind_error(exc, self.host, self.port) from exc
         sock.setblocking(False)
         return sock
+
+    def _bind_tcp(self, port: int) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            # a restarted daemon must not wait for its old connections' TIME_WAIT
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, port))
+            sock.listen(MAX_TCP)
+        except OSError as exc:
+            sock.close()
+            raise _bind_error(exc, self.host, port, "TCP") from exc
+        sock.setblocking(False)
+        return sock
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One TCP client: length-prefixed queries, answered as they are ready."""
+        if len(self._tcp_writers) >= MAX_TCP:
+            writer.close()
+            return
+        self._tcp_writers.add(writer)
+        peer = writer.get_extra_info("peername")
+        client = str(peer[0]) if peer else ""
+        pending: set[asyncio.Task[None]] = set()
+
+        def send(response: bytes) -> None:
+            if not writer.is_closing():
+                writer.write(len(response).to_bytes(2, "big") + response)
+
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(TCP_IDLE):
+                        size = int.from_bytes(await reader.readexactly(2), "big")
+                        packet = await reader.readexactly(size)
+                except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                    break
+                task = self.handle(packet, client, send, tcp=True)
+                if task is not None:
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                try:
+                    async with asyncio.timeout(TCP_IDLE):
+                        await writer.drain()
+                except (TimeoutError, ConnectionError):
+                    break
+            if pending:  # a client that half-closed still gets what it asked
+                await asyncio.wait(pending, timeout=TCP_IDLE)
+                with contextlib.suppress(TimeoutError, ConnectionError):
+                    async with asyncio.timeout(TCP_IDLE):
+                        await writer.drain()
+        finally:
+            self._tcp_writers.discard(writer)
+            writer.close()
 
     # -- answering -------------------------------------------------------------------
 
@@ -216,10 +311,11 @@ class DnsServer:
             reply.add_answer(RR(reply.q.qname, QTYPE.A, rdata=A(ip), ttl=self.ttl))
         # Other types (AAAA, MX, ...) of a known name: NOERROR without answers.
 
-    def pack(self, query: DNSRecord, reply: DNSRecord) -> bytes:
-        """Wire bytes, truncated (TC) when over what the client can take over UDP."""
-        limit = UDP_PAYLOAD
-        for rr in query.ar:
+    def pack(self, query: DNSRecord, reply: DNSRecord, *, tcp: bool = False) -> bytes:
+        """Wire bytes, truncated (TC) when over what the client can take: over UDP
+        512 bytes or its EDNS size, over TCP a whole message."""
+        limit = TCP_PAYLOAD if tcp else UDP_PAYLOAD
+        for rr in query.ar if not tcp else ():
             if rr.rtype == QTYPE.OPT:
                 limit = max(UDP_PAYLOAD, min(int(rr.rclass), MAX_PACKET))
         data = bytes(reply.pack())
@@ -227,34 +323,38 @@ class DnsServer:
             data = bytes(reply.truncate().pack())
         return data
 
-    def handle(self, packet: bytes, client: str, send: Callable[[bytes], None]) -> None:
-        """Answer one datagram: locally at once, or through the upstream off the loop."""
+    def handle(
+        self, packet: bytes, client: str, send: Callable[[bytes], None], *, tcp: bool = False
+    ) -> asyncio.Task[None] | None:
+        """Answer one query: locally at once, or through the upstream off the loop (the
+        task doing that is returned)."""
         self.stats["queries"] += 1
         query = self.parse(packet)
         if query is None:
             self.stats["dropped"] += 1
-            return
+            return None
         try:
             reply = self.local_reply(query, client)
         except Exception:  # never let one odd packet stop the server
             log.exception("DNS: could not answer a query from %s", client)
-            return
+            return None
         if reply is not None:
-            send(self.pack(query, reply))
-            return
+            send(self.pack(query, reply, tcp=tcp))
+            return None
         if self._inflight >= self.max_inflight:
             self.stats["overload"] += 1
             fail = query.reply()
             fail.header.rcode = RCODE.SERVFAIL
-            send(self.pack(query, fail))
-            return
+            send(self.pack(query, fail, tcp=tcp))
+            return None
         self.stats["forwarded"] += 1
         self._inflight += 1
-        task = asyncio.get_running_loop().create_task(self._forward(query, send))
+        task = asyncio.get_running_loop().create_task(self._forward(query, send, tcp))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
-    async def _forward(self, query: DNSRecord, send: Callable[[bytes], None]) -> None:
+    async def _forward(self, query: DNSRecord, send: Callable[[bytes], None], tcp: bool) -> None:
         try:
             assert self.upstream is not None
             try:
@@ -266,7 +366,7 @@ class DnsServer:
             reply.header.id = query.header.id
             reply.header.ra = 1
             reply.header.aa = 0
-            send(self.pack(query, reply))
+            send(self.pack(query, reply, tcp=tcp))
         finally:
             self._inflight -= 1
 
@@ -291,8 +391,8 @@ class _Protocol(asyncio.DatagramProtocol):
         log.debug("DNS socket error: %s", exc)
 
 
-def _bind_error(exc: OSError, host: str, port: int) -> BangerError:
-    where = f"{host}:{port}"
+def _bind_error(exc: OSError, host: str, port: int, proto: str = "UDP") -> BangerError:
+    where = f"{host}:{port} ({proto})"
     if exc.errno == errno.EADDRINUSE:
         return Conflict(
             f"cannot serve DNS on {where}: the port is in use",
