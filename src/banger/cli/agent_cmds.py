@@ -8,16 +8,8 @@ from typing import Any
 import click
 
 from banger.cli.common import client, json_option
-from banger.cli.output import out, print_json
+from banger.cli.output import health_color, health_rows, out, print_json
 from banger.errors import BangerError
-from banger.units import format_duration, format_size
-
-
-def _disk(d: Any) -> str:
-    if not isinstance(d, dict) or not d.get("total_bytes"):
-        return "-"
-    used, total = int(d.get("used_bytes", 0)), int(d["total_bytes"])
-    return f"{format_size(used)} / {format_size(total)} ({100 * used // total}%)"
 
 
 @click.command()
@@ -29,30 +21,11 @@ def health(name: str, as_json: bool) -> None:
     if as_json:
         print_json(h)
     elif h.get("healthy"):
-        info = h.get("info") or {}
-        mem = info.get("memory") or {}
-        load = info.get("load") or []
         out.print(f"[green]✓[/] {name}: agent ok ({h.get('latency_ms', '?')} ms, {h['transport']})")
-        rows = [
-            ("hostname", info.get("hostname", "-")),
-            ("kernel", info.get("kernel", "-")),
-            ("uptime", format_duration(info.get("uptime_s"))),
-            ("load", " ".join(f"{x:.2f}" for x in load) or "-"),
-            (
-                "memory",
-                f"{format_size(mem['available_bytes'])} free of {format_size(mem['total_bytes'])}"
-                if "total_bytes" in mem and "available_bytes" in mem
-                else "-",
-            ),
-            ("disk /", _disk((info.get("disk") or {}).get("/"))),
-            ("disk /root", _disk((info.get("disk") or {}).get("/root"))),
-            ("agent", str(info.get("agent_version", "-"))),
-        ]
-        for key, value in rows:
+        for key, value in health_rows(h):
             out.print(f"  {key:<11}{value}")
     else:
-        color = "yellow" if h.get("agent") in ("absent", "stopped") else "red"
-        out.print(f"[{color}]✗[/] {name}: agent: {h.get('detail') or h.get('agent')}")
+        out.print(f"[{health_color(h)}]✗[/] {name}: agent: {h.get('detail') or h.get('agent')}")
         if h.get("hint"):
             out.print(f"  [dim]hint: {h['hint']}[/]")
     if not h.get("healthy"):

@@ -8,6 +8,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from banger.units import format_duration, format_size
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -83,6 +85,43 @@ def print_table(headers: list[str], rows: list[list[Cell]]) -> None:
         out_lines.append(f"│{text}│")
     out_lines.append(line("└", "─", "┴", "┘"))
     sys.stdout.write("\n".join(out_lines) + "\n")
+
+
+def _usage(d: Any) -> str:
+    if not isinstance(d, dict) or not d.get("total_bytes"):
+        return "-"
+    used, total = int(d.get("used_bytes", 0)), int(d["total_bytes"])
+    return f"{format_size(used)} / {format_size(total)} ({100 * used // total}%)"
+
+
+def health_rows(h: dict[str, Any]) -> list[tuple[str, str]]:
+    """The label/value rows of a healthy `GET /v1/vms/{name}/health` answer, as
+    `banger vm health` and the TUI both show them."""
+    info = h.get("info") or {}
+    mem = info.get("memory") or {}
+    load = info.get("load") or []
+    disk = info.get("disk") or {}
+    return [
+        ("hostname", str(info.get("hostname", "-"))),
+        ("kernel", str(info.get("kernel", "-"))),
+        ("uptime", format_duration(info.get("uptime_s"))),
+        ("load", " ".join(f"{x:.2f}" for x in load) or "-"),
+        (
+            "memory",
+            f"{format_size(mem['available_bytes'])} free of {format_size(mem['total_bytes'])}"
+            if "total_bytes" in mem and "available_bytes" in mem
+            else "-",
+        ),
+        ("disk /", _usage(disk.get("/"))),
+        ("disk /root", _usage(disk.get("/root"))),
+        ("agent", str(info.get("agent_version", "-"))),
+    ]
+
+
+def health_color(h: dict[str, Any]) -> str:
+    """An unhealthy answer's colour: yellow when the VM simply has no agent running
+    (stopped, or an image without one), red when the agent should answer and does not."""
+    return "yellow" if h.get("agent") in ("absent", "stopped") else "red"
 
 
 def print_json(data: Any) -> None:

@@ -31,6 +31,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Footer, Input, Static, TabbedContent, TabPane
 
 from banger.api.models import VM, CreateVM, DoctorReport, Image, Kernel, Operation, Status
+from banger.cli.output import health_color, health_rows
 from banger.client import Client
 from banger.errors import BangerError, DaemonUnavailable
 from banger.paths import Paths, default_paths
@@ -1222,43 +1223,16 @@ def _vm_details(vm: VM) -> str:
     return "\n".join(lines)
 
 
-def _usage(d: Any) -> str:
-    if not isinstance(d, dict) or not d.get("total_bytes"):
-        return "-"
-    used, total = int(d.get("used_bytes", 0)), int(d["total_bytes"])
-    return f"{_human(used)} / {_human(total)} ({100 * used // total}%)"
-
-
 def _health_text(h: dict[str, Any]) -> str:
     name = h.get("name", "")
     if not h.get("healthy"):
-        color = "yellow" if h.get("agent") in ("absent", "stopped") else "red"
         detail = escape(str(h.get("detail") or h.get("agent")))
-        text = f"[{color}]✗[/] {escape(str(name))}: agent: {detail}"
+        text = f"[{health_color(h)}]✗[/] {escape(str(name))}: agent: {detail}"
         if h.get("hint"):
             text += f"\n[dim]hint:[/] {escape(str(h['hint']))}"
         return text
-    info = h.get("info") or {}
-    mem = info.get("memory") or {}
-    load = info.get("load") or []
-    disk = info.get("disk") or {}
-    rows = [
-        ("hostname", info.get("hostname", "-")),
-        ("kernel", info.get("kernel", "-")),
-        ("uptime", format_duration(info.get("uptime_s"))),
-        ("load", " ".join(f"{x:.2f}" for x in load) or "-"),
-        (
-            "memory",
-            f"{_human(mem['available_bytes'])} free of {_human(mem['total_bytes'])}"
-            if "total_bytes" in mem and "available_bytes" in mem
-            else "-",
-        ),
-        ("disk /", _usage(disk.get("/"))),
-        ("disk /root", _usage(disk.get("/root"))),
-        ("agent", str(info.get("agent_version", "-"))),
-    ]
     text = f"[green]✓[/] agent ok ({h.get('latency_ms', '?')} ms, {h.get('transport')})\n"
-    return text + "\n".join(f"  [b]{k:<11}[/]{escape(str(v))}" for k, v in rows)
+    return text + "\n".join(f"  [b]{k:<11}[/]{escape(v)}" for k, v in health_rows(h))
 
 
 def _doctor_view(report: DoctorReport) -> Any:
