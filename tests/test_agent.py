@@ -16,16 +16,17 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 from click.testing import CliRunner
 
 from banger.agent import GUEST_PROGRAM, guest
 from banger.agent.client import AgentClient, AgentUnavailable
 from banger.artifacts.images.info import ImageManifest, read_info, write_manifest
+from banger.daemon import web
 from banger.daemon.routes import agent as agent_routes
 from banger.daemon.routes.common import DAEMON_KEY
+from banger.daemon.server import bind_socket, serve
 from banger.daemon.server import errors as errors_middleware
 from banger.errors import BangerError
 from banger.vm import VMRecord
@@ -338,14 +339,33 @@ def _image(images_dir: Path, agent: bool | None) -> None:
 
 
 @contextlib.asynccontextmanager
-async def api(vm: VMRecord, images_dir: Path) -> AsyncIterator[TestClient[Any, Any]]:
-    d = SimpleNamespace(vms=SimpleNamespace(get=lambda name: vm), paths=SimpleNamespace())
-    d.paths.images_dir = images_dir
+async def serving(app: web.Application, path: Path) -> AsyncIterator[Path]:
+    """`app` served by the daemon's HTTP server on a UNIX socket at `path`."""
+    server = await serve(app, bind_socket(path))
+    try:
+        yield path
+    finally:
+        await server.cleanup()
+        path.unlink(missing_ok=True)
+
+
+def agent_app(get: Any, images_dir: Path) -> web.Application:
+    """The daemon's agent routes (and its error middleware) over a stand-in daemon
+    whose `vms.get` is `get`."""
+    d = SimpleNamespace(vms=SimpleNamespace(get=get), paths=SimpleNamespace(images_dir=images_dir))
     app = web.Application(middlewares=[errors_middleware])
-    app[DAEMON_KEY] = d  # type: ignore[misc]
+    app[DAEMON_KEY] = d  # type: ignore[assignment]
     agent_routes.setup(app)
-    async with TestClient(TestServer(app)) as client:
-        yield client
+    return app
+
+
+@contextlib.asynccontextmanager
+async def api(vm: VMRecord, images_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
+    sock = images_dir.parent / "api.sock"
+    async with serving(agent_app(lambda name: vm, images_dir), sock):
+        transport = httpx.AsyncHTTPTransport(uds=str(sock))
+        async with httpx.AsyncClient(transport=transport, base_url="http://bangerd") as client:
+            yield client
 
 
 def test_old_image_json_means_no_agent(tmp_path: Path) -> None:
@@ -361,39 +381,39 @@ async def test_routes(agent: Agent, tmp_path: Path) -> None:
 
     _image(images, None)  # the cached test image: built before the agent
     async with api(_vm(channel), images) as http:
-        h = await (await http.get("/v1/vms/box/health")).json()
+        h = (await http.get("/v1/vms/box/health")).json()
         assert (h["healthy"], h["agent"]) == (False, "absent")
         assert h["detail"] == "not in this image (it was built before banger-agent existed)"
         r = await http.get("/v1/vms/box/ports")
-        assert r.status == 503
-        assert (await r.json())["error"]["code"] == "agent_unavailable"
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "agent_unavailable"
         # exec and cp say so too, before any WebSocket upgrade
         r = await http.get("/v1/vms/box/stream")
-        assert r.status == 503
-        err = (await r.json())["error"]
+        assert r.status_code == 503
+        err = r.json()["error"]
         assert "has no guest agent" in err["message"] and "image pull" in err["hint"]
 
     _image(images, True)
     async with api(_vm(channel, state="stopped"), images) as http:
-        h = await (await http.get("/v1/vms/box/health")).json()
+        h = (await http.get("/v1/vms/box/health")).json()
         assert (h["healthy"], h["agent"]) == (False, "stopped")
-        assert (await http.get("/v1/vms/box/ports")).status == 409
+        assert (await http.get("/v1/vms/box/ports")).status_code == 409
         r = await http.get("/v1/vms/box/stream")
-        err = (await r.json())["error"]
-        assert r.status == 409 and "banger vm start box" in err["hint"]
+        err = r.json()["error"]
+        assert r.status_code == 409 and "banger vm start box" in err["hint"]
         # the state guard's wording: the current state and the one needed
         assert err["message"] == "VM `box` is stopped; its guest agent needs it running"
 
     async with api(_vm(channel), images) as http:
-        h = await (await http.get("/v1/vms/box/health")).json()
+        h = (await http.get("/v1/vms/box/health")).json()
         assert (h["healthy"], h["agent"]) == (False, "unreachable")
         assert "agent.sock" in h["detail"] and h["hint"]
 
         async with Bridge(agent, sock):
-            h = await (await http.get("/v1/vms/box/health")).json()
+            h = (await http.get("/v1/vms/box/health")).json()
             assert (h["healthy"], h["agent"]) == (True, "ok")
             assert h["healthz"]["ok"] is True and h["info"]["kernel"] == os.uname().release
-            p = await (await http.get("/v1/vms/box/ports")).json()
+            p = (await http.get("/v1/vms/box/ports")).json()
             assert p["name"] == "box" and isinstance(p["ports"], list)
 
 

@@ -31,13 +31,13 @@ from typing import Any
 
 import httpx
 import pytest
-from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from banger.api.models import CreateVM, RegisterImage, SetVM
 from banger.artifacts.images.catalog import catalog as image_catalog
 from banger.artifacts.kernels.catalog import catalog as kernel_catalog
+from banger.daemon import web
 from banger.daemon.routes import setup_routes
 from banger.paths import Paths
 from banger.system import run
@@ -62,12 +62,8 @@ def _routes() -> list[tuple[str, str]]:
     setup_routes(app)
     found = set()
     for route in app.router.routes():
-        if route.method == "HEAD":
-            continue
-        info = route.resource.get_info() if route.resource else {}
-        template = info.get("formatter") or info.get("path")
-        if template and (route.method, template) not in SKIPPED:
-            found.add((route.method, template))
+        if (route.method, route.template) not in SKIPPED:
+            found.add((route.method, route.template))
     return sorted(found)
 
 

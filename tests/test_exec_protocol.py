@@ -415,12 +415,7 @@ async def served(tmp_path: Path) -> AsyncIterator[Path]:
     """The daemon's agent routes on a real UNIX socket (BANGER_HOME layout), with VM
     "box" whose agent channel leads to the real guest program behind a relay.
     Yields the BANGER_HOME."""
-    from aiohttp import web
-
-    from banger.daemon.routes import agent as agent_routes
-    from banger.daemon.routes.common import DAEMON_KEY
-    from banger.daemon.server import errors as errors_middleware
-    from tests.test_agent import _image, _vm
+    from tests.test_agent import _image, _vm, agent_app, serving
 
     home = Path(f"/tmp/bx-{os.getpid()}-{time.monotonic_ns() % 10**6}")
     (home / "run").mkdir(parents=True)
@@ -437,21 +432,12 @@ async def served(tmp_path: Path) -> AsyncIterator[Path]:
             raise NotFound(f"no VM named {name!r}", hint="`banger vm list` shows the VMs")
         return vm
 
-    from types import SimpleNamespace
-
-    d = SimpleNamespace(vms=SimpleNamespace(get=get), paths=SimpleNamespace(images_dir=images))
-    app = web.Application(middlewares=[errors_middleware])
-    app[DAEMON_KEY] = d  # type: ignore[misc]
-    agent_routes.setup(app)
-    runner = web.AppRunner(app)
-    await runner.setup()
     try:
-        async with Bridge(agent, chan):
-            await web.UnixSite(runner, str(home / "run" / "bangerd.sock")).start()
+        sock = home / "run" / "bangerd.sock"
+        async with Bridge(agent, chan), serving(agent_app(get, images), sock):
             yield home
             await close_sessions()
     finally:
-        await runner.cleanup()
         agent.close()
         import shutil
 

@@ -20,6 +20,7 @@ import click
 
 from banger import __version__
 from banger.config import load_config
+from banger.daemon import web
 from banger.daemon.app import build_daemon
 from banger.daemon.routes import setup_routes
 from banger.daemon.routes.common import DAEMON_KEY
@@ -59,8 +60,6 @@ def _take_lock(paths: Paths) -> IO[str]:
 
 
 async def _serve_forever(paths: Paths) -> None:
-    from aiohttp import web
-
     loaded = load_config(paths)
     daemon = build_daemon(paths, loaded)
     app = web.Application(middlewares=[peer_check, errors])

@@ -1,6 +1,7 @@
 """HTTP over the UNIX socket: middlewares (peer check, errors) and the listener.
 
-Routes live in `daemon/routes.py`; this module knows nothing about VMs.
+Routes live in `daemon/routes/`, the HTTP server in `daemon/web.py`; this module knows
+nothing about VMs.
 """
 
 from __future__ import annotations
@@ -9,24 +10,20 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from aiohttp import web
-
+from banger.daemon import web
 from banger.daemon.peer import peer_allowed, peer_uid
+from banger.daemon.web import Handler
 from banger.errors import BangerError, Conflict, PrivilegeError, from_os_error
 
 log = logging.getLogger("banger.server")
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def error_response(exc: BangerError) -> web.Response:
     return web.json_response({"error": exc.to_dict()}, status=exc.http_status)
 
 
-@web.middleware
 async def peer_check(request: web.Request, handler: Handler) -> web.StreamResponse:
     sock = request.transport.get_extra_info("socket") if request.transport else None
     if sock is not None and sock.family == socket.AF_UNIX:
@@ -42,7 +39,6 @@ async def peer_check(request: web.Request, handler: Handler) -> web.StreamRespon
     return await handler(request)
 
 
-@web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
@@ -117,9 +113,5 @@ def bind_socket(path: Path) -> socket.socket:
     return sock
 
 
-async def serve(app: web.Application, sock: socket.socket) -> web.AppRunner:
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.SockSite(runner, sock)
-    await site.start()
-    return runner
+async def serve(app: web.Application, sock: socket.socket) -> web.Server:
+    return await web.serve(app, sock)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from aiohttp import web
-
+from banger.daemon import web
 from banger.daemon.routes import core
 
 

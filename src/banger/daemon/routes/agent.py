@@ -17,12 +17,12 @@ import signal
 import time
 from typing import Any
 
-from aiohttp import WSMsgType, web
-
 from banger.agent.client import AgentClient, AgentStream, AgentUnavailable
 from banger.artifacts import images as image_lib
+from banger.daemon import web
 from banger.daemon.app import Daemon
 from banger.daemon.routes.common import daemon_of, ok
+from banger.daemon.web import WSMsgType
 from banger.errors import BangerError, InvalidInput
 from banger.vm import VMRecord, VMState
 

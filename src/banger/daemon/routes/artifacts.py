@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from aiohttp import web
-
 from banger.api.models import BuildImage, KernelBuild, PullOciImage, RegisterImage
+from banger.daemon import web
 from banger.daemon.routes.common import body, daemon_of, flag, ok
 
 routes = web.RouteTableDef()

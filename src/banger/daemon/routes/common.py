@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any, TypeVar
 
-from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from banger.daemon import web
 from banger.daemon.app import Daemon
 from banger.errors import BadRequest, InvalidInput
 

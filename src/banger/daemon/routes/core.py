@@ -7,11 +7,9 @@ import json
 import os
 import time
 
-from aiohttp import web
-
 from banger import API_VERSION, __version__
 from banger.api.models import Operation, Status
-from banger.daemon import testhooks
+from banger.daemon import testhooks, web
 from banger.daemon.routes.common import daemon_of, int_param, ok
 from banger.errors import BadRequest
 from banger.progress import Progress

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from aiohttp import web
-
 from banger.api.models import VM, CreateVM, PublishedPort, PublishPorts, SetVM
+from banger.daemon import web
 from banger.daemon.app import Daemon
 from banger.daemon.routes.common import body, daemon_of, flag, ok
 from banger.errors import BangerError
