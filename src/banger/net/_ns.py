@@ -21,10 +21,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from banger.errors import (
     BangerError,
@@ -34,6 +31,9 @@ from banger.errors import (
     NotFound,
     PrivilegeError,
 )
+
+if TYPE_CHECKING:
+    from pyroute2.netlink.exceptions import NetlinkError
 
 T = TypeVar("T")
 
@@ -138,7 +138,14 @@ def translate(exc: NetlinkError, doing: str) -> BangerError:
 
 @contextmanager
 def netlink(doing: str) -> Iterator[Any]:
-    """An `IPRoute` for the current thread's namespace; netlink errors become ours."""
+    """An `IPRoute` for the current thread's namespace; netlink errors become ours.
+
+    pyroute2 is imported here, on the first netlink work, not with the daemon: its
+    package imports every netlink family it knows (~8 MB resident), which a daemon
+    that has not set up its network yet does without."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
     try:
         with IPRoute() as ipr:
             yield ipr
@@ -158,6 +165,8 @@ def get_link(ipr: Any, name: str) -> Any | None:
     idx = link_index(ipr, name)
     if idx is None:
         return None
+    from pyroute2.netlink.exceptions import NetlinkError  # loaded by netlink() already
+
     try:
         return ipr.link("get", index=idx)[0]
     except NetlinkError as exc:

@@ -15,8 +15,6 @@ import socket
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from pyroute2.netlink.exceptions import NetlinkError
-
 from banger.errors import Conflict, NotFound
 from banger.net import addresses
 from banger.net._ns import call_in_netns, check_ifname, get_link, link_index, link_kind, netlink
@@ -98,6 +96,8 @@ def ensure_bridge(name: str, cidr: str, netns: str | None) -> dict[str, Any]:
     gw = addresses.gateway(cidr)
 
     def work() -> dict[str, Any]:
+        from pyroute2.netlink.exceptions import NetlinkError  # with netlink()
+
         with netlink(f"setting up bridge {name}") as ipr:
             if get_link(ipr, name) is None:
                 try:
@@ -216,6 +216,8 @@ def create_tap(name: str, bridge: str, owner_uid: int | None, netns: str | None)
     check_ifname(bridge, "bridge")
 
     def work() -> dict[str, Any]:
+        from pyroute2.netlink.exceptions import NetlinkError  # with netlink()
+
         with netlink(f"creating TAP {name}") as ipr:
             br = _bridge_index(ipr, bridge)
             if link_index(ipr, name) is not None:
@@ -265,6 +267,8 @@ def delete_tap(name: str, netns: str | None) -> bool:
     check_ifname(name, "TAP")
 
     def work() -> bool:
+        from pyroute2.netlink.exceptions import NetlinkError  # with netlink()
+
         with netlink(f"deleting TAP {name}") as ipr:
             link = get_link(ipr, name)
             if link is None:
