@@ -7,16 +7,16 @@ socket answers.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import fcntl
 import logging
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from logging.handlers import RotatingFileHandler
 from typing import IO
-
-import click
 
 from banger import __version__
 from banger.config import load_config
@@ -60,6 +60,7 @@ def _take_lock(paths: Paths) -> IO[str]:
 
 
 async def _serve_forever(paths: Paths) -> None:
+
     loaded = load_config(paths)
     daemon = build_daemon(paths, loaded)
     app = web.Application(middlewares=[peer_check, errors])
@@ -86,12 +87,21 @@ async def _serve_forever(paths: Paths) -> None:
         paths.pid_file.unlink(missing_ok=True)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--foreground", is_flag=True, help="Serve in the foreground (for systemd).")
-@click.option("--debug", is_flag=True, help="Log at debug level to stderr too.")
-@click.version_option(__version__, prog_name="bangerd")
-def main(foreground: bool, debug: bool) -> None:
-    """The banger daemon."""
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    # argparse, not click: the daemon keeps the ~1 MB click costs for the CLI's sake.
+    ap = argparse.ArgumentParser(prog="bangerd", description="The banger daemon.")
+    ap.add_argument(
+        "--foreground", action="store_true", help="Serve in the foreground (for systemd)."
+    )
+    ap.add_argument("--debug", action="store_true", help="Log at debug level to stderr too.")
+    ap.add_argument("--version", action="version", version=f"bangerd, version {__version__}")
+    return ap.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`bangerd [--foreground] [--debug]`."""
+    args = _parse(argv)
+    foreground, debug = args.foreground, args.debug
     paths = default_paths()
     # Everything the daemon (and the VMs it starts) writes is private to this user,
     # and it holds no directory of whoever started it.
@@ -109,7 +119,7 @@ def main(foreground: bool, debug: bool) -> None:
                     hint="`banger daemon status` shows it; `banger daemon stop` stops it",
                 )
             pid = start_detached(paths)
-            click.echo(f"bangerd started (pid {pid}), listening on {paths.socket}")
+            print(f"bangerd started (pid {pid}), listening on {paths.socket}")
             return
         lock = _take_lock(paths)
         level = "debug" if debug else load_config(paths).config.log_level
@@ -120,7 +130,7 @@ def main(foreground: bool, debug: bool) -> None:
         asyncio.run(_serve_forever(paths))
         lock.close()
     except BangerError as exc:
-        click.echo(f"bangerd: error: {exc.message}", err=True)
+        print(f"bangerd: error: {exc.message}", file=sys.stderr)
         if exc.hint:
-            click.echo(f"hint: {exc.hint}", err=True)
+            print(f"hint: {exc.hint}", file=sys.stderr)
         sys.exit(exc.exit_code)
