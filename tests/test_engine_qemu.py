@@ -102,6 +102,25 @@ def test_argv_kvm_with_vhost_vsock(tmp_path: Path) -> None:
     assert "virtio-serial-device" not in argv
 
 
+def test_argv_ram_in_a_file_shared_to_save_private_to_restore(tmp_path: Path) -> None:
+    """A golden boot keeps RAM in its file (shared, so the save leaves it there); a
+    restore maps a saved `ram` copy-on-write, under QEMU's own RAM block name."""
+    cfg = _config(tmp_path)
+    ram = tmp_path / "r,am"
+    for shared, share in ((True, "on"), (False, "off")):
+        argv = build_argv(
+            cfg, qemu_bin="/q", accel="tcg", vhost_vsock=False, ram_file=ram, ram_shared=shared
+        )
+        assert _opt(argv, "-M") == [
+            "microvm,acpi=on,isa-serial=on,rtc=on,memory-backend=microvm.ram"
+        ]
+        assert _opt(argv, "-object") == [
+            f"memory-backend-file,id=microvm.ram,size=512M,mem-path={tmp_path}/r,,am,share={share}"
+        ]
+        assert _opt(argv, "-m") == ["512M"]
+    assert "-object" not in build_argv(cfg, qemu_bin="/q", accel="tcg", vhost_vsock=False)
+
+
 def test_argv_read_only_drive(tmp_path: Path) -> None:
     cfg = _config(tmp_path)
     ro = GuestConfig(

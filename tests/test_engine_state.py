@@ -7,6 +7,8 @@ The Debian guest's suspend/resume (tmux, clock, uptime) is in test_snapshots.py.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -324,7 +326,7 @@ async def _ticks(console: Path, after: int, timeout: float = BOOT_TIMEOUT) -> li
 
 
 @pytest.mark.boot
-@pytest.mark.parametrize("engine_name", ["qemu", "firecracker"])
+@pytest.mark.parametrize("engine_name", ["qemu", "qemu-ram-file", "firecracker"])
 async def test_a_saved_guest_carries_on_where_it_was(
     engine_name: str,
     tmp_path: Path,
@@ -337,8 +339,13 @@ async def test_a_saved_guest_carries_on_where_it_was(
     monkeypatch.delenv("FAKE_FC_GUEST", raising=False)
     console = tmp_path / "console.log"
     cfg = _tick_config(tmp_path, tiny_guest, console)
+    if engine_name == "qemu-ram-file":  # a golden boot: RAM in a file of its own
+        ram = tmp_path / "ram"
+        ram.write_bytes(b"")
+        os.truncate(ram, cfg.memory_mib << 20)
+        cfg = dataclasses.replace(cfg, memory_file=ram)
     engine: QemuEngine | FirecrackerEngine = (
-        QemuEngine() if engine_name == "qemu" else FirecrackerEngine(str(STANDIN))
+        FirecrackerEngine(str(STANDIN)) if engine_name == "firecracker" else QemuEngine()
     )
     handle = await engine.start(cfg)
     handles.append(handle)
@@ -350,11 +357,20 @@ async def test_a_saved_guest_carries_on_where_it_was(
     before = max(TICK.findall(console.read_text(errors="replace")), key=float)
     mark = console.stat().st_size
 
+    ram_digest = None
+    if cfg.memory_file is not None:
+        # The RAM stayed out of the stream: it is the state's `ram`, mapped on restore.
+        assert set(saved.files) == {"vmstate", "ram"} and not cfg.memory_file.exists()
+        assert saved.files["vmstate"] < 4 << 20 < saved.files["ram"]
+        ram_digest = hashlib.sha256(saved.path("ram").read_bytes()).hexdigest()
+
     handle = await engine.start(cfg, restore=read_state(saved.dir))
     handles.append(handle)
     after = await _ticks(console, mark)
     assert float(before) <= after[0] < float(before) + 5
     assert console.read_text(errors="replace").count(MARKER) == 1
+    if ram_digest is not None:  # a restore never writes into the saved memory
+        assert hashlib.sha256(saved.path("ram").read_bytes()).hexdigest() == ram_digest
 
     # Saving again and resuming in place (what a snapshot does) keeps it running.
     await engine.save_state(handle, cfg, tmp_path / "state2")

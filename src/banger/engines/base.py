@@ -46,6 +46,10 @@ class GuestConfig:
     run_dir: Path  # per-VM runtime dir: sockets, pid file
     console_log: Path  # serial console output goes here
     vsock_cid: int | None = None
+    # Guest RAM in this file, mapped shared, where the engine can (QEMU): a saved
+    # state then leaves the memory in the file, and restores map it copy-on-write
+    # instead of loading it (a golden snapshot's source boot).
+    memory_file: Path | None = None
 
 
 @dataclass

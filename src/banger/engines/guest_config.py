@@ -66,6 +66,7 @@ def build_guest_config(
     vsock_cid: int | None = None,
     console_log: Path | None = None,
     golden: bool = False,
+    memory_file: Path | None = None,
 ) -> GuestConfig:
     """Validate the inputs and build the engine-neutral boot description.
 
@@ -76,6 +77,7 @@ def build_guest_config(
     `golden`: the source boot of a golden snapshot (`banger.golden=1`): the same
     devices (a NIC on `tap`, both drives) but no `ip=`, so the guest stops before it
     takes an identity; a restored copy gets one from the agent's /identity request.
+    `memory_file`: keep guest RAM in that file (`GuestConfig.memory_file`).
     """
     if not vm_id:
         raise InvalidInput("vm id must not be empty")
@@ -132,4 +134,5 @@ def build_guest_config(
         run_dir=run_dir,
         console_log=console_log or run_dir / "console.log",
         vsock_cid=vsock_cid,
+        memory_file=memory_file,
     )

@@ -12,6 +12,15 @@ calibrate against PIT" on a loaded 2-core host). TCG's guest TSC *is* the host T
 so we hand the guest the host's TSC frequency (`tsc_early_khz=`) and keep the PIT,
 and tell it the TSC is reliable (`tsc=reliable`), so its clock stays the TSC and not
 jiffies that lose time whenever the host is busy.
+
+Saved states are QEMU migration streams written through a passed fd (`vmstate`).
+A machine booted with `GuestConfig.memory_file` keeps its RAM in that file, mapped
+shared; its save skips the RAM (`x-ignore-shared`) and moves the file beside the
+stream (`ram`). Restoring such a state maps `ram` privately (copy-on-write, like
+Firecracker's File memory backend) instead of loading it: pages are read when the
+guest touches them, and untouched ones stay shared in the host's page cache. The
+RAM block keeps QEMU's default name, so a state saved from a restored machine
+(with its RAM in the stream) restores into ordinary memory.
 """
 
 from __future__ import annotations
@@ -45,6 +54,8 @@ AGENT_PORT_NAME = "banger.agent"  # virtio-serial port name the guest agent open
 QEMU_LOG = "qemu.log"
 VHOST_VSOCK = "/dev/vhost-vsock"
 STATE_FILE = "vmstate"  # the migration stream of a saved machine
+RAM_FILE = "ram"  # guest RAM of a machine booted with memory_file
+RAM_ID = "microvm.ram"  # QEMU's own name for microvm's RAM block: states stay compatible
 _STATE_FD = "banger-state"
 # Migration bandwidth cap (bytes/s): QEMU's default throttles a local file to
 # 128 MiB/s; a paused guest has nothing to race against.
@@ -77,9 +88,14 @@ def build_argv(
     accel: Accel,
     vhost_vsock: bool,
     tsc_khz: int | None = None,
+    ram_file: Path | None = None,
+    ram_shared: bool = False,
 ) -> list[str]:
-    """The full QEMU command line for `config` (pure; unit-tested)."""
+    """The full QEMU command line for `config` (pure; unit-tested). With `ram_file`
+    guest RAM is that file, mapped shared (`ram_shared`) or copy-on-write."""
     machine = "microvm,acpi=on,isa-serial=on,rtc=on"
+    if ram_file is not None:
+        machine += f",memory-backend={RAM_ID}"
     cmdline = config.cmdline
     if accel == "kvm":
         machine += ",pit=off,pic=off"
@@ -98,6 +114,15 @@ def build_argv(
         *("-cpu", "host" if accel == "kvm" else "max"),
         *("-smp", str(config.vcpus)),
         *("-m", f"{config.memory_mib}M"),
+    ]
+    if ram_file is not None:
+        share = "on" if ram_shared else "off"
+        argv += [
+            "-object",
+            f"memory-backend-file,id={RAM_ID},size={config.memory_mib}M,"
+            f"mem-path={_esc(ram_file)},share={share}",
+        ]
+    argv += [
         *("-nodefaults", "-no-user-config", "-nographic"),
         # A guest reboot ends the process, as with Firecracker: the VM is "stopped".
         "-no-reboot",
@@ -168,24 +193,46 @@ async def wait_migration(client: QMPClient, timeout: float, what: str) -> None:
         delay = min(delay * 2, 0.05)
 
 
-async def save_to_file(sock: Path, path: Path, timeout: float, what: str) -> None:
+async def _ignore_shared(client: QMPClient) -> None:
+    """Leave RAM mapped from a shared file out of the stream (it is in the file)."""
+    caps = [{"capability": "x-ignore-shared", "state": True}]
+    await asyncio.wait_for(client.execute("migrate-set-capabilities", {"capabilities": caps}), 5.0)
+
+
+async def save_to_file(
+    sock: Path, path: Path, timeout: float, what: str, *, ram_in_file: bool = False
+) -> None:
     """Pause the guest and migrate its state into `path` through a passed fd (QEMU
     7.2 has no `file:` URI nor mapped-ram). QEMU stays paused (`postmigrate`);
-    `cont` resumes it and takes the disks back."""
+    `cont` resumes it and takes the disks back. `ram_in_file`: the guest's RAM is a
+    shared file mapping and stays out of the stream."""
     async with qmp_session(sock) as qmp:
         await asyncio.wait_for(qmp.execute("stop"), 5.0)
         params = {"max-bandwidth": _MIGRATE_BANDWIDTH}
         await asyncio.wait_for(qmp.execute("migrate-set-parameters", params), 5.0)
+        if ram_in_file:
+            await _ignore_shared(qmp)
         await _send_fd(qmp, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 5.0)
         await asyncio.wait_for(qmp.execute("migrate", {"uri": f"fd:{_STATE_FD}"}), 5.0)
         await wait_migration(qmp, timeout, what)
 
 
-async def load_from_file(qmp: QMPClient, path: Path) -> None:
+async def load_from_file(qmp: QMPClient, path: Path, *, ram_mapped: bool = False) -> None:
     """Start loading `path` into a QEMU launched with `-incoming defer`; the load
-    completes in the background (`query-migrate`), leaving the guest paused."""
+    completes in the background (`query-migrate`), leaving the guest paused.
+    `ram_mapped`: the stream has no RAM (it is mapped from the state's `ram`)."""
+    if ram_mapped:
+        await _ignore_shared(qmp)
     await _send_fd(qmp, path, os.O_RDONLY, 5.0)
     await asyncio.wait_for(qmp.execute("migrate-incoming", {"uri": f"fd:{_STATE_FD}"}), 5.0)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 async def qmp_execute(
@@ -288,18 +335,29 @@ class QemuEngine(process.DetachedEngine):
 
     async def save_state(self, handle: EngineHandle, config: GuestConfig, dest: Path) -> SavedState:
         """`stop`, then migrate to a file through a passed fd (QEMU 7.2 has no `file:`
-        URI nor mapped-ram); the guest stays paused (`postmigrate`)."""
+        URI nor mapped-ram); the guest stays paused (`postmigrate`). A machine with
+        `memory_file` leaves its RAM there; the file moves into `dest` (`ram`), on
+        disk before `state.json` says the state is complete. (A machine restored
+        from such a state maps it copy-on-write: its own save streams its RAM.)"""
         fit = self.state_fit(config)
         fit["accel"] = handle.extra.get("accel", fit["accel"])
         dest.mkdir(parents=True, exist_ok=True)
+        ram = Path(handle.extra["ram_file"]) if handle.extra.get("ram_file") else None
         await save_to_file(
             Path(handle.control_socket),
             dest / STATE_FILE,
             self._save_timeout,
             f"saving {config.name}'s state",
+            ram_in_file=ram is not None,
         )
+        files = [STATE_FILE]
+        if ram is not None:
+            os.replace(ram, dest / RAM_FILE)  # the paused process keeps its mapping
+            files.append(RAM_FILE)
+        for name in files:
+            await asyncio.to_thread(_fsync, dest / name)
         drives = {d.drive_id: str(d.path) for d in config.drives}
-        return write_state(dest, fit, [STATE_FILE], drives)
+        return write_state(dest, fit, files, drives)
 
     async def pause(self, handle: EngineHandle) -> None:
         await qmp_execute(Path(handle.control_socket), "stop")
@@ -308,39 +366,42 @@ class QemuEngine(process.DetachedEngine):
         # After a completed migration `cont` also takes the disks back.
         await qmp_execute(Path(handle.control_socket), "cont")
 
-    async def _incoming(self, sock: Path, restore: SavedState) -> bool:
-        """Readiness probe of a restore: start the incoming migration once QMP
-        answers; when it completed, `cont` (the state was saved paused, and QEMU
-        restores the run state it was saved in)."""
-        status = await _status(sock)
-        if status is None:
-            return False
-        if status == "running":
-            return True
-        async with qmp_session(sock) as qmp:
-            info: Any = await asyncio.wait_for(qmp.execute("query-migrate"), 5.0)
-            migration = info.get("status") if isinstance(info, dict) else None
-            if status == "inmigrate" and not migration:
-                await load_from_file(qmp, restore.path(STATE_FILE))
-            elif migration == "failed":
-                raise CommandFailed(
-                    f"restoring {restore.dir} failed: {info.get('error-desc', 'failed')}"
+    async def _incoming(self, handle: EngineHandle, restore: SavedState) -> None:
+        """Restore into a QEMU started with `-incoming defer` whose QMP answers: in
+        one QMP session, start the incoming migration, wait for it and `cont` (the
+        state was saved paused, and QEMU restores the run state it was saved in)."""
+        what = f"restoring {restore.dir}"
+        try:
+            async with qmp_session(Path(handle.control_socket)) as qmp:
+                await load_from_file(
+                    qmp, restore.path(STATE_FILE), ram_mapped=RAM_FILE in restore.files
                 )
-            elif status == "paused" and migration == "completed":
+                await wait_migration(qmp, self._save_timeout, what)
                 await asyncio.wait_for(qmp.execute("cont"), 5.0)
-                return True
-            elif status not in ("inmigrate", "restore-vm", "prelaunch"):
-                raise CommandFailed(f"qemu is {status!r} while restoring {restore.dir}")
-        return False
+        except (QMPError, OSError, TimeoutError) as exc:
+            qemu_log = Path(handle.extra["log"])
+            if not self.is_running(handle):
+                tail = process.log_tail(qemu_log) or "no output"
+                raise CommandFailed(
+                    f"qemu exited while {what}: {tail}", hint=f"see {qemu_log}"
+                ) from None
+            raise CommandFailed(f"{what} failed: {exc!r}", hint=f"see {qemu_log}") from exc
 
-    def argv(self, config: GuestConfig) -> list[str]:
+    def argv(self, config: GuestConfig, restore: SavedState | None = None) -> list[str]:
         """The QEMU command line `start` runs for `config` (also the raw baseline of
         `make bench-create`, so both boot the same device set)."""
         qemu_bin = self._require_bin()
         accel = self.accel()
         vsock = self.agent_channel(config)["transport"] == "vsock"
         tsc = host_tsc_khz() if accel == "tcg" else None
-        return build_argv(config, qemu_bin=qemu_bin, accel=accel, vhost_vsock=vsock, tsc_khz=tsc)
+        ram, shared = config.memory_file, True
+        if restore is not None:
+            ram = restore.path(RAM_FILE) if RAM_FILE in restore.files else None
+            shared = False  # never write into a saved state's memory
+        return build_argv(
+            config, qemu_bin=qemu_bin, accel=accel, vhost_vsock=vsock, tsc_khz=tsc,
+            ram_file=ram, ram_shared=shared,
+        )  # fmt: skip
 
     async def start(
         self,
@@ -352,7 +413,7 @@ class QemuEngine(process.DetachedEngine):
         if restore is not None:
             self._require_bin()
             restore.check(self.state_fit(config))
-        argv = self.argv(config)
+        argv = self.argv(config, restore)
         if restore is not None:
             argv += ["-incoming", "defer"]
         accel = self.accel()
@@ -372,16 +433,16 @@ class QemuEngine(process.DetachedEngine):
             control_socket=str(qmp_sock),
             extra={"accel": accel, "log": str(qemu_log), "agent": agent},
         )
+        if restore is None and config.memory_file is not None:
+            handle.extra["ram_file"] = str(config.memory_file)  # RAM mapped shared
         try:
             if on_spawn is not None:
                 on_spawn(handle)
             if restore is None:
                 await self._wait_ready(handle, lambda: _is_running(qmp_sock), qemu_log, 0.02)
             else:
-                saved = restore
-                await self._wait_ready(
-                    handle, lambda: self._incoming(qmp_sock, saved), qemu_log, 0.01
-                )
+                await self._wait_ready(handle, lambda: _answers(qmp_sock), qemu_log, 0.01)
+                await self._incoming(handle, restore)
         except BaseException:
             await process.terminate(handle.pid, handle.start_time, grace=0.5)
             raise
@@ -414,6 +475,10 @@ async def _status(sock: Path) -> str | None:
     except (QMPError, OSError, TimeoutError):
         return None
     return str(status.get("status")) if isinstance(status, dict) else None
+
+
+async def _answers(sock: Path) -> bool:
+    return await _status(sock) is not None
 
 
 async def _is_running(sock: Path) -> bool:

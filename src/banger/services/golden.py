@@ -8,7 +8,10 @@ its agent runs and waits. Once the agent answers, the engine saves the machine
 (`Engine.save_state`) and the process is killed. The saved state and the root
 filesystem it ran on are one unit in `<state>/golden/<shape>-<inputs>/`:
 
-    state/          the engine's saved state (`state.json` written last)
+    state/          the engine's saved state (`state.json` written last); with
+                    QEMU its `ram` is the guest memory itself, which restores map
+                    copy-on-write (never written again: VMs map it while they run;
+                    a sweep unlinks it, and running VMs keep the unlinked file)
     rootfs.ext4     the disk the state belongs to (VMs get clones of it)
     golden.json     what it was made from; written last, so a directory without
                     it is incomplete
@@ -58,7 +61,7 @@ from banger.vm import VMRecord
 
 log = logging.getLogger("banger.golden")
 
-GOLDEN_FORMAT = 1
+GOLDEN_FORMAT = 2  # 2: guest RAM in a file of its own (state/ram) where the engine can
 META = "golden.json"
 ROOTFS = "rootfs.ext4"
 STATE = "state"
@@ -212,6 +215,7 @@ class GoldenSnapshots:
             try:
                 async with self.admission.boot_slot(null_progress):
                     await self._boot_and_save(engine, shape, tmp, tap.name)
+                (tmp / "ram").unlink(missing_ok=True)  # an engine that did not use it
             finally:
                 await asyncio.to_thread(self.network.pool.release, tap.name)
             meta = {
@@ -248,6 +252,12 @@ class GoldenSnapshots:
         ext4.clone_file(shape.image.work_seed, work)
 
     async def _boot_and_save(self, engine: Engine, shape: Shape, tmp: Path, tap: str) -> None:
+        ram = tmp / "ram"  # where engines that can keep guest RAM in a file keep it
+        fd = os.open(ram, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.ftruncate(fd, shape.memory_mib << 20)
+        finally:
+            os.close(fd)
         cfg = build_guest_config(
             vm_id=f"golden-{shape.name}",
             name="banger-golden",
@@ -262,6 +272,7 @@ class GoldenSnapshots:
             mac=mac_for(shape.name),
             console_log=tmp / "console.log",
             golden=True,
+            memory_file=ram,
         )
         handle = await engine.start(cfg)
         try:
