@@ -456,9 +456,14 @@ def warm(h: Harness, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     bodies: list[dict[str, Any]] = []
 
     async def call(self: Any, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        if path == "/start-held":  # after SSH answered: what the golden boot held back
+            assert bodies and bodies[-1]["hold"] is True
+            h.events.append("agent.start-held")
+            return {"ok": True}
         assert path == "/identity"
         bodies.append(body)
-        return {"ok": True, "applied": ["hostname"]}
+        h.events.append("agent.identity")
+        return {"ok": True, "applied": ["hostname"], "held": body.get("hold", False)}
 
     monkeypatch.setattr(AgentClient, "act", call)
     h.vms.golden = FakeGolden(h.root, h.paths.known_hosts)  # type: ignore[assignment]
@@ -475,10 +480,10 @@ async def test_warm_create_restores_then_applies_its_own_identity(
     b = await h.create("b", engine="qemu")
     eng = h.engine("qemu")
     assert eng.restored == [golden.state, golden.state]
-    assert [e for e in h.events if e.startswith("engine.")] == [
-        "engine.restore:a",
-        "engine.restore:b",
-    ]
+    assert [e for e in h.events if e.startswith(("engine.", "agent."))] == [
+        "engine.restore:a", "agent.identity", "agent.start-held",
+        "engine.restore:b", "agent.identity", "agent.start-held",
+    ]  # fmt: skip
     # The disks capability cloned the snapshot's rootfs, not the image's.
     assert [s for s, _ in h.progress if s in ("boot", "restore", "identity")] == [
         "restore", "identity", "restore", "identity"

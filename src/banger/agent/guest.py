@@ -269,12 +269,71 @@ def _nic(sys_root: str = "/sys") -> str:
     raise RuntimeError("no Ethernet interface")
 
 
+SSHD_PID = "/run/sshd.pid"
+
+
+def _listeners(port: int, proc: str = "/proc") -> set[str]:
+    """Socket inodes listening on TCP `port` (IPv4 and IPv6)."""
+    found = set()
+    for table in ("tcp", "tcp6"):
+        for line in _read(f"{proc}/net/{table}").splitlines()[1:]:
+            f = line.split()
+            if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
+                found.add(f[9])
+    return found
+
+
+def _sshd_reload() -> set[str] | None:
+    """Make a running sshd take the new host key: SIGHUP re-executes it, and it reads
+    its keys again (every OpenSSH does; before 9.8 each connection reads them
+    anyway). Returns its listening sockets from before, to wait for new ones; None
+    when no sshd runs (systemd starts it)."""
+    try:
+        pid = int(_read(SSHD_PID).strip())
+        before = _listeners(22)
+        if not before:
+            return None
+        os.kill(pid, signal.SIGHUP)
+        return before
+    except (ValueError, OSError):
+        return None
+
+
+def _wait_listening(old: set[str], timeout: float = 30.0) -> bool:
+    """Wait until sshd listens on port 22 with a socket not among `old` (the new
+    process after a reload); False when it did not within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = _listeners(22)
+        if now and not now & old:  # a reload closes the old sockets before re-executing
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _start(*argv: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+
+
+def _finish(proc: subprocess.Popen[str], what: str) -> None:
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what}: {err.strip() or proc.returncode}")
+
+
 def identity(body: dict[str, Any]) -> dict[str, Any]:
-    """Give a restored guest (golden snapshot or fork) its own identity, in order:
-    clock, hostname, machine-id, MAC + address + route, DNS, SSH host key, /root
-    (mounted from the VM's own work disk unless already), authorized key; then sshd
-    and what the golden boot held back start (without waiting: the host waits for
-    SSH). Returns the steps applied and how long each took."""
+    """Give a restored guest (golden snapshot or fork) its own identity: clock,
+    hostname, machine-id, SSH host key (sshd, which a golden boot runs with a
+    throwaway key and no network, reloads it), /root (mounted from the VM's own work
+    disk unless already), authorized key; the network last, so nothing reaches the
+    guest before it is this VM. Answers once sshd listens with the new key, so the
+    host's first SSH attempt is the one that logs in. With "hold", what the golden
+    boot held back (multi-user.target: services that need /root) waits for
+    `/start-held`, so it does not compete with the first login; without it, it
+    starts now. Returns the steps applied and how long each took."""
     steps: dict[str, float] = {}
     t = time.monotonic()
 
@@ -287,38 +346,8 @@ def identity(body: dict[str, Any]) -> dict[str, Any]:
     if "time" in body:  # the host's clock when it sent this request
         time.clock_settime(time.CLOCK_REALTIME, float(body["time"]))
         done("clock")
-    name = str(body["hostname"])
-    with open("/proc/sys/kernel/hostname", "w") as f:
-        f.write(name)
-    _write("/etc/hostname", name + "\n", 0o644)
-    _write("/etc/machine-id", str(body["machine_id"]) + "\n", 0o444)
-    done("hostname")
-    dev = _nic()
-    batch = [
-        f"link set dev {dev} address {body['mac']}",
-        f"link set dev {dev} up",
-        f"addr flush dev {dev}",
-        f"addr add {body['ip']}/{int(body['prefix'])} dev {dev}",
-        f"route replace default via {body['gateway']} dev {dev} onlink",
-    ]
-    _sh("ip", "-4", "-batch", "-", stdin="\n".join(batch) + "\n")
-    done("network")
-    if body.get("dns"):
-        search = ["-s", str(body["search"])] if body.get("search") else []
-        _sh("/usr/local/sbin/banger-resolv", *search, *map(str, body["dns"]))
-        done("dns")
-    key = "/etc/ssh/ssh_host_ed25519_key"
-    # On disk before sshd offers it: banger records this key, and a VM killed later
-    # must come back with it, not with the saved machine's.
-    _write(key + ".pub", str(body["host_key_pub"]) + "\n", 0o644)
-    _write(key, str(body["host_key"]), 0o600, sync=True)
-    done("host-key")
-    os.makedirs(os.path.dirname(GOLDEN_FLAG), exist_ok=True)
-    with open(IDENTITY_FLAG, "w"):  # the generator never marks this boot golden again
-        pass
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(GOLDEN_FLAG)  # lets the units the golden boot held back start
     work = body.get("work_device")
+    mount = None
     if work and not os.path.ismount("/root"):
         want = int(body.get("work_bytes", 0))
         dev_name = os.path.basename(str(work))
@@ -331,21 +360,72 @@ def identity(body: dict[str, Any]) -> dict[str, Any]:
             fcntl.ioctl(fd, 0x1261)  # BLKFLSBUF
         finally:
             os.close(fd)
-        _sh("mount", "/root")  # by /etc/fstab; systemd sees root.mount active
+        mount = _start("mount", "/root")  # by /etc/fstab; systemd sees root.mount active
+    name = str(body["hostname"])
+    with open("/proc/sys/kernel/hostname", "w") as f:
+        f.write(name)
+    _write("/etc/hostname", name + "\n", 0o644)
+    _write("/etc/machine-id", str(body["machine_id"]) + "\n", 0o444)
+    done("hostname")
+    key = "/etc/ssh/ssh_host_ed25519_key"
+    # On disk before sshd offers it: banger records this key, and a VM killed later
+    # must come back with it, not with the saved machine's.
+    _write(key + ".pub", str(body["host_key_pub"]) + "\n", 0o644)
+    _write(key, str(body["host_key"]), 0o600, sync=True)
+    reloading = _sshd_reload()
+    done("host-key")
+    os.makedirs(os.path.dirname(GOLDEN_FLAG), exist_ok=True)
+    with open(IDENTITY_FLAG, "w"):  # the generator never marks this boot golden again
+        pass
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(GOLDEN_FLAG)  # lets the units the golden boot held back start
+    if mount is not None:
+        _finish(mount, "mount /root")
         done("root")
     if body.get("authorized_key"):
         os.makedirs("/root/.ssh", mode=0o700, exist_ok=True)
         _write("/root/.ssh/authorized_keys", str(body["authorized_key"]) + "\n", 0o600)
         done("authorized-key")
-    # sshd reads its host key at start: restart one that runs (a fork); a golden boot
-    # starts it with the rest it held back, in one call.
-    if work:
-        _sh("systemctl", "--no-block", "start", "ssh.service", "multi-user.target")
-    else:
+    dev = _nic()
+    batch = [
+        f"link set dev {dev} address {body['mac']}",
+        f"link set dev {dev} up",
+        f"addr flush dev {dev}",
+        f"addr add {body['ip']}/{int(body['prefix'])} dev {dev}",
+        f"route replace default via {body['gateway']} dev {dev} onlink",
+    ]
+    net = subprocess.Popen(
+        ["ip", "-4", "-batch", "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    dns = None
+    if body.get("dns"):
+        search = ["-s", str(body["search"])] if body.get("search") else []
+        dns = _start("/usr/local/sbin/banger-resolv", *search, *map(str, body["dns"]))
+    _, err = net.communicate("\n".join(batch) + "\n", timeout=60)
+    if net.returncode != 0:
+        raise RuntimeError(f"ip -batch: {err.strip() or net.returncode}")
+    if dns is not None:
+        _finish(dns, "banger-resolv")
+    done("network")
+    held = bool(body.get("hold"))
+    if reloading is None:  # no sshd yet (an image whose golden boot held it back)
         _sh("systemctl", "--no-block", "restart", "ssh.service")
+        reloading = set()
+    if not held:
         _sh("systemctl", "--no-block", "start", "multi-user.target")
+    if not _wait_listening(reloading):
+        raise RuntimeError("sshd did not listen on port 22 again within 30 s")
     done("sshd")
-    return {"ok": True, "applied": list(steps), "seconds": steps, "hostname": name}
+    return {"ok": True, "applied": list(steps), "seconds": steps, "hostname": name, "held": held}
+
+
+def start_held(body: dict[str, Any]) -> dict[str, Any]:
+    """Start what a golden boot held back and `/identity` with "hold" left waiting
+    (multi-user.target), without waiting for it."""
+    proc = _start("systemctl", "--no-block", "start", "multi-user.target")
+    threading.Thread(target=proc.communicate, daemon=True).start()  # reaps it
+    return {"ok": True}
 
 
 # Request/response messages, over frames (REQUEST) and plain HTTP GET alike: a path
@@ -370,6 +450,7 @@ def set_clock(body: dict[str, Any]) -> dict[str, Any]:
 # the guest: a path and a function of that body returning a JSON object.
 ACTIONS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "/identity": identity,
+    "/start-held": start_held,
     "/clock": set_clock,
 }
 

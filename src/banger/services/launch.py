@@ -11,12 +11,16 @@ A restored guest starts as a copy of another machine, so `Restore.settle` makes 
 this VM: the work disk is resized to the VM's size (the guest still sees the size
 the saved machine had), then the agent's `/identity` request applies the hostname,
 MAC, address and route, DNS, a fresh machine-id, an SSH host key generated here
-(and recorded in banger's known_hosts before sshd offers it), the clock, the
-authorized key and `/root` from the VM's own work disk.
+while the engine restored (and recorded in banger's known_hosts before sshd offers
+it), the clock, the authorized key and `/root` from the VM's own work disk; it
+answers once sshd listens with the new key. `ready` (after SSH answered) starts what
+the golden boot held back, so those services do not slow down the first login.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -63,6 +67,9 @@ class ColdBoot:
     ) -> None:
         return None
 
+    async def ready(self, handle: EngineHandle) -> None:
+        return None
+
 
 @dataclass
 class Identity:
@@ -84,9 +91,19 @@ class Restore:
         self.rootfs = rootfs
         self.identity = identity
         self.what = what  # "golden snapshot ..." / "snapshot s1", for logs and progress
+        self._host_key: asyncio.Future[tuple[str, str]] | None = None
+        self._held = False
 
     async def start(self, engine: Engine, cfg: GuestConfig, on_spawn: OnSpawn) -> EngineHandle:
-        return await engine.start(cfg, on_spawn=on_spawn, restore=self.state)
+        # The guest's new host key is made while the engine restores.
+        self._host_key = asyncio.ensure_future(generate_host_key())
+        try:
+            return await engine.start(cfg, on_spawn=on_spawn, restore=self.state)
+        except BaseException:
+            self._host_key.cancel()
+            with contextlib.suppress(BaseException):
+                await self._host_key
+            raise
 
     async def settle(
         self,
@@ -102,16 +119,28 @@ class Restore:
         resize = getattr(engine, "resize_drive", None)
         if resize is not None:
             await resize(handle, "work", vm.work_bytes)
-        private, public = await generate_host_key()
+        if self._host_key is None:
+            self._host_key = asyncio.ensure_future(generate_host_key())
+        private, public = await self._host_key
         record_host_key(
             self.identity.known_hosts, [h for h in (vm.ip, vm.name, f"{vm.name}.vm") if h], public
         )
         body = identity_body(vm, boot, self.identity, private, public)
         body["time"] = time.time()
+        body["hold"] = True  # what the golden boot held back waits for `ready`
         agent = AgentClient(handle.extra.get("agent"), timeout=IDENTITY_TIMEOUT)
         answer = await agent.act("/identity", body)
+        self._held = bool(answer.get("held"))  # an older agent started it already
         log.info("vm %s: identity applied in the guest: %s", vm.name, answer.get("seconds"))
         timings["identity"] = time.monotonic() - t
+
+    async def ready(self, handle: EngineHandle) -> None:
+        """The VM answered on SSH: start what its golden boot held back (services
+        that need /root), which would have competed with the first login."""
+        if self._held:
+            await AgentClient(handle.extra.get("agent"), timeout=IDENTITY_TIMEOUT).act(
+                "/start-held", {}
+            )
 
 
 def identity_body(

@@ -342,6 +342,7 @@ class VMService:
             await launch.settle(vm, engine, handle, boot, progress, timings)
             self.point(f"{op}:booted")
             await self._wait_ready(vm, engine, handle, image, progress, timings)
+            await launch.ready(handle)
         if op == "create":
             self.point("create:ready")
 
