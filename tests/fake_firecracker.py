@@ -528,8 +528,10 @@ async def _snapshot_load(fc: StandIn, body: dict[str, Any], params: dict[str, st
 
 
 async def _patch_drive(fc: StandIn, body: dict[str, Any], params: dict[str, str]) -> Reply:
-    """Update a drive's backing file: only between a snapshot load and the resume
-    here (QEMU is launched on resume, with the updated path)."""
+    """Update a drive's backing file. Between a snapshot load and the resume, any
+    path (QEMU is launched on resume, with it). On a running guest, the same path
+    again: Firecracker reopens the file and tells the guest its new size, which is
+    QMP `block_resize` to the file's size here."""
     if not fc.started:
         return _fault(NOT_BEFORE_START)
     drive = fc.config["drives"].get(params["drive_id"])
@@ -538,11 +540,23 @@ async def _patch_drive(fc: StandIn, body: dict[str, Any], params: dict[str, str]
     if set(body) - {"drive_id", "path_on_host"}:
         return _fault("rate limiter updates are not implemented by the banger stand-in")
     if "path_on_host" in body:
+        path = Path(body["path_on_host"])
+        if not path.exists():
+            return _fault(f"Cannot open path_on_host {path}: No such file")
         if fc.pending_restore is None:
-            return _fault("the banger stand-in can change a drive only before a restore resumes")
-        if not Path(body["path_on_host"]).exists():
-            return _fault(f"Cannot open path_on_host {body['path_on_host']}: No such file")
-        drive["path_on_host"] = body["path_on_host"]
+            if str(path) != drive["path_on_host"]:
+                return _fault("the banger stand-in moves a drive only before a restore resumes")
+            if not fc.guest:
+                return 204, None
+            from banger.engines.qemu import QMP_SOCKET, qmp_execute
+
+            args = {"device": params["drive_id"], "size": path.stat().st_size}
+            try:
+                await qmp_execute(fc.run_dir / QMP_SOCKET, "block_resize", args)
+            except Exception as exc:
+                return _fault(f"Unable to patch the block device: {exc}")
+            return 204, None
+        drive["path_on_host"] = str(path)
     return 204, None
 
 

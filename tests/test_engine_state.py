@@ -258,6 +258,14 @@ async def test_firecracker_save_and_restore_through_the_standin(
         assert work["path_on_host"] == str(other / "work.ext4")
         await engine.pause(handle)
         await engine.resume(handle)
+        # A warm create resizes the work disk of the running guest: the same path
+        # again, which Firecracker reopens (the stand-in: QMP block_resize).
+        fake_fc.unlink()
+        await engine.resize_drive(handle, "work", 4 << 20)
+        (patch,) = _recorded(fake_fc)
+        assert (patch["method"], patch["path"], patch["status"]) == ("PATCH", "/drives/work", 204)
+        assert patch["body"] == {"drive_id": "work", "path_on_host": str(other / "work.ext4")}
+        default_spec().validate("PATCH", "/drives/work", patch["body"])
     finally:
         for h in handles:
             process.kill(h.pid, h.start_time)

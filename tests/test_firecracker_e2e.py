@@ -4,8 +4,9 @@ banger runs with `engine = "firecracker"`; its Firecracker engine configures the
 over the API socket (every request validated against the upstream contract by the
 stand-in, which records them), and the stand-in boots that machine with QEMU. One
 boot sequence, inside a network namespace the test creates, walks what a user does:
-create, ssh, health over hybrid vsock, ports, stop, start, a daemon kill -9 with
-re-adoption, delete, and checks that nothing is left.
+create, ssh, health over hybrid vsock, ports, a warm create restoring the golden
+snapshot the first create made (`PUT /snapshot/create` and `/snapshot/load`), stop,
+start, a daemon kill -9 with re-adoption, delete, and checks that nothing is left.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,6 +55,7 @@ def fb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NsBanger]:
         with banger_in_netns(home) as b:
             b.env["PATH"] = f"{STANDIN_DIR}{os.pathsep}{b.env['PATH']}"
             b.env["BANGER_ENGINE"] = "firecracker"
+            b.env["BANGER_WARM_CREATE"] = "1"  # the first create makes a golden snapshot
             b.env["FAKE_FC_RECORD"] = str(home / "fc-requests.jsonl")
             try:
                 yield b
@@ -63,8 +66,50 @@ def fb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NsBanger]:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def _ssh(b: NsBanger, cmd: str) -> str:
-    return b.run("vm", "ssh", "f", "--", cmd).stdout.strip()
+def _ssh(b: NsBanger, cmd: str, name: str = "f") -> str:
+    return b.run("vm", "ssh", name, "--", cmd).stdout.strip()
+
+
+GOLDEN_WAIT = 900.0  # the golden boot runs in the background, under TCG on a busy host
+
+
+def warm_create(b: NsBanger, f: dict[str, Any]) -> None:
+    """The first create built the shape's golden snapshot through `PUT
+    /snapshot/create`; the next restores it (`PUT /snapshot/load` with this VM's TAP
+    and vsock socket, its own disks by `PATCH /drives`) and gets its own identity."""
+    golden = b.paths.state_dir / "golden"
+    deadline = time.monotonic() + GOLDEN_WAIT
+    while not any(golden.glob("*/golden.json")):
+        assert time.monotonic() < deadline, f"no golden snapshot in {golden}"
+        time.sleep(1)
+    (state,) = golden.glob("*/state")
+    assert sorted(p.name for p in state.iterdir()) == ["memory", "state.json", "vmstate"]
+    record = b.home / "fc-requests.jsonl"
+    record.unlink()
+
+    g = b.json("vm", "create", "--name", "g", "--memory", "512M", "--work-size", "3G")
+    assert g["engine"] == "firecracker" and {"restore", "identity"} <= set(g["timings"])
+    assert "boot" not in g["timings"]
+    reqs = [json.loads(line) for line in record.read_text().splitlines()]
+    assert all(r["status"] < 300 for r in reqs), [r for r in reqs if r["status"] >= 300]
+    load = next(r["body"] for r in reqs if r["path"] == "/snapshot/load")
+    run_dir = Path(g["dir"]) / "run"
+    assert load["network_overrides"] == [{"iface_id": "eth0", "host_dev_name": g["tap"]}]
+    assert load["vsock_override"] == {"uds_path": str(run_dir / "vsock.sock")}
+    assert load["mem_backend"]["backend_path"] == str(state / "memory")
+    moved = {r["body"]["drive_id"]: r["body"]["path_on_host"] for r in reqs
+             if r["method"] == "PATCH" and r["path"].startswith("/drives/")}  # fmt: skip
+    assert moved["rootfs"].startswith(g["dir"]) and moved["work"].startswith(g["dir"])
+
+    # Its own identity, and /root is its own work disk at its own size.
+    assert _ssh(b, "hostname; cat /sys/class/net/eth0/address", "g").split() == ["g", g["mac"]]
+    assert _ssh(b, "cat /etc/machine-id", "g") != _ssh(b, "cat /etc/machine-id")
+    assert _ssh(b, "test -e /root/f && echo shared || echo own", "g") == "own"
+    size = int(_ssh(b, "df -B1 --output=size /root | tail -1", "g"))
+    assert 2.5 * 2**30 < size <= 3 * 2**30
+    health = b.json("vm", "health", "g")
+    assert health["healthy"] is True and health["info"]["hostname"] == "g"
+    b.run("vm", "delete", "--force", "g")
 
 
 def test_firecracker_lifecycle_through_the_standin(fb: NsBanger) -> None:
@@ -104,6 +149,8 @@ def test_firecracker_lifecycle_through_the_standin(fb: NsBanger) -> None:
     _ssh(b, "echo kept > /root/f")
     # The serial console is Firecracker's stdout: the console log has the guest boot.
     assert "Linux version" in (Path(vm["dir"]) / "console.log").read_text(errors="replace")
+
+    warm_create(b, vm)
 
     b.run("vm", "stop", "f")
     stopped = b.json("vm", "show", "f")

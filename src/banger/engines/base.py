@@ -104,6 +104,14 @@ class Engine(Protocol):
         wait leaves a pid the next daemon can find and kill."""
         ...
 
+    def restores_copies(self) -> bool:
+        """Whether copies of one saved machine can run side by side as distinct VMs
+        (warm create): the engine saves, restores and resizes a drive of a running
+        machine (`resize_drive`), and nothing host-global is named by the guest's
+        saved memory (a vhost-vsock CID is; a virtio-serial port or Firecracker's
+        per-VM hybrid vsock socket is not)."""
+        ...
+
     def state_fit(self, config: GuestConfig) -> dict[str, Any]:
         """What a state saved from `config` is tied to (`engines.state.machine_fit`)."""
         ...

@@ -236,6 +236,23 @@ class FirecrackerEngine(process.DetachedEngine):
         path = str(config.run_dir / VSOCK_SOCKET)
         return {"transport": "hybrid-vsock", "path": path, "cid": config.vsock_cid}
 
+    def restores_copies(self) -> bool:
+        """Restored copies keep the saved guest's vsock CID (`PUT /snapshot/load`
+        cannot change it), but with hybrid vsock a CID names nothing on the host:
+        each VM's vsock is a device of its own behind its own socket
+        (`vsock_override`), so copies share nothing there."""
+        return True
+
+    async def resize_drive(self, handle: EngineHandle, drive_id: str, size: int) -> None:
+        """Tell the running guest a drive's new size: `PATCH /drives/{id}` with its
+        (already grown) file makes Firecracker reopen it and notify the guest."""
+        path = handle.extra.get("drives", {}).get(drive_id)
+        if path is None:
+            raise CommandFailed(f"no drive {drive_id!r} recorded for pid {handle.pid}")
+        async with ApiClient(Path(handle.control_socket)) as api:
+            body = {"drive_id": drive_id, "path_on_host": path}
+            await api.send(ApiRequest("PATCH", f"/drives/{drive_id}", body))
+
     def state_fit(self, config: GuestConfig) -> dict[str, Any]:
         agent = self.agent_channel(config)
         return machine_fit(
@@ -286,7 +303,10 @@ class FirecrackerEngine(process.DetachedEngine):
         argv = [fc_bin, "--api-sock", str(api_sock), "--id", instance_id(config.vm_id)]
         log.info("starting %s: %s", config.name, " ".join(argv))
         spawned = process.spawn(argv, log=fc_log, stdout=config.console_log, cwd=run_dir)
-        extra: dict[str, Any] = {"log": str(fc_log)}
+        extra: dict[str, Any] = {
+            "log": str(fc_log),
+            "drives": {d.drive_id: str(d.path) for d in config.drives},
+        }
         agent = self.agent_channel(config)
         if agent is not None:
             extra["agent"] = agent

@@ -290,6 +290,10 @@ class QemuEngine(process.DetachedEngine):
             return self._accel
         return "kvm" if self._kvm[0] else "tcg"
 
+    def restores_copies(self) -> bool:
+        # With vhost-vsock the guest keeps the saved machine's CID, a host-global name.
+        return not self.uses_vhost_vsock()
+
     def uses_vhost_vsock(self) -> bool:
         if self._vhost_vsock is not None:
             return self._vhost_vsock

@@ -68,6 +68,7 @@ STATE = "state"
 BUILDING = ".b-"
 BOOT_TIMEOUT = 900.0  # a golden boot under TCG on a busy host
 SETTLE_TIMEOUT = 120.0
+GOLDEN_CID = 3  # the lowest guest CID
 
 
 def _stamp(p: Path | None) -> str:
@@ -122,13 +123,10 @@ def _digest(text: str) -> str:
 
 
 def can_restore(engine: Engine) -> bool:
-    """Engines that save, restore and resize a drive of a running machine, with an
-    agent channel that names no CID (a CID is in the guest's memory and must not be
-    shared): QEMU with its virtio-serial channel."""
-    if not all(hasattr(engine, a) for a in ("save_state", "resize_drive")):
-        return False
-    uses_vsock = getattr(engine, "uses_vhost_vsock", None)
-    return not (uses_vsock is not None and uses_vsock())
+    """What the engine declares (`Engine.restores_copies`): QEMU with its
+    virtio-serial agent channel, Firecracker (hybrid vsock)."""
+    restores = getattr(engine, "restores_copies", None)
+    return restores is not None and bool(restores())
 
 
 class GoldenSnapshots:
@@ -273,6 +271,9 @@ class GoldenSnapshots:
             console_log=tmp / "console.log",
             golden=True,
             memory_file=ram,
+            # An agent channel over vsock needs a CID; restores keep it, which only
+            # engines whose CIDs name nothing on the host allow (`restores_copies`).
+            vsock_cid=GOLDEN_CID,
         )
         handle = await engine.start(cfg)
         try:
