@@ -3,10 +3,11 @@ create restores instead of booting.
 
 A golden snapshot is a guest booted with `banger.golden=1` (guest_config): it has
 the same devices as any VM (rootfs, work disk, NIC, agent channel) but stops before
-it takes an identity: no `/root` mounted, no network, no SSH host key, no sshd;
-its agent runs and waits. Once the agent answers, the engine saves the machine
-(`Engine.save_state`) and the process is killed. The saved state and the root
-filesystem it ran on are one unit in `<state>/golden/<shape>-<inputs>/`:
+it takes an identity: no `/root` mounted, no network; sshd runs with a throwaway
+host key nothing can reach; its agent runs and waits. Once the agent answers, the
+engine saves the machine (`Engine.save_state`) and the process is killed. The
+saved state and the root filesystem it ran on are one unit in
+`<state>/golden/<shape>-<inputs>/`:
 
     state/          the engine's saved state (`state.json` written last); with
                     QEMU its `ram` is the guest memory itself, which restores map
