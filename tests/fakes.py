@@ -29,6 +29,7 @@ from typing import Any, cast
 
 import pytest
 
+import banger.services.launch as launch_mod
 import banger.services.vms as vms_mod
 from banger.agent.client import AgentClient
 from banger.api.models import CreateVM
@@ -45,6 +46,7 @@ from banger.engines.base import (
 )
 from banger.engines.firecracker import FirecrackerEngine
 from banger.engines.qemu import QemuEngine
+from banger.engines.state import SavedState, machine_fit, write_state
 from banger.errors import BangerError
 from banger.paths import Paths
 from banger.services.artifacts import ArtifactService, BootImage, BootKernel
@@ -80,6 +82,10 @@ class FakeEngine:
         self.fail_stop: BaseException | None = None
         self.stops: list[tuple[str, int]] = []  # ("stop"|"kill", pid)
         self.restored: list[Any] = []  # the `restore` each start was given (None: a boot)
+        self.restores: list[tuple[GuestConfig, SavedState]] = []  # the fitting ones
+        self.fail_save: BaseException | None = None
+        self.paused: set[int] = set()
+        self.version = "1.0"
 
     @classmethod
     def firecracker(cls, events: Events) -> FakeEngine:
@@ -98,12 +104,47 @@ class FakeEngine:
     def availability(self) -> Availability:
         return Availability(True, f"fake {self.name}")
 
+    def state_fit(self, config: GuestConfig) -> dict[str, Any]:
+        agent = self._channel(config)
+        return machine_fit(
+            config,
+            engine=self.name,
+            version=self.version,
+            accel="fake",
+            agent=agent["transport"] if agent else None,
+        )
+
+    async def save_state(self, handle: EngineHandle, config: GuestConfig, dest: Path) -> SavedState:
+        self.events.append(f"engine.save:{self.names.get(handle.pid, handle.pid)}")
+        self.paused.add(handle.pid)
+        if self.fail_save is not None:
+            raise self.fail_save
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / "vmstate").write_bytes(b"fake machine state " * 64)
+        drives = {d.drive_id: str(d.path) for d in config.drives}
+        return write_state(dest, self.state_fit(config), ["vmstate"], drives)
+
+    async def pause(self, handle: EngineHandle) -> None:
+        self.events.append(f"engine.pause:{self.names.get(handle.pid, handle.pid)}")
+        self.paused.add(handle.pid)
+
+    async def resume(self, handle: EngineHandle) -> None:
+        self.events.append(f"engine.resume:{self.names.get(handle.pid, handle.pid)}")
+        self.paused.discard(handle.pid)
+
     async def start(
-        self, config: GuestConfig, on_spawn: OnSpawn | None = None, *, restore: Any = None
+        self,
+        config: GuestConfig,
+        on_spawn: OnSpawn | None = None,
+        *,
+        restore: SavedState | None = None,
     ) -> EngineHandle:
         self.events.append(f"engine.{'restore' if restore else 'start'}:{config.name}")
         self.configs.append(config)
         self.restored.append(restore)
+        if restore is not None:
+            restore.check(self.state_fit(config))
+            self.restores.append((config, restore))
         if self.fail_start is not None:
             raise self.fail_start
         pid = next(self._pids)
@@ -327,6 +368,10 @@ class FakeGuest:
             raise self.ssh_error
         return 0.0
 
+    async def set_clock(self, agent: dict[str, Any] | None) -> dict[str, Any]:
+        self.events.append(f"clock:{(agent or {}).get('transport')}")
+        return {"unix_ns": 0, "was_off_s": 12.5}
+
     async def wait_healthy(self, agent: dict[str, Any] | None, timeout: float) -> float:
         self.events.append(f"agent:{(agent or {}).get('transport')}")
         self.agents.append(agent)
@@ -373,6 +418,7 @@ class Harness:
         self.ssh_key = self.root / "c" / "id_ed25519"
         monkeypatch.setattr(vms_mod, "wait_for_ssh", self.guest.wait_for_ssh)
         monkeypatch.setattr(vms_mod, "wait_healthy", self.guest.wait_healthy)
+        monkeypatch.setattr(launch_mod, "set_guest_clock", self.guest.set_clock)
         self.store = Store(self.paths.database)
         # The daemon's fault-injection point (`fault=` of VMService): a create raises
         # right after the named stage ("disks", "vsock", "network", "boot", "ssh").
@@ -423,8 +469,11 @@ class Harness:
     async def stop(self, name: str, **kw: Any) -> VMRecord:
         return await self.vms.stop(name, progress_log(self.progress), **kw)
 
-    async def start(self, name: str) -> VMRecord:
-        return await self.vms.start(name, progress_log(self.progress))
+    async def start(self, name: str, **kw: Any) -> VMRecord:
+        return await self.vms.start(name, progress_log(self.progress), **kw)
+
+    async def suspend(self, name: str) -> VMRecord:
+        return await self.vms.suspend(name, progress_log(self.progress))
 
     async def delete(self, name: str, **kw: Any) -> str:
         return await self.vms.delete(name, progress_log(self.progress), **kw)

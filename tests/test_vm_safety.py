@@ -328,12 +328,16 @@ async def test_every_crash_point_an_operation_passes_is_a_documented_one(
         await kit.create("p")
         await kit.vms.stop("p", kit.progress)
         await kit.vms.start("p", kit.progress)
+        await kit.vms.suspend("p", kit.progress)
+        await kit.vms.start("p", kit.progress)
         await kit.vms.delete("p", kit.progress, force=True)
         assert passed == [
             "create:recorded", "create:disks", "create:network", "create:attached",
             "create:spawned", "create:booted", "create:ready",
             "stop:recorded", "stop:halted",
             "start:recorded", "start:attached", "start:spawned", "start:booted",
+            "suspend:recorded", "suspend:saved",
+            "resume:recorded", "resume:attached", "resume:spawned", "resume:booted",
             "delete:halted", "delete:recorded", "delete:network", "delete:disks",
         ]  # fmt: skip
         assert set(passed) <= set(POINTS)

@@ -25,6 +25,7 @@ from banger.capabilities.base import BootContributions, Capability, PrepareConte
 from banger.config import Config
 from banger.engines import process
 from banger.engines.base import Availability, Drive, EngineHandle, GuestConfig, NetIface, OnSpawn
+from banger.engines.state import SavedState, machine_fit, write_state
 from banger.paths import Paths
 from banger.progress import Progress
 from banger.services import vms as vms_module
@@ -51,7 +52,30 @@ class RecordingEngine:
     def availability(self) -> Availability:
         return Availability(True, "recording engine")
 
-    async def start(self, config: GuestConfig, on_spawn: OnSpawn | None = None) -> EngineHandle:
+    def state_fit(self, config: GuestConfig) -> dict[str, Any]:
+        return machine_fit(config, engine=self.name, version="rec", accel="none", agent=None)
+
+    async def save_state(self, handle: EngineHandle, config: GuestConfig, dest: Path) -> SavedState:
+        self.calls.append(("save", handle.pid))
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / "vmstate").write_bytes(b"recorded state")
+        return write_state(dest, self.state_fit(config), ["vmstate"], {})
+
+    async def pause(self, handle: EngineHandle) -> None:
+        self.calls.append(("pause", handle.pid))
+
+    async def resume(self, handle: EngineHandle) -> None:
+        self.calls.append(("resume", handle.pid))
+
+    async def start(
+        self,
+        config: GuestConfig,
+        on_spawn: OnSpawn | None = None,
+        *,
+        restore: SavedState | None = None,
+    ) -> EngineHandle:
+        if restore is not None:
+            restore.check(self.state_fit(config))
         config.run_dir.mkdir(parents=True, exist_ok=True)
         spawned = process.spawn(
             [sys.executable, "-c", _SLEEPER, str(config.run_dir)],

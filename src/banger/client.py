@@ -463,8 +463,16 @@ class Client:
         final = self.wait(self.create_vm(req), on_event)
         return self.vm(str(final.result["name"]))
 
-    def start(self, name: str) -> VM:
-        self.wait(self.vm_action(name, "start"))
+    def start(self, name: str, *, cold: bool = False) -> VM:
+        """Start a VM; a suspended one resumes where it was (`cold`: discard its saved
+        state and boot)."""
+        self.wait(self.vm_action(name, "start", cold=cold))
+        return self.vm(name)
+
+    def suspend(self, name: str) -> VM:
+        """Save a running VM's memory and device state beside its disks and end its
+        process; `start` resumes it."""
+        self.wait(self.vm_action(name, "suspend"))
         return self.vm(name)
 
     def stop(self, name: str, force: bool = False) -> VM:

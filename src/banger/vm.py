@@ -28,6 +28,9 @@ class VMState(StrEnum):
     STOPPING = "stopping"  # shutting down; reconciliation finishes that after a crash
     STOPPED = "stopped"
     DELETING = "deleting"  # being removed; reconciliation finishes that after a crash
+    SUSPENDING = "suspending"  # saving its state; reconciliation finishes or undoes it
+    SUSPENDED = "suspended"  # no process; memory and device state saved beside its disks
+    RESUMING = "resuming"  # restoring that state; reconciliation stops it after a crash
     ERROR = "error"  # from earlier versions: a create failed or a start failed
 
 

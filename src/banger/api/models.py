@@ -120,7 +120,18 @@ class PublishedPort(BaseModel):
 class VM(BaseModel):
     id: str
     name: str
-    state: Literal["creating", "starting", "running", "stopping", "stopped", "deleting", "error"]
+    state: Literal[
+        "creating",
+        "starting",
+        "running",
+        "stopping",
+        "stopped",
+        "deleting",
+        "error",
+        "suspending",
+        "suspended",
+        "resuming",
+    ]
     image: str
     kernel: str
     engine: str

@@ -50,7 +50,7 @@ def list_(as_json: bool) -> None:
     if not vms:
         sys.stdout.write("no VMs yet: `banger vm run` creates one and opens a shell\n")
         return
-    colors = {"running": "green", "stopped": "dim", "error": "red"}
+    colors = {"running": "green", "stopped": "dim", "error": "red", "suspended": "cyan"}
     print_table(
         ["name", "state", "ip", "image", "engine", "cpu", "mem", "uptime"],
         [
@@ -182,21 +182,40 @@ def _fan_out(names: tuple[str, ...], action: str, verb: str, **params: object) -
 
 @vm.command()
 @click.argument("names", nargs=-1, required=True)
-def start(names: tuple[str, ...]) -> None:
-    """Start stopped VMs (same disks)."""
+@click.option(
+    "--cold", is_flag=True, help="Discard a suspended VM's saved state and boot it instead."
+)
+def start(names: tuple[str, ...], cold: bool) -> None:
+    """Start stopped VMs (same disks); a suspended VM resumes where it was."""
+    params = {"cold": True} if cold else {}
     if len(names) == 1:
         c = client()
-        follow(c.vm_action(names[0], "start"), f"starting {names[0]}")
-        out.print(f"[green]✓[/] {names[0]} started")
+        was = c.vm(names[0]).state
+        verb = "resumed" if was == "suspended" and not cold else "started"
+        label = "resuming" if verb == "resumed" else "starting"
+        follow(c.vm_action(names[0], "start", **params), f"{label} {names[0]}")
+        out.print(f"[green]✓[/] {names[0]} {verb}")
         return
-    _fan_out(names, "start", "started")
+    _fan_out(names, "start", "started", **params)
+
+
+vm.add_command(start, "resume")
+
+
+@vm.command()
+@click.argument("names", nargs=-1, required=True)
+def suspend(names: tuple[str, ...]) -> None:
+    """Save running VMs' memory and device state beside their disks and end their
+    processes; `vm start` resumes them where they were."""
+    _fan_out(names, "suspend", "suspended")
 
 
 @vm.command()
 @click.argument("names", nargs=-1, required=True)
 @click.option("--force", is_flag=True, help="Kill instead of a graceful shutdown.")
 def stop(names: tuple[str, ...], force: bool) -> None:
-    """Shut VMs down gracefully, keeping their disks."""
+    """Shut VMs down gracefully, keeping their disks (a suspended VM's saved state
+    is discarded)."""
     _fan_out(names, "stop", "stopped", force=force)
 
 

@@ -45,6 +45,12 @@ POINTS = (
     "delete:recorded",
     "delete:disks",
     "delete:network",
+    "suspend:recorded",  # state `suspending` recorded, nothing saved yet
+    "suspend:saved",  # the state is complete, the paused process still lives
+    "resume:recorded",  # state `resuming` recorded, nothing launched
+    "resume:attached",
+    "resume:spawned",  # the hypervisor exists, the state is loading
+    "resume:booted",  # the guest runs again, its saved state removed
 )
 
 _fail_at: str | None = os.environ.get("BANGER_FAIL_AT") or None

@@ -52,6 +52,35 @@ class GuestConfig:
     memory_file: Path | None = None
 
 
+def config_to_dict(config: GuestConfig) -> dict[str, Any]:
+    """A JSON-able copy of `config` (kept with a running VM's handle, so a suspend
+    or snapshot saves the machine exactly as it was launched)."""
+    data = asdict(config)
+    for key in ("kernel", "initrd", "run_dir", "console_log", "memory_file"):
+        data[key] = str(data[key]) if data[key] is not None else None
+    data["drives"] = [{**d, "path": str(d["path"])} for d in data["drives"]]
+    data["nics"] = [dict(n) for n in data["nics"]]
+    return data
+
+
+def config_from_dict(data: dict[str, Any]) -> GuestConfig:
+    return GuestConfig(
+        vm_id=data["vm_id"],
+        name=data["name"],
+        kernel=Path(data["kernel"]),
+        initrd=Path(data["initrd"]) if data.get("initrd") else None,
+        cmdline=data["cmdline"],
+        vcpus=int(data["vcpus"]),
+        memory_mib=int(data["memory_mib"]),
+        drives=tuple(Drive(**{**d, "path": Path(d["path"])}) for d in data["drives"]),
+        nics=tuple(NetIface(**n) for n in data["nics"]),
+        run_dir=Path(data["run_dir"]),
+        console_log=Path(data["console_log"]),
+        vsock_cid=data.get("vsock_cid"),
+        memory_file=Path(data["memory_file"]) if data.get("memory_file") else None,
+    )
+
+
 @dataclass
 class EngineHandle:
     engine: str

@@ -367,8 +367,11 @@ class QemuEngine(process.DetachedEngine):
         await qmp_execute(Path(handle.control_socket), "stop")
 
     async def resume(self, handle: EngineHandle) -> None:
-        # After a completed migration `cont` also takes the disks back.
-        await qmp_execute(Path(handle.control_socket), "cont")
+        # After a completed migration `cont` also takes the disks back; a save cut
+        # short is cancelled first (a no-op when none runs).
+        async with qmp_session(Path(handle.control_socket)) as qmp:
+            await asyncio.wait_for(qmp.execute("migrate_cancel"), 5.0)
+            await asyncio.wait_for(qmp.execute("cont"), 5.0)
 
     async def _incoming(self, handle: EngineHandle, restore: SavedState) -> None:
         """Restore into a QEMU started with `-incoming defer` whose QMP answers: in

@@ -23,14 +23,16 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from banger.agent.client import AgentClient
+from banger.agent.client import AgentClient, wait_healthy
 from banger.capabilities.base import BootContributions
 from banger.engines.base import Engine, EngineHandle, GuestConfig, OnSpawn
+from banger.errors import BangerError
 from banger.progress import Progress
 from banger.services.ssh import generate_host_key, record_host_key
 from banger.vm import VMRecord
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("banger.launch")
 
 IDENTITY_TIMEOUT = 120.0  # the agent answers at once; systemctl under TCG is slow
+CLOCK_TIMEOUT = 60.0  # a resumed agent answers at once; generous for a loaded host
 WORK_DEVICE = "/dev/vdb"  # guest_config's drive order: rootfs vda, work vdb
 
 
@@ -49,6 +52,7 @@ class ColdBoot:
 
     stage = "boot"
     restored = False
+    resumed = False
 
     def __init__(self, rootfs: Path) -> None:
         self.rootfs = rootfs
@@ -85,6 +89,7 @@ class Restore:
 
     stage = "restore"
     restored = True
+    resumed = False
 
     def __init__(self, state: SavedState, rootfs: Path, identity: Identity, what: str) -> None:
         self.state = state
@@ -143,6 +148,63 @@ class Restore:
             )
 
 
+class Resume:
+    """Restore a suspended VM's own saved state: the same machine carries on, so it
+    keeps its identity and uptime; only its clock, which stood still, is set.
+
+    The guest runs on the VM's disks from the moment the engine has loaded the
+    state, so that state is stale from then on and is removed at once (a crash
+    later must not restore it over newer disks)."""
+
+    stage = "restore"
+    restored = True
+    resumed = True
+
+    def __init__(self, state: SavedState) -> None:
+        self.state = state
+        self.rootfs = Path()  # the VM's own disks, made long ago
+
+    async def start(self, engine: Engine, cfg: GuestConfig, on_spawn: OnSpawn) -> EngineHandle:
+        handle = await engine.start(cfg, on_spawn=on_spawn, restore=self.state)
+        await asyncio.to_thread(shutil.rmtree, self.state.dir, True)
+        return handle
+
+    async def settle(
+        self,
+        vm: VMRecord,
+        engine: Engine,
+        handle: EngineHandle,
+        boot: BootContributions,
+        progress: Progress,
+        timings: dict[str, float],
+    ) -> None:
+        """The agent sets the clock from the host's (it stood still while saved). An
+        image without an agent, or an agent too old for it, is logged, not fatal."""
+        agent = handle.extra.get("agent")
+        if agent is None:
+            return
+        t = time.monotonic()
+        progress("clock", "")
+        try:
+            was = await set_guest_clock(agent)
+            log.info(
+                "vm %s: clock set from the host (was off by %ss)", vm.name, was.get("was_off_s")
+            )
+        except BangerError as exc:
+            log.warning("vm %s: could not set the clock after resume: %s", vm.name, exc)
+        timings["clock"] = time.monotonic() - t
+
+    async def ready(self, handle: EngineHandle) -> None:
+        return None
+
+
+async def set_guest_clock(agent: dict[str, Any]) -> dict[str, Any]:
+    """Set the guest's clock to the host's through its agent (`/clock`), once the
+    agent answers."""
+    await wait_healthy(agent, CLOCK_TIMEOUT)
+    return await AgentClient(agent, timeout=CLOCK_TIMEOUT).set_clock()
+
+
 def identity_body(
     vm: VMRecord, boot: BootContributions, ident: Identity, private: str, public: str
 ) -> dict[str, Any]:
@@ -168,4 +230,4 @@ def identity_body(
     }
 
 
-Launch = ColdBoot | Restore
+Launch = ColdBoot | Restore | Resume

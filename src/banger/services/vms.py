@@ -36,8 +36,15 @@ from banger.api.models import CreateVM, SetVM
 from banger.capabilities.base import BootContributions, Capability, PrepareContext
 from banger.config import Config
 from banger.engines import process
-from banger.engines.base import Engine, EngineHandle
+from banger.engines.base import (
+    Engine,
+    EngineHandle,
+    GuestConfig,
+    config_from_dict,
+    config_to_dict,
+)
 from banger.engines.guest_config import build_guest_config
+from banger.engines.state import has_state, read_state
 from banger.errors import BangerError, Conflict
 from banger.net.addresses import mac_for
 from banger.paths import Paths
@@ -45,7 +52,7 @@ from banger.progress import Progress
 from banger.services.admission import Admission, default_boot_limit, host_memory_mib
 from banger.services.artifacts import ArtifactService, BootImage, BootKernel
 from banger.services.golden import GoldenSnapshots
-from banger.services.launch import ColdBoot, Launch
+from banger.services.launch import ColdBoot, Launch, Resume
 from banger.services.readiness import BootWatch, exit_reason
 from banger.services.ssh import forget_host, wait_for_ssh
 from banger.services.watch import EngineWatcher
@@ -59,12 +66,20 @@ log = logging.getLogger("banger.vms")
 EngineFactory = Callable[[str], Engine]
 FaultHook = Callable[[str], None]  # called after each create stage; raises to inject a failure
 PointHook = Callable[[str], None]  # called at each named crash point (tests kill the daemon)
-NOT_RUNNING = (VMState.CREATING, VMState.STOPPED, VMState.ERROR)
+NOT_RUNNING = (VMState.CREATING, VMState.STOPPED, VMState.ERROR, VMState.SUSPENDED)
+STATE_DIR = "state"  # a suspended VM's saved memory and device state, in its directory
 # Readiness lasts as long as the guest makes progress (BootWatch); this only caps it.
 READY_LIMIT = 3600.0
 AGENT_TIMEOUT = 60.0  # after SSH works; the agent starts with multi-user.target too
 # States in which a VM's memory counts against the host (admission).
-HOLDS_MEMORY = (VMState.CREATING, VMState.STARTING, VMState.RUNNING, VMState.STOPPING)
+HOLDS_MEMORY = (
+    VMState.CREATING,
+    VMState.STARTING,
+    VMState.RUNNING,
+    VMState.STOPPING,
+    VMState.SUSPENDING,
+    VMState.RESUMING,
+)
 FAILED_LOGS_KEPT = 10  # logs/failed/ keeps the newest failed creates' logs
 
 
@@ -403,6 +418,8 @@ class VMService:
         )
 
         def spawned(handle: EngineHandle) -> None:
+            # The machine as launched, for a later suspend or snapshot.
+            handle.extra["guest"] = config_to_dict(cfg)
             vm.handle = handle.to_dict()
             self.repo.save(vm)
             undo.push_async_callback(engine.kill, handle)
@@ -411,7 +428,8 @@ class VMService:
         handle = await launch.start(engine, cfg, spawned)
         if vm.handle != handle.to_dict():  # an engine that did not call on_spawn
             spawned(handle)
-        vm.started_at = time.time()
+        if not launch.resumed:  # a resumed guest kept running: its uptime goes on
+            vm.started_at = time.time()
         self.repo.save(vm)
         timings[launch.stage] = time.monotonic() - t
         self.fault("boot")
@@ -498,12 +516,16 @@ class VMService:
 
     # -- start / stop / restart ----------------------------------------------------
 
-    async def start(self, name: str, progress: Progress) -> VMRecord:
+    async def start(self, name: str, progress: Progress, *, cold: bool = False) -> VMRecord:
+        """Start a VM: a suspended one is restored from its saved state (processes
+        carry on), unless `cold`, which discards that state and boots."""
         vm = self.get(name)
         async with self.lock(vm.id):
-            return await self._start_locked(self.get(vm.id), progress)
+            return await self._start_locked(self.get(vm.id), progress, cold=cold)
 
-    async def _start_locked(self, vm: VMRecord, progress: Progress) -> VMRecord:
+    async def _start_locked(
+        self, vm: VMRecord, progress: Progress, *, cold: bool = False
+    ) -> VMRecord:
         if vm.running:
             handle = vm.engine_handle
             if handle is not None and self.engine_for(vm.engine).is_running(handle):
@@ -512,7 +534,14 @@ class VMService:
             await self._release_runtime(
                 vm, last_error=self._exit_reason(vm, handle) if handle else None
             )
+        if vm.state is VMState.SUSPENDED:
+            if not cold:
+                return await self._resume_locked(vm, progress)
+            progress("discard", "the saved state (--cold)")
+            self._discard_state(vm)
+            self._mark_stopped(vm)
         vm.require(VMState.STOPPED, VMState.ERROR, action="start", hint="wait for it to finish")
+        self._discard_state(vm)  # a boot makes any leftover state stale
         self.admission.check_memory(vm.name, vm.memory_mib, self._memory_held(exclude=vm.id))
         image = await self.artifacts.ensure_image(vm.image, progress, refresh=False)
         kernel = await self.artifacts.ensure_kernel_for(image, vm.kernel or None, progress)
@@ -534,6 +563,116 @@ class VMService:
         self._mark_running(vm)
         return vm
 
+    # -- suspend / resume ------------------------------------------------------------
+
+    def state_dir(self, vm: VMRecord) -> Path:
+        return self.vm_dir(vm) / STATE_DIR
+
+    def _discard_state(self, vm: VMRecord) -> None:
+        """Remove a VM's saved state (and a save cut short)."""
+        final = self.state_dir(vm)
+        for d in (final, final.with_name(STATE_DIR + ".partial")):
+            if d.exists():
+                shutil.rmtree(d, ignore_errors=True)
+
+    def _launched_config(self, vm: VMRecord, handle: EngineHandle, action: str) -> GuestConfig:
+        saved = handle.extra.get("guest")
+        if not isinstance(saved, dict):
+            raise Conflict(
+                f"VM `{vm.name}` was started by an older banger that did not record its "
+                f"machine; {action} needs it restarted once",
+                hint=f"`banger vm restart {vm.name}`, then {action} it",
+            )
+        return config_from_dict(saved)
+
+    async def suspend(self, name: str, progress: Progress) -> VMRecord:
+        """Pause the guest, save its memory and device state beside its disks, end its
+        process and release its runtime resources (TAP, NAT, DNS). A failed save
+        lets the guest run on as before."""
+        vm = self.get(name)
+        async with self.lock(vm.id):
+            vm = self.get(vm.id)
+            if vm.state is VMState.SUSPENDED:
+                return vm
+            vm.require(VMState.RUNNING, action="suspend", hint=f"`banger vm start {vm.name}` first")
+            handle = vm.engine_handle
+            assert handle is not None
+            engine = self.engine_for(vm.engine)
+            cfg = self._launched_config(vm, handle, "suspend")
+            t0 = time.monotonic()
+            vm.state = VMState.SUSPENDING
+            self.repo.save(vm)
+            self.watcher.unwatch(vm.id)
+            self.point("suspend:recorded")
+            final = self.state_dir(vm)
+            partial = final.with_name(STATE_DIR + ".partial")
+            self._discard_state(vm)
+            progress("save", f"memory and device state to {final}")
+            try:
+                await engine.save_state(handle, cfg, partial)
+            except BaseException as exc:
+                log.warning("suspend of %s failed (%r); resuming it", vm.name, exc)
+                shutil.rmtree(partial, ignore_errors=True)
+                await self._resume_in_place(vm, engine, handle)
+                raise
+            os.replace(partial, final)
+            saved_s = time.monotonic() - t0
+            self.point("suspend:saved")
+            progress("shutdown", "the paused process")
+            await engine.kill(handle)
+            await self._release_runtime(vm, state=VMState.SUSPENDED)
+            vm.timings = {"save": round(saved_s, 3), "total": round(time.monotonic() - t0, 3)}
+            self.repo.save(vm)
+            progress("suspended", vm.name)
+            log.info("vm %s suspended in %.2fs", vm.name, vm.timings["total"])
+            return vm
+
+    async def _resume_in_place(self, vm: VMRecord, engine: Engine, handle: EngineHandle) -> None:
+        """After a save that did not finish: let the paused guest run on (or, when its
+        process cannot, record the VM stopped)."""
+        try:
+            if engine.is_running(handle):
+                await engine.resume(handle)
+                vm.state = VMState.RUNNING
+                self.repo.save(vm)
+                self._watch(vm)
+                return
+        except Exception as exc:
+            log.warning("vm %s: resuming after a failed save failed: %s", vm.name, exc)
+            await engine.kill(handle)
+        await self._release_runtime(vm, last_error="its process ended during a suspend")
+
+    async def _resume_locked(self, vm: VMRecord, progress: Progress) -> VMRecord:
+        """Restore a suspended VM. A state that is missing, truncated or does not fit
+        is refused with the reason, the VM stays suspended and its disks untouched."""
+        saved = read_state(self.state_dir(vm))
+        self.admission.check_memory(vm.name, vm.memory_mib, self._memory_held(exclude=vm.id))
+        image = await self.artifacts.ensure_image(vm.image, progress, refresh=False)
+        kernel = await self.artifacts.ensure_kernel_for(image, vm.kernel or None, progress)
+        timings: dict[str, float] = {}
+        t0 = time.monotonic()
+        vm.state = VMState.RESUMING
+        self.repo.save(vm)
+        self.point("resume:recorded")
+        try:
+            async with AsyncExitStack() as undo:
+                await self._boot(
+                    vm, kernel, image, progress, timings, undo, op="resume", launch=Resume(saved)
+                )
+                undo.pop_all()
+        except BaseException as exc:
+            # The undo stack killed the engine and detached. The state is still there
+            # when the guest never ran (the engine refused or failed to load it).
+            error = str(exc) or f"resume {type(exc).__name__}"
+            state = VMState.SUSPENDED if has_state(self.state_dir(vm)) else VMState.STOPPED
+            self._mark_stopped(vm, last_error=error, state=state)
+            raise
+        vm.timings = {k: round(v, 3) for k, v in timings.items()}
+        vm.timings["total"] = round(time.monotonic() - t0, 3)
+        self._mark_running(vm)
+        log.info("vm %s resumed in %.2fs: %s", vm.name, vm.timings["total"], vm.timings)
+        return vm
+
     async def stop(self, name: str, progress: Progress, *, force: bool = False) -> VMRecord:
         """Stop a VM; a VM still being created is cancelled and rolled back instead."""
         vm = self.get(name)
@@ -544,6 +683,11 @@ class VMService:
             vm = self.get(vm.id)
             if vm.running:
                 await self._halt(vm, progress, force=force, op="stop")
+            elif vm.state is VMState.SUSPENDED:
+                # Its guest is not running: stopping it discards the saved state.
+                progress("discard", "the saved state")
+                self._discard_state(vm)
+                self._mark_stopped(vm)
             return vm
 
     async def _halt(self, vm: VMRecord, progress: Progress, *, force: bool, op: str) -> None:
@@ -566,19 +710,23 @@ class VMService:
         await self._release_runtime(vm)
         progress("stopped", vm.name)
 
-    async def _release_runtime(self, vm: VMRecord, last_error: str | None = None) -> None:
-        """Undo every `attach` (idempotent) and record the VM as stopped."""
+    async def _release_runtime(
+        self, vm: VMRecord, last_error: str | None = None, state: VMState = VMState.STOPPED
+    ) -> None:
+        """Undo every `attach` (idempotent) and record the VM as stopped (or `state`)."""
         self.watcher.unwatch(vm.id)
         for cap in reversed(self.capabilities):
             try:
                 await cap.detach(vm)
             except Exception:
                 log.exception("detach %s for %s failed", cap.name, vm.name)
-        self._mark_stopped(vm, last_error)
+        self._mark_stopped(vm, last_error, state)
 
-    def _mark_stopped(self, vm: VMRecord, last_error: str | None = None) -> None:
+    def _mark_stopped(
+        self, vm: VMRecord, last_error: str | None = None, state: VMState = VMState.STOPPED
+    ) -> None:
         self.watcher.unwatch(vm.id)
-        vm.state = VMState.STOPPED
+        vm.state = state
         vm.handle = None
         if last_error is not None:
             vm.last_error = last_error
@@ -590,7 +738,7 @@ class VMService:
             vm = self.get(vm.id)
             if vm.running:
                 await self._halt(vm, progress, force=False, op="stop")
-            return await self._start_locked(vm, progress)
+            return await self._start_locked(vm, progress, cold=True)
 
     async def _cancel_create(self, vm: VMRecord, progress: Progress) -> bool:
         """Cancel the create of `vm` if one runs; True once its rollback is done."""
@@ -666,9 +814,12 @@ class VMService:
             vm = self.get(vm.id)
             if req.vcpus is not None or req.memory is not None:
                 vm.require(
-                    *NOT_RUNNING,
+                    VMState.CREATING,
+                    VMState.STOPPED,
+                    VMState.ERROR,
                     action="changing vcpus or memory",
-                    hint=f"`banger vm stop {vm.name}` first",
+                    hint=f"`banger vm stop {vm.name}` first"
+                    + (" (that discards its saved state)" if vm.state is VMState.SUSPENDED else ""),
                 )
             if req.vcpus is not None:
                 vm.vcpus = check_vcpus(req.vcpus, self.host_limits())
@@ -724,6 +875,26 @@ class VMService:
             reason = self._exit_reason(vm, handle) if handle else "no engine process recorded"
             log.warning("vm %s died while the daemon was away: %s", vm.name, reason)
             await self._release_runtime(vm, last_error=reason)
+        elif vm.state is VMState.SUSPENDING:
+            await self._reconcile_suspend(vm, engine, handle)
+        elif vm.state is VMState.RESUMING:
+            # The guest may have run on its disks once a process existed: its state
+            # is then stale. Without a process the state is intact: still suspended.
+            spawned = handle is not None
+            await self._kill_engine(vm)
+            if spawned:
+                self._discard_state(vm)
+            state = VMState.SUSPENDED if has_state(self.state_dir(vm)) else VMState.STOPPED
+            why = "the daemon stopped during `vm start` (resume)"
+            await self._release_runtime(
+                vm,
+                last_error=why + ("; its saved state was discarded" if spawned else ""),
+                state=state,
+            )
+        elif vm.state is VMState.SUSPENDED:
+            if vm.handle or vm.tap:
+                await self._kill_engine(vm)
+                await self._release_runtime(vm, state=VMState.SUSPENDED)
         elif vm.state in (VMState.STARTING, VMState.STOPPING) or vm.handle or vm.tap:
             was = vm.state
             await self._kill_engine(vm)
@@ -733,6 +904,27 @@ class VMService:
                 if was is VMState.STARTING
                 else None,
             )
+
+    async def _reconcile_suspend(
+        self, vm: VMRecord, engine: Engine, handle: EngineHandle | None
+    ) -> None:
+        """A suspend cut by a daemon crash: finished when its state was complete,
+        else undone (the partial state removed, the paused guest let run on)."""
+        partial = self.state_dir(vm).with_name(STATE_DIR + ".partial")
+        if has_state(partial):
+            os.replace(partial, self.state_dir(vm))
+        if has_state(self.state_dir(vm)):
+            log.warning("vm %s was suspending when the daemon died; finishing it", vm.name)
+            await self._kill_engine(vm)
+            await self._release_runtime(vm, state=VMState.SUSPENDED)
+            return
+        shutil.rmtree(partial, ignore_errors=True)
+        if handle is not None and engine.is_running(handle):
+            log.warning("vm %s was suspending when the daemon died; resuming it", vm.name)
+            await self._resume_in_place(vm, engine, handle)
+        else:
+            await self._kill_engine(vm)
+            await self._release_runtime(vm, last_error="its process ended during a suspend")
 
 
 def _host_names(vm: VMRecord) -> list[str]:

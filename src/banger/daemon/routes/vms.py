@@ -86,18 +86,21 @@ async def publish(request: web.Request) -> web.Response:
     return ok(_api(d, vm))
 
 
-@routes.post("/v1/vms/{name}/{action:start|stop|restart}")
+@routes.post("/v1/vms/{name}/{action:start|stop|restart|suspend}")
 async def vm_action(request: web.Request) -> web.Response:
     d = daemon_of(request)
     force = flag(request, "force")
+    cold = flag(request, "cold")
     vm = d.vms.get(request.match_info["name"])
     action = request.match_info["action"]
 
     async def work(progress: Progress) -> dict[str, str]:
         if action == "start":
-            rec = await d.vms.start(vm.id, progress)
+            rec = await d.vms.start(vm.id, progress, cold=cold)
         elif action == "stop":
             rec = await d.vms.stop(vm.id, progress, force=force)
+        elif action == "suspend":
+            rec = await d.vms.suspend(vm.id, progress)
         else:
             rec = await d.vms.restart(vm.id, progress)
         return {"name": rec.name, "state": rec.state}
