@@ -4,7 +4,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup build run test test-fast lint coverage bench-create bench-tui bench-exec bench-cli verify clean
+.PHONY: setup build run test test-fast lint coverage bench-create bench-tui bench-exec bench-cli bench-suspend verify clean
 
 setup:
 	@bash scripts/setup.sh
@@ -41,6 +41,9 @@ bench-exec: setup
 
 bench-cli: setup
 	$(UV) run python scripts/bench_cli.py $(ARGS)
+
+bench-suspend: setup
+	$(UV) run python scripts/bench_suspend.py $(ARGS)
 
 verify: setup
 	bash scripts/verify.sh $(ARGS)
