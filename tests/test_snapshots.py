@@ -122,3 +122,29 @@ def test_daemon_killed_during_resume_leaves_nothing_behind(b: NsBanger) -> None:
     assert (_state_dir(b) / "state.json").is_file()
     assert "a resumed" in b.run("vm", "start", "a", timeout=300).stdout
     assert _sh(b, "tmux has-session -t s && echo yes").strip() == "yes"
+
+
+def test_named_snapshot_of_a_running_vm_then_list_show_rm(b: NsBanger) -> None:
+    _sh(b, "echo as-of-s1 > /root/snapfile && sync")
+    r = b.run("vm", "snapshot", "a", "--as", "s1", timeout=600)
+    assert "snapshot s1 of a" in r.stdout
+    assert _vm(b)["state"] == "running"  # it carried on
+    assert _sh(b, "tmux has-session -t s && echo yes").strip() == "yes"
+    _sh(b, "echo later > /root/snapfile")
+    listed = json.loads(b.run("snapshot", "list", "--json").stdout)
+    assert [s["name"] for s in listed] == ["s1"]
+    snap = json.loads(b.run("snapshot", "show", "s1", "--json").stdout)
+    assert (snap["vm"], snap["vm_state"], snap["memory_mib"]) == ("a", "running", 512)
+    d = Path(snap["dir"])
+    assert (d / "state" / "state.json").is_file()
+    # The work disk copy holds the file as of the snapshot, not the later write.
+    import subprocess
+
+    out = subprocess.run(
+        ["debugfs", "-R", "cat /snapfile", snap["work"]], capture_output=True, text=True
+    ).stdout
+    assert out.strip() == "as-of-s1"
+    assert "s1 removed" in b.run("snapshot", "rm", "s1").stdout
+    assert not d.exists()
+    r = b.run("snapshot", "show", "s1", check=False)
+    assert r.returncode != 0 and "no snapshot named `s1`" in r.stderr

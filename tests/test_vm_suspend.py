@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from banger.api.models import SetVM
 from banger.engines.state import StateUnusable
-from banger.errors import BangerError
+from banger.errors import BangerError, Conflict, NotFound
 from banger.vm import VMRecord, VMState, WrongState
-from tests.fakes import Harness, Injected
+from tests.fakes import Harness, Injected, progress_log
 
 CAPS = ["disks", "vsock", "network", "nat", "dns"]
 
@@ -214,3 +215,72 @@ async def test_reconcile_of_a_resume_cut_short(h: Harness, spawned: bool) -> Non
     else:
         assert got.state is VMState.SUSPENDED and h.vms.state_dir(vm).is_dir()
     assert _disks(h, vm) == {"rootfs.ext4": b"root", "work.ext4": b"work"}
+
+
+# -- named snapshots -----------------------------------------------------------------------
+
+
+async def test_snapshot_of_a_running_vm_copies_state_and_disks_then_it_runs_on(
+    h: Harness,
+) -> None:
+    vm = await h.create("devbox")
+    h.events.clear()
+    snap = await h.vms.snapshot("devbox", "s1", progress_log(h.progress))
+    assert h.events == ["engine.save:devbox", "engine.resume:devbox"]
+    assert h.vms.get("devbox").state is VMState.RUNNING
+    d = Path(snap.dir)
+    assert (d / "state" / "state.json").is_file()
+    assert (d / "rootfs.ext4").read_bytes() == b"root" and (d / "work.ext4").read_bytes() == b"work"
+    api = snap.to_api()
+    assert (api.name, api.vm, api.vm_state, api.state) == ("s1", "devbox", "running", "ready")
+    assert (api.vcpus, api.memory_mib, api.engine) == (vm.vcpus, vm.memory_mib, vm.engine)
+    assert api.info["source_drives"]["work"].endswith("work.ext4") and api.info["mac"] == vm.mac
+    assert [s.name for s in h.vms.snapshots.all()] == ["s1"]
+    with pytest.raises(Conflict, match="a snapshot named `s1` already exists"):
+        await h.vms.snapshot("devbox", "s1", progress_log(h.progress))
+    auto = await h.vms.snapshot("devbox", None, progress_log(h.progress))
+    assert auto.name.startswith("devbox-")
+    # Independent of the VM: deleting the VM keeps it; rm removes its files.
+    await h.delete("devbox", force=True)
+    assert h.vms.snapshots.get("s1").dir == snap.dir
+    assert h.vms.delete_snapshot("s1") == "s1" and not d.exists()
+    with pytest.raises(NotFound):
+        h.vms.snapshots.get("s1")
+
+
+async def test_snapshot_of_a_suspended_vm_keeps_it_suspended(h: Harness) -> None:
+    vm = await h.create("devbox")
+    await h.suspend("devbox")
+    h.events.clear()
+    snap = await h.vms.snapshot("devbox", "s2", progress_log(h.progress))
+    assert h.events == [] and h.vms.get("devbox").state is VMState.SUSPENDED
+    assert (Path(snap.dir) / "state" / "vmstate").read_bytes() == (
+        h.vms.state_dir(vm) / "vmstate"
+    ).read_bytes()
+    assert snap.vm_state == "suspended"
+    assert (await h.start("devbox")).state is VMState.RUNNING  # its own state still resumes
+
+
+async def test_snapshot_refusals_and_failures_leave_nothing(h: Harness) -> None:
+    await h.create("devbox")
+    h.engine().fail_save = Injected("disk full")
+    with pytest.raises(Injected):
+        await h.vms.snapshot("devbox", "s3", progress_log(h.progress))
+    assert h.vms.snapshots.all() == [] and "engine.resume:devbox" in h.events
+    assert not h.paths.snapshots_dir.exists() or not any(h.paths.snapshots_dir.iterdir())
+    h.engine().fail_save = None
+    await h.stop("devbox")
+    with pytest.raises(WrongState, match="is stopped; snapshot needs it running or suspended"):
+        await h.vms.snapshot("devbox", "s3", progress_log(h.progress))
+
+
+async def test_reconcile_removes_unfinished_snapshots(h: Harness) -> None:
+    await h.create("devbox")
+    good = await h.vms.snapshot("devbox", "good", progress_log(h.progress))
+    half = await h.vms.snapshot("devbox", "half", progress_log(h.progress))
+    h.store.update("snapshots", "id", half.id, {"state": "creating"})
+    stray = h.paths.snapshots_dir / "stray"
+    stray.mkdir()
+    await h.restart()
+    assert [s.name for s in h.vms.snapshots.all()] == ["good"]
+    assert Path(good.dir).is_dir() and not Path(half.dir).exists() and not stray.exists()

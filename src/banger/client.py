@@ -36,6 +36,7 @@ if TYPE_CHECKING:
         PullOciImage,
         RegisterImage,
         SetVM,
+        Snapshot,
         Status,
     )
     from banger.stream import ExecResult, GuestStream
@@ -392,6 +393,23 @@ class Client:
 
     def vm_action(self, name: str, action: str, **params: Any) -> Operation:
         return self._op("POST", f"/v1/vms/{name}/{action}", params=params)
+
+    def take_snapshot(self, name: str, as_name: str | None = None) -> Operation:
+        """Start snapshotting VM `name` (running or suspended) as `as_name`."""
+        return self._op("POST", f"/v1/vms/{name}/snapshot", body={"name": as_name})
+
+    def snapshots(self) -> builtins.list[Snapshot]:
+        from banger.api.models import Snapshot
+
+        return self._list("/v1/snapshots", Snapshot)
+
+    def snapshot(self, name: str) -> Snapshot:
+        from banger.api.models import Snapshot
+
+        return self._get(f"/v1/snapshots/{name}", Snapshot)
+
+    def delete_snapshot(self, name: str) -> str:
+        return str(self._request("DELETE", f"/v1/snapshots/{name}")["deleted"])
 
     def delete_vm(self, name: str, force: bool = False) -> Operation:
         return self._op("DELETE", f"/v1/vms/{name}", params={"force": force})

@@ -54,6 +54,10 @@ class Paths:
         return self.state_dir / "vms"
 
     @property
+    def snapshots_dir(self) -> Path:
+        return self.state_dir / "snapshots"
+
+    @property
     def kernels_dir(self) -> Path:
         return self.data_dir / "kernels"
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from banger.api.models import VM
+from banger.api.models import VM, Snapshot
 from banger.engines.base import EngineHandle
 from banger.errors import Conflict, NotFound
 from banger.store import Store
@@ -213,3 +213,101 @@ class VMRepository:
 
     def release_leases(self, vm_id: str) -> None:
         self.store.delete("leases", "vm_id", vm_id)
+
+
+# -- snapshots -------------------------------------------------------------------------
+
+
+@dataclass
+class SnapshotRecord:
+    """One row of `snapshots`: a VM's saved machine and disk copies in `dir`."""
+
+    id: str
+    name: str
+    state: str  # "creating" until every file is in place, then "ready"
+    vm_id: str
+    vm_name: str
+    image: str
+    kernel: str
+    engine: str
+    vcpus: int
+    memory_mib: int
+    disk_bytes: int
+    work_bytes: int
+    nat: bool
+    vm_state: str
+    dir: str
+    size_bytes: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+    created_at: float = field(default_factory=time.time)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> SnapshotRecord:
+        row = dict(row)
+        row["nat"] = bool(row["nat"])
+        return cls(**row)
+
+    def to_row(self) -> dict[str, Any]:
+        row = asdict(self)
+        row["nat"] = int(self.nat)
+        return row
+
+    def to_api(self) -> Snapshot:
+        from pathlib import Path
+
+        d = Path(self.dir)
+        return Snapshot(
+            id=self.id,
+            name=self.name,
+            state="ready" if self.state == "ready" else "creating",
+            vm=self.vm_name,
+            vm_id=self.vm_id,
+            vm_state=self.vm_state,
+            image=self.image,
+            kernel=self.kernel,
+            engine=self.engine,
+            vcpus=self.vcpus,
+            memory_mib=self.memory_mib,
+            disk_bytes=self.disk_bytes,
+            work_bytes=self.work_bytes,
+            nat=self.nat,
+            dir=self.dir,
+            rootfs=str(d / "rootfs.ext4"),
+            work=str(d / "work.ext4"),
+            state_dir=str(d / "state"),
+            size_bytes=self.size_bytes,
+            created_at=self.created_at,
+            info=self.info,
+        )
+
+
+class SnapshotRepository:
+    """Every query of the `snapshots` table goes through here."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def all(self) -> list[SnapshotRecord]:
+        rows = self.store.all("snapshots", order="created_at")
+        return [SnapshotRecord.from_row(r) for r in rows]
+
+    def find(self, name_or_id: str) -> SnapshotRecord | None:
+        row = self.store.get("snapshots", "name", name_or_id) or self.store.get(
+            "snapshots", "id", name_or_id
+        )
+        return SnapshotRecord.from_row(row) if row is not None else None
+
+    def get(self, name_or_id: str) -> SnapshotRecord:
+        snap = self.find(name_or_id)
+        if snap is None or snap.state != "ready":
+            raise NotFound(
+                f"no snapshot named `{name_or_id}`",
+                hint="`banger snapshot list` shows your snapshots",
+            )
+        return snap
+
+    def save(self, snap: SnapshotRecord) -> None:
+        self.store.upsert("snapshots", "id", snap.to_row())
+
+    def delete(self, snap_id: str) -> None:
+        self.store.delete("snapshots", "id", snap_id)

@@ -117,6 +117,33 @@ class PublishedPort(BaseModel):
     spec: str  # as `--publish` takes it
 
 
+class Snapshot(BaseModel):
+    """A named snapshot: a VM's memory, device state and both disks, taken while
+    paused. Everything a fork needs: the files, the machine shape and the source."""
+
+    id: str
+    name: str
+    state: Literal["creating", "ready"]
+    vm: str  # the source VM's name when taken
+    vm_id: str
+    vm_state: str  # running or suspended when taken
+    image: str
+    kernel: str
+    engine: str
+    vcpus: int
+    memory_mib: int
+    disk_bytes: int
+    work_bytes: int
+    nat: bool
+    dir: str
+    rootfs: str
+    work: str
+    state_dir: str
+    size_bytes: int
+    created_at: float
+    info: dict[str, Any] = {}
+
+
 class VM(BaseModel):
     id: str
     name: str
@@ -218,3 +245,7 @@ class BuildImage(_Request):
     scripts: list[str] = Field(default_factory=list)
     files: list[str] = Field(default_factory=list)  # SRC:DST
     nat: bool = False  # scripts get the internet too (apt always does)
+
+
+class TakeSnapshot(_Request):
+    name: str | None = None  # default: <vm>-<UTC timestamp>

@@ -31,6 +31,7 @@ class LazyGroup(click.Group):
         "kernel": ("banger.cli.kernel_cmds", "kernel"),
         "image": ("banger.cli.image_cmds", "image"),
         "vm": ("banger.cli.main", "vm"),
+        "snapshot": ("banger.cli.snapshot_cmds", "snapshot"),
         "tui": ("banger.cli.tui_cmd", "tui"),
         "mcp": ("banger.cli.exec_cmds", "mcp"),
     }

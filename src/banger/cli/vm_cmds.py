@@ -202,6 +202,18 @@ def start(names: tuple[str, ...], cold: bool) -> None:
 vm.add_command(start, "resume")
 
 
+@vm.command("snapshot")
+@click.argument("name")
+@click.option("--as", "as_name", metavar="SNAP", help="Snapshot name (default: NAME-<time>).")
+def snapshot_(name: str, as_name: str | None) -> None:
+    """Snapshot a running or suspended VM: memory, device state and both disks,
+    copied while the guest is paused; a running VM then carries on."""
+    c = client()
+    final = follow(c.take_snapshot(name, as_name), f"snapshotting {name}")
+    result = final.result if isinstance(final.result, dict) else {}
+    out.print(f"[green]✓[/] snapshot {result.get('name', as_name)} of {name}")
+
+
 @vm.command()
 @click.argument("names", nargs=-1, required=True)
 def suspend(names: tuple[str, ...]) -> None:

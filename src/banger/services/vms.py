@@ -33,6 +33,7 @@ from typing import Any
 
 from banger.agent.client import wait_healthy
 from banger.api.models import CreateVM, SetVM
+from banger.artifacts import ext4
 from banger.capabilities.base import BootContributions, Capability, PrepareContext
 from banger.config import Config
 from banger.engines import process
@@ -59,7 +60,7 @@ from banger.services.watch import EngineWatcher
 from banger.sizing import HostLimits, check_memory, check_sizing, check_vcpus
 from banger.store import Store
 from banger.units import check_vm_name
-from banger.vm import VMRecord, VMRepository, VMState
+from banger.vm import SnapshotRecord, SnapshotRepository, VMRecord, VMRepository, VMState
 
 log = logging.getLogger("banger.vms")
 
@@ -103,6 +104,7 @@ class VMService:
     ) -> None:
         self.store = store
         self.repo = VMRepository(store)
+        self.snapshots = SnapshotRepository(store)
         self.fault = fault
         self.point = point
         self.paths = paths
@@ -749,6 +751,118 @@ class VMService:
         await asyncio.wait([task])
         return True
 
+    # -- named snapshots -------------------------------------------------------------
+
+    async def snapshot(self, name: str, as_name: str | None, progress: Progress) -> SnapshotRecord:
+        """Copy a running or suspended VM's memory, device state and both disks into a
+        named snapshot. A running guest is paused for the copy and then continues."""
+        vm = self.get(name)
+        async with self.lock(vm.id):
+            vm = self.get(vm.id)
+            vm.require(
+                VMState.RUNNING,
+                VMState.SUSPENDED,
+                action="snapshot",
+                hint=f"`banger vm start {vm.name}` first",
+            )
+            snap_name = check_vm_name(as_name) if as_name else _snapshot_name(vm.name)
+            if self.snapshots.find(snap_name) is not None:
+                raise Conflict(
+                    f"a snapshot named `{snap_name}` already exists",
+                    hint=f"pick another --as, or `banger snapshot rm {snap_name}`",
+                )
+            snap_id = secrets.token_hex(6)
+            d = self.paths.snapshots_dir / snap_id
+            snap = SnapshotRecord(
+                id=snap_id,
+                name=snap_name,
+                state="creating",
+                vm_id=vm.id,
+                vm_name=vm.name,
+                image=vm.image,
+                kernel=vm.kernel,
+                engine=vm.engine,
+                vcpus=vm.vcpus,
+                memory_mib=vm.memory_mib,
+                disk_bytes=vm.disk_bytes,
+                work_bytes=vm.work_bytes,
+                nat=vm.nat,
+                vm_state=vm.state.value,
+                dir=str(d),
+            )
+            self.snapshots.save(snap)  # intent first: a crash leaves a `creating` row
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+                t0 = time.monotonic()
+                if vm.running:
+                    saved = await self._snapshot_running(vm, d, progress)
+                else:
+                    saved = await self._snapshot_suspended(vm, d, progress)
+                snap.info = {
+                    "fit": saved.fit,
+                    "drives": {k: str(d / f"{k_name(k)}") for k in saved.drives},
+                    "source_drives": saved.drives,
+                    "state_files": saved.files,
+                    "mac": vm.mac,
+                    "ip": vm.ip,
+                    "seconds": round(time.monotonic() - t0, 3),
+                }
+                snap.size_bytes = _du(d)
+                snap.state = "ready"
+                self.snapshots.save(snap)
+            except BaseException:
+                shutil.rmtree(d, ignore_errors=True)
+                self.snapshots.delete(snap_id)
+                raise
+            progress("snapshot", f"{snap_name} ({snap.size_bytes >> 20} MiB)")
+            log.info("vm %s: snapshot %s taken", vm.name, snap_name)
+            return snap
+
+    async def _snapshot_running(self, vm: VMRecord, d: Path, progress: Progress) -> SavedState:
+        handle = vm.engine_handle
+        assert handle is not None
+        engine = self.engine_for(vm.engine)
+        cfg = self._launched_config(vm, handle, "a snapshot")
+        progress("save", "memory and device state (the guest is paused)")
+        try:
+            saved = await engine.save_state(handle, cfg, d / STATE_DIR)
+            progress("disks", "copying both disks while paused")
+            for drive in cfg.drives:
+                await asyncio.to_thread(ext4.clone_file, drive.path, d / k_name(drive.drive_id))
+        finally:
+            await _quietly(engine.resume(handle))
+        return saved
+
+    async def _snapshot_suspended(self, vm: VMRecord, d: Path, progress: Progress) -> SavedState:
+        saved = read_state(self.state_dir(vm))
+        progress("copy", "the saved state and both disks")
+        await asyncio.to_thread(shutil.copytree, saved.dir, d / STATE_DIR)
+        for drive_id, path in saved.drives.items():
+            await asyncio.to_thread(ext4.clone_file, Path(path), d / k_name(drive_id))
+        return read_state(d / STATE_DIR)
+
+    def delete_snapshot(self, name: str) -> str:
+        snap = self.snapshots.get(name)
+        shutil.rmtree(snap.dir, ignore_errors=True)
+        self.snapshots.delete(snap.id)
+        return snap.name
+
+    def _reconcile_snapshots(self) -> None:
+        """Snapshots cut by a crash (`creating`) and directories no row owns go."""
+        known = set()
+        for snap in self.snapshots.all():
+            if snap.state != "ready":
+                log.warning("removing snapshot %s: its copy did not finish", snap.name)
+                shutil.rmtree(snap.dir, ignore_errors=True)
+                self.snapshots.delete(snap.id)
+            else:
+                known.add(Path(snap.dir).name)
+        root = self.paths.snapshots_dir
+        if root.is_dir():
+            for entry in root.iterdir():
+                if entry.name not in known:
+                    shutil.rmtree(entry, ignore_errors=True)
+
     # -- delete --------------------------------------------------------------------
 
     def check_deletable(self, vm: VMRecord, force: bool) -> None:
@@ -857,6 +971,10 @@ class VMService:
                 await self._reconcile_one(vm)
             except Exception:
                 log.exception("reconciling vm %s failed", vm.name)
+        try:
+            self._reconcile_snapshots()
+        except Exception:
+            log.exception("reconciling snapshots failed")
 
     async def _reconcile_one(self, vm: VMRecord) -> None:
         handle = vm.engine_handle
@@ -925,6 +1043,20 @@ class VMService:
         else:
             await self._kill_engine(vm)
             await self._release_runtime(vm, last_error="its process ended during a suspend")
+
+
+def k_name(drive_id: str) -> str:
+    """A disk's file name in a snapshot: rootfs.ext4, work.ext4."""
+    return f"{drive_id}.ext4"
+
+
+def _snapshot_name(vm_name: str) -> str:
+    return f"{vm_name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+
+
+def _du(d: Path) -> int:
+    """Bytes allocated under `d` (sparse disk copies count what they hold)."""
+    return sum(p.stat().st_blocks * 512 for p in d.rglob("*") if p.is_file())
 
 
 def _host_names(vm: VMRecord) -> list[str]:

@@ -87,4 +87,28 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE vms ADD COLUMN purpose TEXT NOT NULL DEFAULT '';
     """,
+    # 5: named snapshots (`vm snapshot`): memory, device state and both disks of a VM,
+    # in their own directory; `creating` rows are removed at daemon start.
+    """
+    CREATE TABLE snapshots (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        state TEXT NOT NULL,
+        vm_id TEXT NOT NULL,
+        vm_name TEXT NOT NULL,
+        image TEXT NOT NULL,
+        kernel TEXT NOT NULL,
+        engine TEXT NOT NULL,
+        vcpus INTEGER NOT NULL,
+        memory_mib INTEGER NOT NULL,
+        disk_bytes INTEGER NOT NULL,
+        work_bytes INTEGER NOT NULL,
+        nat INTEGER NOT NULL,
+        vm_state TEXT NOT NULL,
+        dir TEXT NOT NULL,
+        size_bytes INTEGER NOT NULL DEFAULT 0,
+        info TEXT NOT NULL DEFAULT '{}',
+        created_at REAL NOT NULL
+    );
+    """,
 ]

@@ -9,9 +9,10 @@ from banger.daemon.routes import core
 def setup_routes(app: web.Application) -> None:
     core.setup(app)
     # Resource modules that need services register themselves if present.
-    from banger.daemon.routes import agent, artifacts, dns, vms
+    from banger.daemon.routes import agent, artifacts, dns, snapshots, vms
 
     artifacts.setup(app)
     vms.setup(app)
+    snapshots.setup(app)
     agent.setup(app)
     dns.setup_routes(app)
