@@ -86,6 +86,8 @@ class FakeEngine:
         self.fail_save: BaseException | None = None
         self.paused: set[int] = set()
         self.version = "1.0"
+        self.ran: bool | None = True  # what `guest_ran` says of a restoring process
+        self.resizes: list[tuple[str, str, int]] = []  # (VM, drive id, size)
 
     @classmethod
     def firecracker(cls, events: Events) -> FakeEngine:
@@ -124,6 +126,19 @@ class FakeEngine:
         drives = {d.drive_id: str(d.path) for d in config.drives}
         return write_state(dest, self.state_fit(config), ["vmstate"], drives)
 
+    async def set_links(self, handle: EngineHandle, nics: list[str], up: bool) -> None:
+        name = self.names.get(handle.pid, handle.pid)
+        self.events.append(f"engine.links:{name}:{','.join(nics)}:{'up' if up else 'down'}")
+
+    def restores_copies(self) -> bool:
+        return True
+
+    async def guest_ran(self, handle: EngineHandle) -> bool | None:
+        return self.ran
+
+    async def resize_drive(self, handle: EngineHandle, drive_id: str, size: int) -> None:
+        self.resizes.append((self.names.get(handle.pid, str(handle.pid)), drive_id, size))
+
     async def pause(self, handle: EngineHandle) -> None:
         self.events.append(f"engine.pause:{self.names.get(handle.pid, handle.pid)}")
         self.paused.add(handle.pid)
@@ -142,9 +157,11 @@ class FakeEngine:
         self.events.append(f"engine.{'restore' if restore else 'start'}:{config.name}")
         self.configs.append(config)
         self.restored.append(restore)
-        if restore is not None:
+        if isinstance(restore, SavedState):  # (some tests pass a sentinel object)
             restore.check(self.state_fit(config))
             self.restores.append((config, restore))
+            if restore.hold_nics:
+                self.events.append(f"engine.links:{config.name}:down")
         if self.fail_start is not None:
             raise self.fail_start
         pid = next(self._pids)
@@ -236,6 +253,11 @@ class FakeDisks(Capability):
     async def prepare(self, vm: VMRecord, ctx: PrepareContext) -> None:
         d = self.vms_dir / vm.id
         d.mkdir(parents=True, exist_ok=True)
+        if ctx.launch == "fork":  # copies of the snapshot's disks, as WorkDiskCapability
+            assert ctx.image_work_seed is not None
+            shutil.copyfile(ctx.image_rootfs, d / "rootfs.ext4")
+            shutil.copyfile(ctx.image_work_seed, d / "work.ext4")
+            return
         (d / "rootfs.ext4").write_bytes(b"root")
         (d / "work.ext4").write_bytes(b"work")
 
@@ -345,6 +367,7 @@ class FakeGuest:
         self.on_ssh: Callable[[], None] | None = None  # e.g. make the engine die meanwhile
         self.ssh_hosts: list[str] = []
         self.agents: list[dict[str, Any] | None] = []
+        self.identities: list[dict[str, Any]] = []  # /identity bodies (restores, forks)
 
     async def wait_for_ssh(
         self,
@@ -367,6 +390,11 @@ class FakeGuest:
         if self.ssh_error is not None:
             raise self.ssh_error
         return 0.0
+
+    async def identity(self, agent: dict[str, Any] | None, body: dict[str, Any]) -> dict[str, Any]:
+        self.events.append(f"identity:{body['hostname']}")
+        self.identities.append(body)
+        return {"ok": True, "seconds": {}}
 
     async def set_clock(self, agent: dict[str, Any] | None) -> dict[str, Any]:
         self.events.append(f"clock:{(agent or {}).get('transport')}")
@@ -416,6 +444,8 @@ class Harness:
         self.nat = FakeNat("nat")
         self.dns = FakeSwitch("dns")
         self.ssh_key = self.root / "c" / "id_ed25519"
+        self.ssh_key.parent.mkdir(parents=True, exist_ok=True)
+        Path(f"{self.ssh_key}.pub").write_text("ssh-ed25519 AAAAC3fake banger\n")
         monkeypatch.setattr(vms_mod, "wait_for_ssh", self.guest.wait_for_ssh)
         monkeypatch.setattr(vms_mod, "wait_healthy", self.guest.wait_healthy)
         monkeypatch.setattr(launch_mod, "set_guest_clock", self.guest.set_clock)

@@ -162,7 +162,7 @@ def test_help_and_version_import_no_command(home: Path) -> None:
         assert commands <= {"banger.cli.__main__", "banger.cli.main", "banger.cli.output"}
         assert "banger.client" not in modules
     out, _ = run(home, "--help")
-    assert "vm      Create, run and manage microVMs." in out
+    assert "vm        Create, run and manage microVMs." in out
 
 
 def test_help_summaries_match_the_commands() -> None:

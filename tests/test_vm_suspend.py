@@ -4,12 +4,15 @@ suspend or resume a kill -9 cut short. (A real guest: test_snapshots.py.)"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import banger.services.launch as launch_mod
+import banger.services.vms as vms_mod
 from banger.api.models import SetVM
 from banger.engines.state import StateUnusable
 from banger.errors import BangerError, Conflict, NotFound
@@ -22,6 +25,7 @@ CAPS = ["disks", "vsock", "network", "nat", "dns"]
 @pytest.fixture
 def h(monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
     harness = Harness(monkeypatch)
+    monkeypatch.setattr(launch_mod, "apply_identity", harness.guest.identity)
     yield harness
     harness.close()
 
@@ -196,24 +200,33 @@ async def test_reconcile_undoes_a_suspend_cut_mid_save(h: Harness) -> None:
     assert "engine.resume:devbox" in h.events and not partial.exists()
 
 
-@pytest.mark.parametrize("spawned", [False, True])
-async def test_reconcile_of_a_resume_cut_short(h: Harness, spawned: bool) -> None:
+@pytest.mark.parametrize("ran", ["no process", False, None, True])
+async def test_reconcile_of_a_resume_cut_short(h: Harness, ran: bool | str | None) -> None:
     vm = await h.create("devbox")
     handle = vm.to_row()["handle"]
     await h.suspend("devbox")
     update: dict[str, object] = {"state": "resuming"}
-    if spawned:  # the restored process existed (and may have run the guest)
+    if ran != "no process":  # the restoring process exists; the guest ran, or not, or ?
         update["handle"] = handle
         h.engine().alive[vm.engine_handle.pid] = h.engine().last  # type: ignore[union-attr]
+        h.engine().ran = None if ran is None else bool(ran)
     h.store.update("vms", "id", vm.id, update)
     await h.restart()
     got = h.vms.get("devbox")
+    if ran is True:  # adopted: it runs on, its stale state gone, its clock set
+        assert got.state is VMState.RUNNING and got.handle == handle and got.last_error is None
+        assert h.engine().alive and not h.vms.state_dir(vm).exists()
+        await asyncio.sleep(0)
+        assert "clock:hybrid-vsock" in h.events
+        return
     assert h.engine().alive == {} and got.handle is None and got.tap is None
-    if spawned:
+    if ran is None:  # the engine cannot tell: the state may be stale, so it goes
         assert got.state is VMState.STOPPED and not h.vms.state_dir(vm).exists()
         assert "saved state was discarded" in (got.last_error or "")
-    else:
+    else:  # the guest never ran: still suspended, its state intact
         assert got.state is VMState.SUSPENDED and h.vms.state_dir(vm).is_dir()
+        assert (await h.start("devbox")).state is VMState.RUNNING
+        return
     assert _disks(h, vm) == {"rootfs.ext4": b"root", "work.ext4": b"work"}
 
 
@@ -284,3 +297,86 @@ async def test_reconcile_removes_unfinished_snapshots(h: Harness) -> None:
     await h.restart()
     assert [s.name for s in h.vms.snapshots.all()] == ["good"]
     assert Path(good.dir).is_dir() and not Path(half.dir).exists() and not stray.exists()
+
+
+# -- forks: vm create --from SNAP ----------------------------------------------------------
+
+
+async def test_a_fork_restores_the_snapshot_on_its_own_disks_with_its_own_identity(
+    h: Harness,
+) -> None:
+    src = await h.create("devbox", nat=True)
+    snap = await h.vms.snapshot("devbox", "s1", progress_log(h.progress))
+    (h.paths.vm_dir(src.id) / "work.ext4").write_bytes(b"written after s1")
+    h.events.clear()
+    forks = [await h.create(n, from_snapshot="s1") for n in ("c", "d")]
+    for vm in forks:
+        assert vm.state is VMState.RUNNING and vm.nat
+        assert (vm.image, vm.kernel, vm.engine) == (src.image, src.kernel, src.engine)
+        assert (vm.vcpus, vm.memory_mib, vm.work_bytes) == (
+            src.vcpus,
+            src.memory_mib,
+            src.work_bytes,
+        )
+        assert {"restore", "identity", "ssh"} <= set(vm.timings) and "boot" not in vm.timings
+        # Its own copies of the disks as of s1 (not the later write, not shared).
+        assert _disks(h, vm) == {"rootfs.ext4": b"root", "work.ext4": b"work"}
+    assert "engine.restore:c" in h.events and "engine.start:c" not in h.events
+    # Off the network (links down) from the restore until it has its own identity.
+    ev = h.events
+    assert ev.index("engine.links:c:down") < ev.index("identity:c")
+    assert ev.index("identity:c") < ev.index("engine.links:c:eth0:up") < ev.index("ssh:c")
+    assert all(
+        s is not None and s.dir == Path(snap.dir) / "state" for s in h.engine().restored[-2:]
+    )
+    configs = h.engine().configs[-2:]
+    for vm, cfg in zip(forks, configs, strict=True):
+        assert all(str(h.paths.vm_dir(vm.id)) in str(d.path) for d in cfg.drives)
+        assert cfg.nics[0].mac == vm.mac and cfg.vsock_cid == vm.vsock_cid
+    bodies = h.guest.identities[-2:]
+    assert [b["hostname"] for b in bodies] == ["c", "d"]
+    assert [b["mac"] for b in bodies] == [f.mac for f in forks]
+    assert [b["ip"] for b in bodies] == [f.ip for f in forks]
+    assert all(b["work_device"] is None for b in bodies)  # /root is mounted already
+    # Nothing shared between the source and the two forks.
+    for key in ("mac", "ip", "vsock_cid"):
+        assert len({getattr(v, key) for v in (src, *forks)}) == 3, key
+    for key in ("machine_id", "host_key", "host_key_pub"):
+        assert len({b[key] for b in bodies}) == 2, key
+    known = h.paths.known_hosts.read_text()
+    assert all(b["host_key_pub"].split()[1] in known for b in bodies)
+    # The snapshot outlives its forks' source, and the forks outlive the snapshot.
+    await h.delete("devbox", force=True)
+    h.vms.delete_snapshot("s1")
+    assert (await h.suspend("c")).state is VMState.SUSPENDED
+    assert (await h.start("c")).state is VMState.RUNNING
+
+
+async def test_a_fork_refuses_what_would_change_the_snapshots_machine(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await h.create("devbox")
+    await h.vms.snapshot("devbox", "s1", progress_log(h.progress))
+    with pytest.raises(BangerError, match=r"has the snapshot's machine; --memory, --cold cannot"):
+        await h.create("c", from_snapshot="s1", memory="2G", cold=True)
+    with pytest.raises(NotFound, match="no snapshot named `nope`"):
+        await h.create("c", from_snapshot="nope")
+    # An engine whose restored guest would keep its source's vsock CID (Firecracker,
+    # QEMU with vhost-vsock) makes no forks.
+    monkeypatch.setattr(vms_mod, "can_restore", lambda engine: False)
+    with pytest.raises(Conflict, match="would keep its source's vsock CID"):
+        await h.create("c", from_snapshot="s1")
+    assert [v.name for v in h.vms.all()] == ["devbox"]
+
+
+async def test_a_failed_fork_rolls_back_and_keeps_the_snapshot(h: Harness) -> None:
+    await h.create("devbox")
+    snap = await h.vms.snapshot("devbox", "s1", progress_log(h.progress))
+    h.guest.ssh_error = Injected("no ssh")
+    with pytest.raises(Injected):
+        await h.create("c", from_snapshot="s1")
+    assert [v.name for v in h.vms.all()] == ["devbox"]
+    assert len(h.engine().alive) == 1
+    assert (Path(snap.dir) / "state" / "state.json").is_file()
+    h.guest.ssh_error = None
+    assert (await h.create("c", from_snapshot="s1")).state is VMState.RUNNING

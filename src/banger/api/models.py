@@ -208,6 +208,7 @@ class CreateVM(_Request):
     nat: bool = False
     publish: list[str] = Field(default_factory=list)  # [ADDR:]HOST_PORT:GUEST_PORT[/udp]
     cold: bool = False  # boot even when a golden snapshot could be restored
+    from_snapshot: str | None = None  # a fork: restore this named snapshot, own identity
 
 
 class SetVM(_Request):

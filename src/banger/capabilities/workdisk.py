@@ -1,6 +1,7 @@
 """Per-VM disks: a copy-on-write rootfs clone and the /root work disk.
 
-The work disk is the image's work-seed cloned and grown (fast path). Images
+The work disk is the image's work-seed cloned and grown (fast path). A fork
+(`vm create --from SNAP`) clones both disks saved with the snapshot, untouched. Images
 without a seed take the slow path: /root is copied out of the rootfs and a new
 ext4 is built from it. The managed SSH key is written into the work disk's
 /root/.ssh/authorized_keys with debugfs, so no mount (and no root) is needed.
@@ -53,6 +54,9 @@ class WorkDiskCapability(Capability):
         return DiskSpec(ctx.image_rootfs, seed, vm.disk_bytes, vm.work_bytes, self.authorized_key)
 
     async def prepare(self, vm: VMRecord, ctx: PrepareContext) -> None:
+        if ctx.launch == "fork":
+            await asyncio.to_thread(self._fork_disks, vm, ctx)
+            return
         spec = self._spec(vm, ctx)
         await asyncio.to_thread(self._prepare, vm, spec, ctx)
         self._refill_later(self._pool(ctx), spec)
@@ -65,6 +69,17 @@ class WorkDiskCapability(Capability):
             log.info("vm %s disks: taken from the warm pool", vm.name)
             return
         self.build_disks(spec, root, work, ctx.progress)
+
+    def _fork_disks(self, vm: VMRecord, ctx: PrepareContext) -> None:
+        """A fork's disks: plain clones of the two saved with its snapshot. Nothing is
+        written into them: the guest's memory (restored with them) caches what they
+        held, so they must stay exactly as saved."""
+        assert ctx.image_work_seed is not None
+        root, work = self.rootfs(vm), self.work(vm)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        how = ext4.clone_file(ctx.image_rootfs, root)
+        ext4.clone_file(ctx.image_work_seed, work)
+        ctx.progress("disks", f"both disks of the snapshot {how}")
 
     @classmethod
     def build_disks(

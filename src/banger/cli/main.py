@@ -43,6 +43,7 @@ class LazyGroup(click.Group):
         "image": "Root filesystem images (rootfs + work-seed).",
         "kernel": "Guest kernels for microVMs: pulled from Debian (vmlinux + initramfs) or built.",
         "mcp": "Serve the Model Context Protocol on stdio (for coding agents).",
+        "snapshot": "Named snapshots of VMs (memory, device state and both disks).",
         "tui": "Terminal UI: VMs, images, kernels, operations, doctor.",
         "vm": "Create, run and manage microVMs.",
     }

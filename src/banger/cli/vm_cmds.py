@@ -96,6 +96,12 @@ def _create_options(f: F) -> F:
             click.option(
                 "--cold", is_flag=True, help="Boot, even when a golden snapshot could be restored."
             ),
+            click.option(
+                "--from",
+                "from_snapshot",
+                metavar="SNAP",
+                help="Fork: restore a named snapshot (`banger vm snapshot`) as a new VM.",
+            ),
         ]
     ):
         f = opt(f)

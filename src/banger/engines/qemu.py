@@ -373,7 +373,7 @@ class QemuEngine(process.DetachedEngine):
             await asyncio.wait_for(qmp.execute("migrate_cancel"), 5.0)
             await asyncio.wait_for(qmp.execute("cont"), 5.0)
 
-    async def _incoming(self, handle: EngineHandle, restore: SavedState) -> None:
+    async def _incoming(self, handle: EngineHandle, restore: SavedState, nics: list[str]) -> None:
         """Restore into a QEMU started with `-incoming defer` whose QMP answers: in
         one QMP session, start the incoming migration, wait for it and `cont` (the
         state was saved paused, and QEMU restores the run state it was saved in)."""
@@ -384,6 +384,11 @@ class QemuEngine(process.DetachedEngine):
                     qmp, restore.path(STATE_FILE), ram_mapped=RAM_FILE in restore.files
                 )
                 await wait_migration(qmp, self._save_timeout, what)
+                if restore.hold_nics:  # after the load: it restores the links' state
+                    for nic in nics:
+                        await asyncio.wait_for(
+                            qmp.execute("set_link", {"name": nic, "up": False}), 5.0
+                        )
                 await asyncio.wait_for(qmp.execute("cont"), 5.0)
         except (QMPError, OSError, TimeoutError) as exc:
             qemu_log = Path(handle.extra["log"])
@@ -449,11 +454,25 @@ class QemuEngine(process.DetachedEngine):
                 await self._wait_ready(handle, lambda: _is_running(qmp_sock), qemu_log, 0.02)
             else:
                 await self._wait_ready(handle, lambda: _answers(qmp_sock), qemu_log, 0.01)
-                await self._incoming(handle, restore)
+                await self._incoming(handle, restore, [n.iface_id for n in config.nics])
         except BaseException:
             await process.terminate(handle.pid, handle.start_time, grace=0.5)
             raise
         return handle
+
+    async def set_links(self, handle: EngineHandle, nics: list[str], up: bool) -> None:
+        """Connect (or cut) NICs of a running machine, by id (QMP `set_link`)."""
+        async with qmp_session(Path(handle.control_socket)) as qmp:
+            for nic in nics:
+                await asyncio.wait_for(qmp.execute("set_link", {"name": nic, "up": up}), 5.0)
+
+    async def guest_ran(self, handle: EngineHandle) -> bool | None:
+        """Whether a restoring QEMU has let its guest run (the daemon's `cont` after
+        the load): not while it loads or waits paused; None when QMP does not say."""
+        status = await _status(Path(handle.control_socket))
+        if status is None:
+            return None
+        return status not in ("inmigrate", "prelaunch", "restore-vm", "paused", "postmigrate")
 
     async def resize_drive(self, handle: EngineHandle, drive_id: str, size: int) -> None:
         """Tell the running guest a drive's size (`block_resize`, which also notifies

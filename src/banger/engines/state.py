@@ -103,6 +103,9 @@ class SavedState:
     files: dict[str, int]
     saved_at: float
     drives: dict[str, str]  # drive id -> host path at save time
+    # Restore with the NICs' links down (`set_links` brings them up): a fork's guest
+    # still has its source's MAC and address until it takes its own identity.
+    hold_nics: bool = False
 
     def path(self, name: str) -> Path:
         return self.dir / name

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 import shutil
@@ -91,19 +92,31 @@ class Restore:
     restored = True
     resumed = False
 
-    def __init__(self, state: SavedState, rootfs: Path, identity: Identity, what: str) -> None:
+    def __init__(
+        self,
+        state: SavedState,
+        rootfs: Path,
+        identity: Identity,
+        what: str,
+        *,
+        hold_nics: bool = False,
+    ) -> None:
         self.state = state
         self.rootfs = rootfs
         self.identity = identity
         self.what = what  # "golden snapshot ..." / "snapshot s1", for logs and progress
         self._host_key: asyncio.Future[tuple[str, str]] | None = None
         self._held = False
+        # A fork's guest has its source's MAC and address until `/identity`: it stays
+        # off the network (NIC links down) until then.
+        self.hold_nics = hold_nics
 
     async def start(self, engine: Engine, cfg: GuestConfig, on_spawn: OnSpawn) -> EngineHandle:
         # The guest's new host key is made while the engine restores.
         self._host_key = asyncio.ensure_future(generate_host_key())
+        state = dataclasses.replace(self.state, hold_nics=True) if self.hold_nics else self.state
         try:
-            return await engine.start(cfg, on_spawn=on_spawn, restore=self.state)
+            return await engine.start(cfg, on_spawn=on_spawn, restore=state)
         except BaseException:
             self._host_key.cancel()
             with contextlib.suppress(BaseException):
@@ -133,10 +146,13 @@ class Restore:
         body = identity_body(vm, boot, self.identity, private, public)
         body["time"] = time.time()
         body["hold"] = True  # what the golden boot held back waits for `ready`
-        agent = AgentClient(handle.extra.get("agent"), timeout=IDENTITY_TIMEOUT)
-        answer = await agent.act("/identity", body)
+        answer = await apply_identity(handle.extra.get("agent"), body)
         self._held = bool(answer.get("held"))  # an older agent started it already
         log.info("vm %s: identity applied in the guest: %s", vm.name, answer.get("seconds"))
+        set_links = getattr(engine, "set_links", None)
+        if self.hold_nics and set_links is not None:
+            # Only now, with its own MAC and address, is the guest on the network.
+            await set_links(handle, [n.iface_id for n in boot.nics], True)
         timings["identity"] = time.monotonic() - t
 
     async def ready(self, handle: EngineHandle) -> None:
@@ -186,16 +202,19 @@ class Resume:
         t = time.monotonic()
         progress("clock", "")
         try:
-            was = await set_guest_clock(agent)
-            log.info(
-                "vm %s: clock set from the host (was off by %ss)", vm.name, was.get("was_off_s")
-            )
+            was = (await set_guest_clock(agent)).get("was_off_s")
+            log.info("vm %s: clock set from the host (was off by %ss)", vm.name, was)
         except BangerError as exc:
             log.warning("vm %s: could not set the clock after resume: %s", vm.name, exc)
         timings["clock"] = time.monotonic() - t
 
     async def ready(self, handle: EngineHandle) -> None:
         return None
+
+
+async def apply_identity(agent: dict[str, Any] | None, body: dict[str, Any]) -> dict[str, Any]:
+    """Have the guest agent take the identity in `body` (`/identity`)."""
+    return await AgentClient(agent, timeout=IDENTITY_TIMEOUT).act("/identity", body)
 
 
 async def set_guest_clock(agent: dict[str, Any]) -> dict[str, Any]:

@@ -45,17 +45,18 @@ from banger.engines.base import (
     config_to_dict,
 )
 from banger.engines.guest_config import build_guest_config
-from banger.engines.state import has_state, read_state
-from banger.errors import BangerError, Conflict
+from banger.engines.state import SavedState, has_state, read_state
+from banger.errors import BangerError, Conflict, InvalidInput
 from banger.net.addresses import mac_for
 from banger.paths import Paths
 from banger.progress import Progress
+from banger.services import launch as launch_mod
 from banger.services.admission import Admission, default_boot_limit, host_memory_mib
 from banger.services.artifacts import ArtifactService, BootImage, BootKernel
-from banger.services.golden import GoldenSnapshots
-from banger.services.launch import ColdBoot, Launch, Resume
+from banger.services.golden import GoldenSnapshots, can_restore
+from banger.services.launch import ColdBoot, Identity, Launch, Restore, Resume
 from banger.services.readiness import BootWatch, exit_reason
-from banger.services.ssh import forget_host, wait_for_ssh
+from banger.services.ssh import forget_host, public_key, wait_for_ssh
 from banger.services.watch import EngineWatcher
 from banger.sizing import HostLimits, check_memory, check_sizing, check_vcpus
 from banger.store import Store
@@ -124,6 +125,8 @@ class VMService:
         self._locks: dict[str, asyncio.Lock] = {}
         # The task of each create in flight, so a delete or stop can cancel it.
         self._creates: dict[str, asyncio.Task[Any]] = {}
+        self._forking: dict[str, int] = {}  # snapshot id -> forks of it in flight
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- queries -------------------------------------------------------------------
 
@@ -142,7 +145,9 @@ class VMService:
     # -- create --------------------------------------------------------------------
 
     def new_record(self, req: CreateVM) -> VMRecord:
-        """Validate a create request into a record (nothing is made or stored yet)."""
+        """Validate a create request into a record (nothing is made or stored yet).
+        A fork (`from_snapshot`) takes its snapshot's machine: image, kernel, engine,
+        vCPUs, memory and disk sizes."""
         # Only an absent name generates one: an explicit "" is a mistake, not a request.
         name = check_vm_name(req.name) if req.name is not None else self._generate_name()
         if self.repo.name_taken(name):
@@ -161,9 +166,9 @@ class VMService:
         options = req.model_dump()
         for cap in self.capabilities:  # their own options (e.g. --publish), before anything
             cap.validate(options)
-        self.admission.check_memory(name, size.memory_mib, self._memory_held())
+        snap = self.fork_source(req) if req.from_snapshot is not None else None
         vm_id = secrets.token_hex(6)
-        return VMRecord(
+        vm = VMRecord(
             id=vm_id,
             name=name,
             state=VMState.CREATING,
@@ -177,6 +182,53 @@ class VMService:
             mac=mac_for(vm_id),
             nat=req.nat,
         )
+        if snap is not None:
+            vm.image, vm.kernel, vm.engine = snap.image, snap.kernel, snap.engine
+            vm.vcpus, vm.memory_mib = snap.vcpus, snap.memory_mib
+            vm.disk_bytes, vm.work_bytes = snap.disk_bytes, snap.work_bytes
+            vm.nat = req.nat or snap.nat
+        self.admission.check_memory(name, vm.memory_mib, self._memory_held())
+        return vm
+
+    def fork_source(self, req: CreateVM) -> SnapshotRecord:
+        """The ready snapshot a fork restores. Its machine is the snapshot's: options
+        that would change it are refused rather than ignored."""
+        assert req.from_snapshot is not None
+        snap = self.snapshots.get(req.from_snapshot)
+        if snap.state != "ready":
+            raise Conflict(
+                f"snapshot `{snap.name}` is still being taken",
+                hint="wait for `banger vm snapshot` to finish",
+            )
+        given = [
+            f"--{flag}"
+            for flag, value in (
+                ("image", req.image),
+                ("kernel", req.kernel),
+                ("engine", req.engine),
+                ("vcpus", req.vcpus),
+                ("memory", req.memory),
+                ("disk-size", req.disk_size),
+                ("work-size", req.work_size),
+            )
+            if value is not None
+        ]
+        if given or req.cold:
+            raise InvalidInput(
+                f"a VM made from snapshot `{snap.name}` has the snapshot's machine; "
+                f"{', '.join(given + (['--cold'] if req.cold else []))} cannot change it",
+                hint=f"drop {'them' if len(given) + req.cold > 1 else 'it'}, or create "
+                "without --from",
+            )
+        engine = self.engine_for(snap.engine)
+        if not can_restore(engine):
+            raise Conflict(
+                f"the {snap.engine} engine here cannot restore snapshot `{snap.name}` into a "
+                "new VM: the guest would keep its source's vsock CID",
+                hint="forks need an engine whose restored copies run side by side: QEMU "
+                "with its virtio-serial agent channel, or Firecracker",
+            )
+        return snap
 
     def host_limits(self) -> HostLimits:
         """What one VM may be given here (RAM, CPUs, free space where disks live)."""
@@ -206,10 +258,16 @@ class VMService:
         assert task is not None
         async with self.lock(vm.id):
             self._creates[vm.id] = task
+            # A snapshot being forked is not removed under the fork (`delete_snapshot`).
+            source = self.fork_source(req).id if req.from_snapshot is not None else None
+            if source is not None:
+                self._forking[source] = self._forking.get(source, 0) + 1
             try:
                 return await self._create_locked(vm, req, progress)
             finally:
                 self._creates.pop(vm.id, None)
+                if source is not None:
+                    self._forking[source] -= 1
 
     async def _create_locked(self, vm: VMRecord, req: CreateVM, progress: Progress) -> VMRecord:
         timings: dict[str, float] = {}
@@ -224,17 +282,24 @@ class VMService:
                 self.point("create:recorded")
                 progress("image", vm.image)
                 image = await self.artifacts.ensure_image(vm.image, progress, refresh=True)
-                kernel = await self.artifacts.ensure_kernel_for(image, req.kernel, progress)
+                kernel = await self.artifacts.ensure_kernel_for(
+                    image, req.kernel or vm.kernel or None, progress
+                )
                 vm.kernel = kernel.name
                 self.repo.save(vm)
                 timings["image"] = time.monotonic() - t0
                 launch: Launch = ColdBoot(image.rootfs)
                 shape = None
-                if self.golden is not None and image.agent and image.ssh and not image.cmdline:
+                work_seed, kind = image.work_seed, ""
+                if req.from_snapshot is not None:
+                    launch, work_seed = self._fork_launch(self.fork_source(req))
+                    kind = "fork"
+                elif self.golden is not None and image.agent and image.ssh and not image.cmdline:
                     launch, shape = self.golden.choose(vm, image, kernel, cold=req.cold)
                 await self._prepare(
-                    vm, req, launch.rootfs, image.work_seed, progress, timings, undo, launch.stage
-                )
+                    vm, req, launch.rootfs, work_seed, progress, timings, undo,
+                    kind or launch.stage,
+                )  # fmt: skip
                 # A new VM has a new identity: whatever was recorded for its address
                 # or name belonged to a VM that is gone.
                 forget_host(self.paths.known_hosts, _host_names(vm))
@@ -261,6 +326,18 @@ class VMService:
             )
         return vm
 
+    def _fork_launch(self, snap: SnapshotRecord) -> tuple[Restore, Path]:
+        """Restore `snap` into a new VM: its saved machine on clones of both its
+        disks, then the agent gives the guest this VM's identity (its `/root` is
+        already mounted: the clone of the snapshot's work disk)."""
+        d = Path(snap.dir)
+        state = read_state(d / STATE_DIR, what=f"snapshot {snap.name}")
+        identity = Identity(self.paths.known_hosts, public_key(self.ssh_key), mount_work=False)
+        restore = Restore(
+            state, d / k_name("rootfs"), identity, f"snapshot {snap.name}", hold_nics=True
+        )
+        return restore, d / k_name("work")
+
     def _anticipate(self, vm: VMRecord, req: CreateVM, rootfs: Path, seed: Path | None) -> None:
         ctx = PrepareContext(
             self.vm_dir(vm), rootfs, seed, lambda *a, **k: None, req.model_dump(), "restore"
@@ -280,7 +357,8 @@ class VMService:
         launch: str = "boot",
     ) -> None:
         """Every capability's `prepare` (disks, lease), each undone by its `destroy`.
-        `launch` ("boot" or "restore") tells them what `rootfs` is."""
+        `launch` ("boot", "restore" or "fork") tells them what `rootfs` (and
+        `work_seed`) are: a fork's are the disks saved with a snapshot."""
         ctx = PrepareContext(
             self.vm_dir(vm), rootfs, work_seed, progress, req.model_dump(), launch=launch
         )
@@ -842,9 +920,16 @@ class VMService:
         return read_state(d / STATE_DIR)
 
     def delete_snapshot(self, name: str) -> str:
+        """Remove a snapshot: its row first (from then on it is gone, atomically),
+        then its files (a crash meanwhile leaves a directory the next start sweeps)."""
         snap = self.snapshots.get(name)
-        shutil.rmtree(snap.dir, ignore_errors=True)
+        if self._forking.get(snap.id):
+            raise Conflict(
+                f"snapshot `{snap.name}` is being restored into a new VM",
+                hint=f"`banger snapshot rm {snap.name}` once that create is done",
+            )
         self.snapshots.delete(snap.id)
+        shutil.rmtree(snap.dir, ignore_errors=True)
         return snap.name
 
     def _reconcile_snapshots(self) -> None:
@@ -996,19 +1081,7 @@ class VMService:
         elif vm.state is VMState.SUSPENDING:
             await self._reconcile_suspend(vm, engine, handle)
         elif vm.state is VMState.RESUMING:
-            # The guest may have run on its disks once a process existed: its state
-            # is then stale. Without a process the state is intact: still suspended.
-            spawned = handle is not None
-            await self._kill_engine(vm)
-            if spawned:
-                self._discard_state(vm)
-            state = VMState.SUSPENDED if has_state(self.state_dir(vm)) else VMState.STOPPED
-            why = "the daemon stopped during `vm start` (resume)"
-            await self._release_runtime(
-                vm,
-                last_error=why + ("; its saved state was discarded" if spawned else ""),
-                state=state,
-            )
+            await self._reconcile_resume(vm, engine, handle)
         elif vm.state is VMState.SUSPENDED:
             if vm.handle or vm.tap:
                 await self._kill_engine(vm)
@@ -1022,6 +1095,49 @@ class VMService:
                 if was is VMState.STARTING
                 else None,
             )
+
+    async def _reconcile_resume(
+        self, vm: VMRecord, engine: Engine, handle: EngineHandle | None
+    ) -> None:
+        """A resume cut by a daemon crash. The engine runs the guest only once the
+        state is loaded and the daemon says so (`cont`): a restoring process that
+        never got that far is killed and the state kept (still suspended); a guest
+        that runs is adopted (its state is stale, so it goes). An engine that cannot
+        tell is treated as having run: killed, its state discarded."""
+        alive = handle is not None and engine.is_running(handle)
+        ran: bool | None = False
+        if alive:
+            assert handle is not None
+            probe = getattr(engine, "guest_ran", None)
+            ran = await probe(handle) if probe is not None else None
+        if ran:
+            log.warning("vm %s was resuming when the daemon died; adopting it", vm.name)
+            self._discard_state(vm)
+            vm.state = VMState.RUNNING
+            vm.last_error = None
+            self.repo.save(vm)
+            self._watch(vm)
+            agent = handle.extra.get("agent") if handle is not None else None
+            if agent is not None:
+                self._background.add(asyncio.create_task(self._set_clock_quietly(vm, agent)))
+            return
+        await self._kill_engine(vm)
+        if ran is None:
+            self._discard_state(vm)
+        state = VMState.SUSPENDED if has_state(self.state_dir(vm)) else VMState.STOPPED
+        why = "the daemon stopped during `vm start` (resume)"
+        await self._release_runtime(
+            vm,
+            last_error=why
+            + ("" if state is VMState.SUSPENDED else "; its saved state was discarded"),
+            state=state,
+        )
+
+    async def _set_clock_quietly(self, vm: VMRecord, agent: dict[str, Any]) -> None:
+        try:
+            await launch_mod.set_guest_clock(agent)
+        except BangerError as exc:
+            log.warning("vm %s: could not set the clock after an adopted resume: %s", vm.name, exc)
 
     async def _reconcile_suspend(
         self, vm: VMRecord, engine: Engine, handle: EngineHandle | None
