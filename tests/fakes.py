@@ -378,8 +378,10 @@ class FakeGuest:
         timeout: float,
         is_alive: Callable[[], bool] | None = None,
         check: Callable[[], None] | None = None,
+        *,
+        login: bool = True,
     ) -> float:
-        self.events.append(f"ssh:{names[0]}")
+        self.events.append(f"ssh:{names[0]}" + ("" if login else ":banner"))
         self.ssh_hosts.append(host)
         if self.on_ssh is not None:
             self.on_ssh()

@@ -133,8 +133,13 @@ async def wait_for_ssh(
     timeout: float,
     is_alive: Callable[[], bool] | None = None,
     check: Callable[[], None] | None = None,
+    *,
+    login: bool = True,
 ) -> float:
     """Poll until OpenSSH logs in with `key` and runs `true`; returns seconds waited.
+    Without `login`, until sshd answers with its banner: enough for a guest whose
+    sshd, host key and authorized key already took a login (a resumed VM); a first
+    login spends seconds in the guest (session, user manager) under TCG.
 
     `is_alive` returns False once the VM process has died, which ends the wait early;
     `check` raises to end it (a dead or hung guest, see `readiness.BootWatch`).
@@ -153,6 +158,8 @@ async def wait_for_ssh(
                 hint="see `banger vm logs` for the console output",
             )
         if await _sshd_banner(host):
+            if not login:
+                return time.monotonic() - start
             res = await arun(
                 ["ssh", *ssh_options(key, known_hosts), "-o", "ConnectTimeout=5",
                  "-o", f"KexAlgorithms={PROBE_KEX}", f"root@{host}", "true"],

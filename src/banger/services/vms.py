@@ -436,7 +436,9 @@ class VMService:
             )
             await launch.settle(vm, engine, handle, boot, progress, timings)
             self.point(f"{op}:booted")
-            await self._wait_ready(vm, engine, handle, image, progress, timings)
+            await self._wait_ready(
+                vm, engine, handle, image, progress, timings, login=not launch.resumed
+            )
             await launch.ready(handle)
         if op == "create":
             self.point("create:ready")
@@ -523,9 +525,13 @@ class VMService:
         image: BootImage,
         progress: Progress,
         timings: dict[str, float],
+        *,
+        login: bool = True,
     ) -> None:
         """Wait for SSH (then the agent) for as long as the guest makes progress; an
-        image without an SSH server is ready when its agent answers."""
+        image without an SSH server is ready when its agent answers. Without `login`
+        (a resumed guest: sshd and its keys already took a login) sshd's answer is
+        enough."""
         t = time.monotonic()
         assert vm.ip is not None
         watch = BootWatch(
@@ -546,6 +552,7 @@ class VMService:
             [vm.name, f"{vm.name}.vm"],
             READY_LIMIT,
             check=watch,
+            login=login,
         )
         timings["ssh"] = time.monotonic() - t
         self.fault("ssh")
@@ -932,14 +939,22 @@ class VMService:
         shutil.rmtree(snap.dir, ignore_errors=True)
         return snap.name
 
-    def _reconcile_snapshots(self) -> None:
-        """Snapshots cut by a crash (`creating`) and directories no row owns go."""
+    async def _reconcile_snapshots(self) -> None:
+        """Snapshots cut by a crash (`creating`) and directories no row owns go; a
+        running source VM the cut snapshot had paused carries on."""
         known = set()
         for snap in self.snapshots.all():
             if snap.state != "ready":
                 log.warning("removing snapshot %s: its copy did not finish", snap.name)
                 shutil.rmtree(snap.dir, ignore_errors=True)
                 self.snapshots.delete(snap.id)
+                vm = self.repo.find(snap.vm_id)
+                handle = vm.engine_handle if vm is not None else None
+                if vm is not None and vm.running and handle is not None:
+                    engine = self.engine_for(vm.engine)
+                    if engine.is_running(handle):
+                        log.warning("vm %s: resuming it after the cut snapshot", vm.name)
+                        await _quietly(engine.resume(handle))
             else:
                 known.add(Path(snap.dir).name)
         root = self.paths.snapshots_dir
@@ -1057,7 +1072,7 @@ class VMService:
             except Exception:
                 log.exception("reconciling vm %s failed", vm.name)
         try:
-            self._reconcile_snapshots()
+            await self._reconcile_snapshots()
         except Exception:
             log.exception("reconciling snapshots failed")
 
