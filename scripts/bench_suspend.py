@@ -14,6 +14,8 @@ rounds of:
            Its stages (`restore`, `clock`, `ssh`) are reported too.
 
 Each round checks that a process started before the first suspend still runs.
+Then (unless --no-fork) one `vm snapshot` of the running VM and one
+`vm create --from` that snapshot until SSH answers are timed.
 Targets (issue 8, TCG): resume of a suspended 1 GiB VM -> SSH <= 1.5 s; suspend
 <= 2 s. Everything made is removed at the end, also on failure or Ctrl-C.
 
@@ -68,6 +70,17 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             log(f"round {i + 1}: suspend {rows['suspend'][-1]:.2f}s, "
                 f"resume {rows['resume'][-1]:.2f}s")  # fmt: skip
         result["seconds"] = {k: summarize(v) for k, v in rows.items()}
+        if args.fork:
+            from banger.api.models import CreateVM
+
+            t0 = time.perf_counter()
+            c.wait(c.take_snapshot("bench", "bench-snap"))
+            result["snapshot_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            c.wait(c.create_vm(CreateVM(name="bench-fork", from_snapshot="bench-snap")))
+            result["fork_s"] = time.perf_counter() - t0
+            result["fork_timings"] = c.vm("bench-fork").timings
+            log(f"snapshot {result['snapshot_s']:.2f}s, fork -> SSH {result['fork_s']:.2f}s")
     finally:
         box.teardown()
     return result
@@ -79,6 +92,9 @@ def main() -> int:
     ap.add_argument("--memory", default="1G")
     ap.add_argument("--data-dir", type=Path, help="data dir (default: the tests' cache)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--no-fork", dest="fork", action="store_false", help="skip `vm snapshot` + fork timing"
+    )
     args = ap.parse_args()
     stop_signals_raise()
     result = bench(args)
@@ -90,6 +106,9 @@ def main() -> int:
              for k in secs]  # fmt: skip
     print(f"cold create -> SSH: {result['cold_create_s']:.2f}s ({result['memory']})")
     print(format_table(["stage", "p50", "min", "max"], table))
+    if "fork_s" in result:
+        print(f"vm snapshot (running): {result['snapshot_s']:.2f}s")
+        print(f"vm create --from -> SSH: {result['fork_s']:.2f}s {result['fork_timings']}")
     print("targets (TCG): resume -> SSH <= 1.5 s, suspend <= 2 s")
     return 0
 
