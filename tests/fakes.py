@@ -44,6 +44,7 @@ from banger.engines.base import (
     NetIface,
     OnSpawn,
 )
+from banger.engines.cids import HostCids
 from banger.engines.firecracker import FirecrackerEngine
 from banger.engines.qemu import QemuEngine
 from banger.engines.state import SavedState, machine_fit, write_state
@@ -462,7 +463,10 @@ class Harness:
     def _service(self) -> VMService:
         inner: list[Any] = [
             FakeDisks(self.paths.vms_dir),
-            VsockCapability(VMRepository(self.store)),
+            VsockCapability(  # a registry of its own: other test runs' CIDs are theirs
+                VMRepository(self.store),
+                host=HostCids(str(self.paths.database), self.paths.runtime_dir / "cids"),
+            ),
             self.network,
             self.nat,
             self.dns,

@@ -183,15 +183,17 @@ class VMRepository:
 
     # -- vsock CIDs ----------------------------------------------------------------
 
-    def allocate_vsock_cid(self, vm_id: str, first: int, last: int) -> int | None:
-        """Record the lowest CID from `first` no other VM holds as `vm_id`'s, in one
-        transaction (the unique index on vms.vsock_cid backs it); None when all of
-        `first`..`last` are taken."""
+    def allocate_vsock_cid(
+        self, vm_id: str, first: int, last: int, avoid: set[int] | frozenset[int] = frozenset()
+    ) -> int | None:
+        """Record the lowest CID from `first` no other VM holds (and not in `avoid`:
+        in use elsewhere on the host) as `vm_id`'s, in one transaction (the unique index
+        on vms.vsock_cid backs it); None when all of `first`..`last` are taken."""
         with self.store.transaction() as db:
             rows = db.execute(
                 "SELECT vsock_cid FROM vms WHERE vsock_cid IS NOT NULL AND id != ?", (vm_id,)
             )
-            used = {int(r[0]) for r in rows}
+            used = {int(r[0]) for r in rows} | set(avoid)
             cid = first
             while cid in used:
                 cid += 1

@@ -5,6 +5,10 @@ are reserved), stays with the VM across stop/start, and is released when the VM
 is deleted (its row goes, and with it the unique-indexed `vms.vsock_cid`). Every
 boot contributes it to the guest config: Firecracker turns it into a hybrid-vsock
 device, QEMU into `vhost-vsock-device` where `/dev/vhost-vsock` exists.
+
+vhost-vsock CIDs are host-wide: a CID another daemon's (or anyone's) running VM
+holds, or is handing out right now, is never chosen (`engines.cids.HostCids`), and a
+VM whose CID was taken while it was stopped gets a new one when it boots.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import logging
 import threading
 
 from banger.capabilities.base import BootContributions, Capability, PrepareContext
+from banger.engines.cids import HostCids
 from banger.errors import Conflict
 from banger.vm import VMRecord, VMRepository
 
@@ -26,16 +31,23 @@ class VsockCapability(Capability):
     name = "vsock"
     stage = "vsock"
 
-    def __init__(self, vms: VMRepository, first_cid: int = FIRST_CID) -> None:
+    def __init__(
+        self, vms: VMRepository, first_cid: int = FIRST_CID, host: HostCids | None = None
+    ) -> None:
         self.vms = vms
         self.first_cid = first_cid
+        self.host = host or HostCids(owner=str(vms.store.path))
         self._lock = threading.Lock()
 
     def allocate(self, vm: VMRecord) -> int:
-        """Give `vm` the lowest CID no other VM holds, recorded at once so that a
-        concurrent create cannot take the same one."""
+        """Give `vm` the lowest CID no other VM holds, here or anywhere on the host,
+        recorded at once so that a concurrent create cannot take the same one."""
+
+        def choose(taken: set[int]) -> int | None:
+            return self.vms.allocate_vsock_cid(vm.id, self.first_cid, LAST_CID, avoid=taken)
+
         with self._lock:
-            cid = self.vms.allocate_vsock_cid(vm.id, self.first_cid, LAST_CID)
+            cid = self.host.claim(choose)
         if cid is None:
             raise Conflict("no free vsock CID left", hint="delete unused VMs")
         vm.vsock_cid = cid
@@ -49,7 +61,29 @@ class VsockCapability(Capability):
         if vm.vsock_cid is None:  # a VM made before CIDs existed gets one on its next boot
             log.info("vm %s has no vsock CID yet; allocating one", vm.name)
             self.allocate(vm)
+        else:  # keep it unless something else on the host took it meanwhile
+            old = vm.vsock_cid
+            if self.keep_or_move(vm) != old:
+                log.warning(
+                    "vm %s: vsock CID %d is in use on this host; now %s", vm.name, old, vm.vsock_cid
+                )
         boot.vsock_cid = vm.vsock_cid
+
+    def keep_or_move(self, vm: VMRecord) -> int:
+        """`vm`'s CID, re-reserved host-wide; a new one when another VM holds it."""
+        current = vm.vsock_cid
+
+        def choose(taken: set[int]) -> int | None:
+            if current is not None and current not in taken:
+                return current
+            return self.vms.allocate_vsock_cid(vm.id, self.first_cid, LAST_CID, avoid=taken)
+
+        with self._lock:
+            cid = self.host.claim(choose)
+        if cid is None:
+            raise Conflict("no free vsock CID left", hint="delete unused VMs")
+        vm.vsock_cid = cid
+        return cid
 
     async def destroy(self, vm: VMRecord) -> None:
         self.vms.release_vsock_cid(vm.id)
