@@ -76,6 +76,10 @@ def test_lifecycle_persists_disks_survives_daemon_kill_and_cleans_up(b: NsBanger
 
     b.run("vm", "ssh", "a", "--", "echo hi > /root/f")
     assert b.run("vm", "ssh", "a", "--", "hostname").stdout.strip() == "a"
+    # several words are an argv that reaches the guest exactly, through sshd and its shell
+    args = ["a b", "", "it's", "$HOME;x", "*"]
+    r = b.run("vm", "ssh", "a", "--", "printf", "[%s]\\n", *args)
+    assert r.stdout == "".join(f"[{a}]\n" for a in args)
     assert_npm_tools_work(b, "a", vm["ip"])
 
     b.run("vm", "stop", "a")
