@@ -947,15 +947,20 @@ class BangerApp(App[None]):
         if c is None:
             return
 
+        targets: dict[str, str] = {}  # operation id -> the VM it creates
+
         def submit(req: CreateVM) -> str:
             op = c.create_vm(req)
+            targets[op.id] = op.target
             self._ui(self.mine.__setitem__, op.id, f"{op.target} created")
             self._wake.set()
-            return op.target
+            return op.id
 
-        def done(name: str | None) -> None:
-            if name:
-                self.set_message(f"creating {name}… (progress below; c cancels)")
+        def done(op_id: str | None) -> None:
+            # A create that failed at once may be reported before the form is gone:
+            # its error stays on screen rather than "creating…".
+            if op_id and op_id in self.mine:
+                self.set_message(f"creating {targets[op_id]}… (progress below; c cancels)")
 
         self.push_screen(
             CreateForm(submit, [i.name for i in self.images], self.config_values), done

@@ -89,7 +89,8 @@ class Prompt(ModalScreen[str | None]):
 
 class CreateForm(ModalScreen[str | None]):
     """The `vm create` options as a form. Submitting asks the daemon (in a worker); bad
-    input comes back as the CLI's error + hint under the form, which stays open."""
+    input comes back as the CLI's error + hint under the form, which stays open. The
+    form closes with the create operation's id (`submit` returns it)."""
 
     BINDINGS = [
         Binding("escape", "dismiss(None)", "Cancel"),
@@ -199,11 +200,11 @@ class CreateForm(ModalScreen[str | None]):
     @work(thread=True, exclusive=True, group="create-form")
     def _send(self, req: CreateVM) -> None:
         try:
-            name = self._submit_fn(req)
+            op_id = self._submit_fn(req)
         except BangerError as exc:
             self.app.call_from_thread(self.show_error, exc)
             return
-        self.app.call_from_thread(self.dismiss, name)
+        self.app.call_from_thread(self.dismiss, op_id)
 
     def show_error(self, exc: BangerError) -> None:
         self.query_one("#form-error", Static).update(error_text(exc))
