@@ -629,21 +629,37 @@ class VMService:
             self._mark_stopped(vm)
         vm.require(VMState.STOPPED, VMState.ERROR, action="start", hint="wait for it to finish")
         self._discard_state(vm)  # a boot makes any leftover state stale
+        return await self._launch_recorded(vm, progress, VMState.STARTING, op="start")
+
+    async def _launch_recorded(
+        self,
+        vm: VMRecord,
+        progress: Progress,
+        state: VMState,
+        *,
+        op: str,
+        launch: Launch | None = None,
+        state_after_failure: Callable[[], VMState] = lambda: VMState.STOPPED,
+    ) -> VMRecord:
+        """Start or resume a VM that keeps its record: admission, its artifacts, the
+        record in `state` (fault point `<op>:recorded`), the boot with its undo stack,
+        then running with its timings. On failure the undo stack has killed the engine
+        and detached; only the record is left, in `state_after_failure()`."""
         self.admission.check_memory(vm.name, vm.memory_mib, self._memory_held(exclude=vm.id))
         image = await self.artifacts.ensure_image(vm.image, progress, refresh=False)
         kernel = await self.artifacts.ensure_kernel_for(image, vm.kernel or None, progress)
         timings: dict[str, float] = {}
         t0 = time.monotonic()
-        vm.state = VMState.STARTING
+        vm.state = state
         self.repo.save(vm)
-        self.point("start:recorded")
+        self.point(f"{op}:recorded")
         try:
             async with AsyncExitStack() as undo:
-                await self._boot(vm, kernel, image, progress, timings, undo, op="start")
+                await self._boot(vm, kernel, image, progress, timings, undo, op=op, launch=launch)
                 undo.pop_all()
         except BaseException as exc:
-            # The undo stack killed the engine and detached; only the record is left.
-            self._mark_stopped(vm, last_error=str(exc) or f"start {type(exc).__name__}")
+            error = str(exc) or f"{op} {type(exc).__name__}"
+            self._mark_stopped(vm, last_error=error, state=state_after_failure())
             raise
         vm.timings = {k: round(v, 3) for k, v in timings.items()}
         vm.timings["total"] = round(time.monotonic() - t0, 3)
@@ -733,30 +749,18 @@ class VMService:
         """Restore a suspended VM. A state that is missing, truncated or does not fit
         is refused with the reason, the VM stays suspended and its disks untouched."""
         saved = read_state(self.state_dir(vm))
-        self.admission.check_memory(vm.name, vm.memory_mib, self._memory_held(exclude=vm.id))
-        image = await self.artifacts.ensure_image(vm.image, progress, refresh=False)
-        kernel = await self.artifacts.ensure_kernel_for(image, vm.kernel or None, progress)
-        timings: dict[str, float] = {}
-        t0 = time.monotonic()
-        vm.state = VMState.RESUMING
-        self.repo.save(vm)
-        self.point("resume:recorded")
-        try:
-            async with AsyncExitStack() as undo:
-                await self._boot(
-                    vm, kernel, image, progress, timings, undo, op="resume", launch=Resume(saved)
-                )
-                undo.pop_all()
-        except BaseException as exc:
-            # The undo stack killed the engine and detached. The state is still there
-            # when the guest never ran (the engine refused or failed to load it).
-            error = str(exc) or f"resume {type(exc).__name__}"
-            state = VMState.SUSPENDED if has_state(self.state_dir(vm)) else VMState.STOPPED
-            self._mark_stopped(vm, last_error=error, state=state)
-            raise
-        vm.timings = {k: round(v, 3) for k, v in timings.items()}
-        vm.timings["total"] = round(time.monotonic() - t0, 3)
-        self._mark_running(vm)
+        # The state is still there when the guest never ran (the engine refused or
+        # failed to load it): the VM stays suspended.
+        await self._launch_recorded(
+            vm,
+            progress,
+            VMState.RESUMING,
+            op="resume",
+            launch=Resume(saved),
+            state_after_failure=lambda: (
+                VMState.SUSPENDED if has_state(self.state_dir(vm)) else VMState.STOPPED
+            ),
+        )
         log.info("vm %s resumed in %.2fs: %s", vm.name, vm.timings["total"], vm.timings)
         return vm
 
