@@ -141,8 +141,26 @@ class Engine(Protocol):
         per-VM hybrid vsock socket is not)."""
         ...
 
+    @property
+    def version(self) -> str:
+        """The hypervisor's version (saved states and golden snapshots are tied to it)."""
+        ...
+
     def state_fit(self, config: GuestConfig) -> dict[str, Any]:
         """What a state saved from `config` is tied to (`engines.state.machine_fit`)."""
+        ...
+
+    async def resize_drive(self, handle: EngineHandle, drive_id: str, size: int) -> None:
+        """Tell a running guest a drive's new size (its file is already grown)."""
+        ...
+
+    async def set_links(self, handle: EngineHandle, nics: list[str], up: bool) -> None:
+        """Connect (or cut) NICs of a running machine by id, where the engine can; a
+        restore with `SavedState.hold_nics` starts with them cut."""
+        ...
+
+    async def guest_ran(self, handle: EngineHandle) -> bool | None:
+        """Whether a restoring machine has let its guest run; None when it cannot tell."""
         ...
 
     async def save_state(self, handle: EngineHandle, config: GuestConfig, dest: Path) -> SavedState:

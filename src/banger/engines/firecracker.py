@@ -253,6 +253,13 @@ class FirecrackerEngine(process.DetachedEngine):
             body = {"drive_id": drive_id, "path_on_host": path}
             await api.send(ApiRequest("PATCH", f"/drives/{drive_id}", body))
 
+    async def set_links(self, handle: EngineHandle, nics: list[str], up: bool) -> None:
+        """Nothing: Firecracker's API cannot cut a NIC, so a restored fork is on its
+        TAP from the load on (with its source's MAC until `/identity`)."""
+
+    async def guest_ran(self, handle: EngineHandle) -> bool | None:
+        return None  # the API does not say whether a loaded snapshot was resumed
+
     def state_fit(self, config: GuestConfig) -> dict[str, Any]:
         agent = self.agent_channel(config)
         return machine_fit(

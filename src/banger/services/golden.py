@@ -42,7 +42,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from banger.agent import GUEST_PROGRAM
 from banger.agent.client import AgentClient
@@ -108,7 +107,7 @@ class Shape:
         )  # fmt: skip
         inputs = "|".join(
             [str(GOLDEN_FORMAT), _stamp(image.rootfs), _stamp(image.work_seed),
-             _stamp(kernel.vmlinux), _stamp(kernel.initrd), str(getattr(engine, "version", "")),
+             _stamp(kernel.vmlinux), _stamp(kernel.initrd), engine.version,
              hashlib.sha256(GUEST_PROGRAM.read_bytes()).hexdigest(), _recipe_digest(image.name)]
         )  # fmt: skip
         name = f"{_digest(shape)}-{_digest(inputs)}"
@@ -126,7 +125,7 @@ def _digest(text: str) -> str:
 def can_restore(engine: Engine) -> bool:
     """What the engine declares (`Engine.restores_copies`): QEMU with its
     virtio-serial agent channel, Firecracker (hybrid vsock)."""
-    restores = getattr(engine, "restores_copies", None)
+    restores = getattr(engine, "restores_copies", None)  # an engine may not say: no
     return restores is not None and bool(restores())
 
 
@@ -291,8 +290,7 @@ class GoldenSnapshots:
                         raise
                     await asyncio.sleep(0.5)
             await _settle(agent)
-            save_state: Any = getattr(engine, "save_state")  # noqa: B009
-            await save_state(handle, cfg, tmp / STATE)
+            await engine.save_state(handle, cfg, tmp / STATE)
         finally:
             await engine.kill(handle)
 

@@ -134,9 +134,7 @@ class Restore:
     ) -> None:
         t = time.monotonic()
         progress("identity", vm.name)
-        resize = getattr(engine, "resize_drive", None)
-        if resize is not None:
-            await resize(handle, "work", vm.work_bytes)
+        await engine.resize_drive(handle, "work", vm.work_bytes)
         if self._host_key is None:
             self._host_key = asyncio.ensure_future(generate_host_key())
         private, public = await self._host_key
@@ -149,10 +147,9 @@ class Restore:
         answer = await apply_identity(handle.extra.get("agent"), body)
         self._held = bool(answer.get("held"))  # an older agent started it already
         log.info("vm %s: identity applied in the guest: %s", vm.name, answer.get("seconds"))
-        set_links = getattr(engine, "set_links", None)
-        if self.hold_nics and set_links is not None:
+        if self.hold_nics:
             # Only now, with its own MAC and address, is the guest on the network.
-            await set_links(handle, [n.iface_id for n in boot.nics], True)
+            await engine.set_links(handle, [n.iface_id for n in boot.nics], True)
         timings["identity"] = time.monotonic() - t
 
     async def ready(self, handle: EngineHandle) -> None:

@@ -1127,8 +1127,7 @@ class VMService:
         ran: bool | None = False
         if alive:
             assert handle is not None
-            probe = getattr(engine, "guest_ran", None)
-            ran = await probe(handle) if probe is not None else None
+            ran = await engine.guest_ran(handle)
         if ran:
             log.warning("vm %s was resuming when the daemon died; adopting it", vm.name)
             self._discard_state(vm)
