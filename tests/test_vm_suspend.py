@@ -8,6 +8,7 @@ import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,8 +64,9 @@ async def test_start_restores_with_the_same_machine_and_sets_the_clock(h: Harnes
     assert out.state is VMState.RUNNING
     assert "engine.restore:devbox" in h.events and "engine.start:devbox" not in h.events
     assert h.events.index("engine.restore:devbox") < h.events.index("clock:hybrid-vsock")
-    # Its sshd took a login before: its answer is enough (no new first login).
-    assert h.events.index("clock:hybrid-vsock") < h.events.index("ssh:devbox:banner")
+    # Its sshd took a login before: its answer is enough (no new first login); the
+    # clock is set meanwhile, and both are done before the start is.
+    assert "ssh:devbox:banner" in h.events and "ssh:devbox" not in h.events
     config, saved = h.engine().restores[-1]
     assert config.drives == booted.drives and config.vcpus == booted.vcpus
     assert config.vsock_cid == booted.vsock_cid and config.nics[0].mac == booted.nics[0].mac
@@ -77,6 +79,33 @@ async def test_start_restores_with_the_same_machine_and_sets_the_clock(h: Harnes
     await h.suspend("devbox")
     await h.start("devbox")
     assert (await h.stop("devbox")).state is VMState.STOPPED
+
+
+async def test_resume_sets_the_clock_while_sshd_answers_and_waits_for_both(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await h.create("devbox")
+    await h.suspend("devbox")
+    clock: list[str] = []
+
+    async def slow_clock(agent: dict[str, Any] | None) -> dict[str, Any]:
+        clock.append("started")
+        await asyncio.sleep(0.3)  # longer than the fake SSH wait
+        clock.append("set")
+        return {"was_off_s": 1.0}
+
+    monkeypatch.setattr(launch_mod, "set_guest_clock", slow_clock)
+    out = await h.start("devbox")
+    assert out.state is VMState.RUNNING and clock == ["started", "set"]
+    assert out.timings["clock"] >= 0.3 and "ssh" in out.timings
+    # sshd never answers: the resume fails and the clock request does not outlive it.
+    await h.suspend("devbox")
+    clock.clear()
+    h.guest.ssh_error = Injected("no ssh")
+    with pytest.raises(Injected):
+        await h.start("devbox")
+    await asyncio.sleep(0.4)
+    assert "set" not in clock  # cancelled (before or while it ran)
 
 
 async def test_cold_start_stop_and_delete_discard_the_state(h: Harness) -> None:

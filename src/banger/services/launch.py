@@ -54,6 +54,7 @@ class ColdBoot:
     stage = "boot"
     restored = False
     resumed = False
+    settles_while_ready = False  # settle (here: nothing) before waiting for SSH
 
     def __init__(self, rootfs: Path) -> None:
         self.rootfs = rootfs
@@ -91,6 +92,7 @@ class Restore:
     stage = "restore"
     restored = True
     resumed = False
+    settles_while_ready = False  # the identity comes before sshd can answer
 
     def __init__(
         self,
@@ -172,6 +174,9 @@ class Resume:
     stage = "restore"
     restored = True
     resumed = True
+    # The clock is set while the daemon waits for sshd's answer: both wait on a guest
+    # that re-translates every code path it runs after a restore (TCG).
+    settles_while_ready = True
 
     def __init__(self, state: SavedState) -> None:
         self.state = state

@@ -20,7 +20,9 @@ Crash safety rests on three rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import secrets
@@ -434,11 +436,26 @@ class VMService:
             engine, handle = await self._spawn(
                 vm, kernel, boot, progress, timings, undo, op, launch
             )
-            await launch.settle(vm, engine, handle, boot, progress, timings)
-            self.point(f"{op}:booted")
-            await self._wait_ready(
-                vm, engine, handle, image, progress, timings, login=not launch.resumed
-            )
+            settle = functools.partial(launch.settle, vm, engine, handle, boot, progress, timings)
+            ready = functools.partial(
+                self._wait_ready, vm, engine, handle, image, progress, timings,
+                login=not launch.resumed,
+            )  # fmt: skip
+            if launch.settles_while_ready:  # e.g. a resume's clock, meanwhile sshd answers
+                settling = asyncio.ensure_future(settle())
+                self.point(f"{op}:booted")
+                try:
+                    await ready()
+                except BaseException:
+                    settling.cancel()
+                    with contextlib.suppress(BaseException):
+                        await settling
+                    raise
+                await settling
+            else:
+                await settle()
+                self.point(f"{op}:booted")
+                await ready()
             await launch.ready(handle)
         if op == "create":
             self.point("create:ready")
