@@ -453,8 +453,14 @@ class QemuEngine(process.DetachedEngine):
             if restore is None:
                 await self._wait_ready(handle, lambda: _is_running(qmp_sock), qemu_log, 0.02)
             else:
+                t0 = time.monotonic()
                 await self._wait_ready(handle, lambda: _answers(qmp_sock), qemu_log, 0.01)
+                t1 = time.monotonic()
                 await self._incoming(handle, restore, [n.iface_id for n in config.nics])
+                log.info(
+                    "%s: QMP answered %.3fs after the spawn; state loaded and running "
+                    "%.3fs later", config.name, t1 - t0, time.monotonic() - t1,
+                )  # fmt: skip
         except BaseException:
             await process.terminate(handle.pid, handle.start_time, grace=0.5)
             raise
