@@ -381,8 +381,13 @@ class FakeGuest:
         check: Callable[[], None] | None = None,
         *,
         login: bool = True,
+        probe: bool = True,
     ) -> float:
-        self.events.append(f"ssh:{names[0]}" + ("" if login else ":banner"))
+        self.events.append(
+            f"ssh:{names[0]}"
+            + ("" if login else ":banner")
+            + ("" if probe or not login else ":now")
+        )
         self.ssh_hosts.append(host)
         if self.on_ssh is not None:
             self.on_ssh()

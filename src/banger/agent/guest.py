@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import fcntl
 import grp
 import json
@@ -71,6 +72,13 @@ import threading
 import time
 from collections.abc import Callable
 from typing import IO, Any, cast
+
+try:  # loaded at start: after a restore, an import costs (every path translated anew)
+    import ctypes
+
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+except (ImportError, OSError):  # a Python without ctypes: mount(8) instead
+    _LIBC = None
 
 AGENT_VERSION = "3"
 PROTOCOL_VERSION = 2
@@ -283,16 +291,34 @@ def _listeners(port: int, proc: str = "/proc") -> set[str]:
     return found
 
 
+def _sshd_rereads_keys(sshd: str = "/usr/sbin/sshd", proc: str = "/proc") -> bool:
+    """Whether each connection's sshd reads the host keys from disk itself (OpenSSH
+    before 9.8 re-executes sshd per connection, and that process loads them), so a
+    new key needs no reload. From 9.8 the listener loads them and hands them to
+    `sshd-session`, whose path is compiled into its binary; `sshd -r` (no re-exec)
+    keeps the listener's keys too."""
+    try:
+        with open(sshd, "rb") as f:
+            if b"sshd-session" in f.read():
+                return False
+        pid = int(_read(SSHD_PID).strip())
+        return "-r" not in _read(f"{proc}/{pid}/cmdline").split("\0")
+    except (OSError, ValueError):
+        return False
+
+
 def _sshd_reload() -> set[str] | None:
     """Make a running sshd take the new host key: SIGHUP re-executes it, and it reads
-    its keys again (every OpenSSH does; before 9.8 each connection reads them
-    anyway). Returns its listening sockets from before, to wait for new ones; None
-    when no sshd runs (systemd starts it)."""
+    its keys again. Returns its listening sockets from before, to wait for new ones
+    (none to wait for when each connection reads the keys anyway, see
+    `_sshd_rereads_keys`); None when no sshd runs (systemd starts it)."""
     try:
         pid = int(_read(SSHD_PID).strip())
         before = _listeners(22)
         if not before:
             return None
+        if _sshd_rereads_keys():
+            return set()
         os.kill(pid, signal.SIGHUP)
         return before
     except (ValueError, OSError):
@@ -324,14 +350,225 @@ def _finish(proc: subprocess.Popen[str], what: str) -> None:
         raise RuntimeError(f"{what}: {err.strip() or proc.returncode}")
 
 
+# What a restored guest does before it answers runs without new processes where it
+# can: under emulation every exec is translated afresh after a restore (~0.1-1 s
+# each), and at native speed syscalls are still cheaper than `mount`, `ip` and `sh`.
+
+_MOUNT_FLAGS = {
+    "ro": 1, "nosuid": 2, "nodev": 4, "noexec": 8, "sync": 16, "dirsync": 128,
+    "noatime": 1024, "nodiratime": 2048, "relatime": 1 << 21, "strictatime": 1 << 24,
+    "lazytime": 1 << 25,
+}  # fmt: skip
+# Options only mount(8) or systemd act on, or that are the kernel's defaults anyway.
+_MOUNT_IGNORED = {"defaults", "rw", "auto", "noauto", "nofail", "_netdev", "async", "atime",
+                  "diratime", "dev", "suid", "exec", "nouser"}  # fmt: skip
+
+
+def fstab_mount(target: str, fstab: str = "/etc/fstab") -> tuple[str, str, int, str] | None:
+    """The mount(2) arguments of `target`'s /etc/fstab line: (device, type, flags,
+    data), or None when only mount(8) can mount it (a UUID=/LABEL= device, user
+    options, a loop device, ...)."""
+    for line in _read(fstab).splitlines():
+        f = line.split()
+        if len(f) < 4 or f[0].startswith("#") or f[1] != target:
+            continue
+        dev, fstype, flags, data = f[0], f[2], 0, []
+        if not dev.startswith("/dev/") or fstype in ("auto", "swap", "none"):
+            return None
+        for opt in f[3].split(","):
+            if opt in _MOUNT_FLAGS:
+                flags |= _MOUNT_FLAGS[opt]
+            elif opt in _MOUNT_IGNORED or opt.startswith(("x-", "comment=")):
+                continue
+            elif opt in ("user", "users", "owner", "group", "loop") or opt.startswith(
+                ("loop=", "offset=", "sizelimit=", "context=", "helper=", "X-")
+            ):
+                return None
+            else:
+                data.append(opt)  # the filesystem's own, e.g. errors=remount-ro
+        return dev, fstype, flags, ",".join(data)
+    return None
+
+
+def _mount(target: str) -> Callable[[], None]:
+    """Start mounting `target` as /etc/fstab says (with the mount(2) syscall, on a
+    thread, falling back to mount(8)); returns the function that waits for it."""
+    args = fstab_mount(target)
+    libc = _LIBC
+    if args is None or libc is None:
+        proc = _start("mount", target)
+        return lambda: _finish(proc, f"mount {target}")
+    dev, fstype, flags, data = args
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            opts = data.encode() if data else None
+            if libc.mount(dev.encode(), target.encode(), fstype.encode(), flags, opts) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"mount {dev} on {target}: {os.strerror(err)}")
+        except BaseException as exc:  # re-raised by the waiter
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name=f"mount {target}", daemon=True)
+    thread.start()
+
+    def wait() -> None:
+        thread.join(60)
+        if thread.is_alive():
+            raise RuntimeError(f"mount {target} did not finish within 60 s")
+        if errors:
+            raise errors[0]
+
+    return wait
+
+
+# rtnetlink, as far as `ip` would go for a VM's address and default route.
+_NLMSG = struct.Struct("=IHHII")
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
+NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
+RTM_NEWLINK, RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR, RTM_NEWROUTE = 16, 20, 21, 22, 24
+IFA_ADDRESS, IFA_LOCAL, IFLA_ADDRESS, RTA_OIF, RTA_GATEWAY = 1, 2, 1, 4, 5
+
+
+def _rta(kind: int, data: bytes) -> bytes:
+    n = 4 + len(data)
+    return struct.pack("=HH", n, kind) + data + b"\0" * (-n % 4)
+
+
+def _rtas(payload: bytes, offset: int) -> dict[int, bytes]:
+    out = {}
+    while offset + 4 <= len(payload):
+        n, kind = struct.unpack_from("=HH", payload, offset)
+        if n < 4:
+            break
+        out[kind] = payload[offset + 4 : offset + n]
+        offset += (n + 3) & ~3
+    return out
+
+
+class Rtnl:
+    """A NETLINK_ROUTE socket that sends one request at a time and reads its answer."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+        self.sock.bind((0, 0))
+        self.seq = 0
+
+    def __enter__(self) -> Rtnl:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def request(self, kind: int, flags: int, body: bytes, what: str) -> list[bytes]:
+        """Send a request; the payloads of a dump (NLM_F_DUMP), or [] once acked.
+        A refusal raises OSError naming `what`."""
+        self.seq += 1
+        dump = flags & NLM_F_DUMP == NLM_F_DUMP
+        flags |= NLM_F_REQUEST | (0 if dump else NLM_F_ACK)
+        self.sock.send(_NLMSG.pack(_NLMSG.size + len(body), kind, flags, self.seq, 0) + body)
+        out: list[bytes] = []
+        while True:
+            data, off = self.sock.recv(1 << 16), 0
+            while off + _NLMSG.size <= len(data):
+                n, typ, _, seq, _ = _NLMSG.unpack_from(data, off)
+                payload, off = data[off + _NLMSG.size : off + n], off + ((n + 3) & ~3)
+                if n < _NLMSG.size or seq != self.seq:
+                    continue
+                if typ == 2:  # NLMSG_ERROR: 0 is the ack
+                    err = -struct.unpack_from("=i", payload)[0]
+                    if err:
+                        raise OSError(err, f"{what}: {os.strerror(err)}")
+                    return out
+                if typ == 3:  # NLMSG_DONE
+                    return out
+                out.append(payload)
+
+
+def configure_net(dev: str, mac: str, ip: str, prefix: int, gateway: str) -> None:
+    """What `ip link set dev DEV address MAC up; ip addr flush dev DEV; ip addr add
+    IP/PREFIX dev DEV; ip route replace default via GATEWAY dev DEV onlink` does."""
+    index = socket.if_nametoindex(dev)
+    addr, gw = socket.inet_aton(ip), socket.inet_aton(gateway)
+    with Rtnl() as nl:
+        link = struct.pack("=BxHiII", socket.AF_UNSPEC, 0, index, 1, 1)  # IFF_UP
+        nl.request(RTM_NEWLINK, 0, link + _rta(IFLA_ADDRESS, bytes.fromhex(mac.replace(":", ""))),
+                   f"link set dev {dev} address {mac} up")  # fmt: skip
+        ifa = struct.Struct("=BBBBI")
+        for old in nl.request(RTM_GETADDR, NLM_F_DUMP, ifa.pack(socket.AF_INET, 0, 0, 0, 0),
+                              "addr show"):  # fmt: skip
+            family, plen, _, _, at = ifa.unpack_from(old)
+            if family != socket.AF_INET or at != index:
+                continue
+            attrs = _rtas(old, ifa.size)
+            body = ifa.pack(family, plen, 0, 0, index) + b"".join(
+                _rta(k, attrs[k]) for k in (IFA_LOCAL, IFA_ADDRESS) if k in attrs
+            )
+            try:
+                nl.request(RTM_DELADDR, 0, body, f"addr flush dev {dev}")
+            except OSError as exc:  # a secondary address goes with its primary
+                if exc.errno != errno.EADDRNOTAVAIL:
+                    raise
+        body = ifa.pack(socket.AF_INET, prefix, 0, 0, index)
+        body += _rta(IFA_LOCAL, addr) + _rta(IFA_ADDRESS, addr)
+        nl.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body,
+                   f"addr add {ip}/{prefix} dev {dev}")  # fmt: skip
+        # rtmsg: inet, default (/0), main table, proto boot, scope universe, unicast, onlink
+        route = struct.pack("=BBBBBBBBI", socket.AF_INET, 0, 0, 0, 254, 3, 0, 1, 4)
+        route += _rta(RTA_GATEWAY, gw) + _rta(RTA_OIF, struct.pack("=i", index))
+        nl.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, route,
+                   f"route replace default via {gateway} dev {dev} onlink")  # fmt: skip
+
+
+def write_resolv(dns: list[str], search: str | None, root: str = "") -> None:
+    """/etc/resolv.conf as banger-resolv (the image's, for boots) writes it, replaced
+    atomically."""
+    lines = [
+        "# written by banger-agent: the banger daemon's DNS (NAME.vm, and the outside",
+        "# world for VMs with NAT)",
+        *(f"nameserver {ns}" for ns in dns),
+        *([f"search {search}"] if search else []),
+    ]
+    _write(f"{root}/etc/resolv.conf", "\n".join(lines) + "\n", 0o644)
+
+
+def _fsync_later(path: str) -> Callable[[], None]:
+    """fsync `path` and its directory on a thread; returns the function that waits."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            for p, flags in ((path, os.O_RDONLY), (os.path.dirname(path), os.O_DIRECTORY)):
+                fd = os.open(p, flags)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name=f"fsync {path}", daemon=True)
+    thread.start()
+
+    def wait() -> None:
+        thread.join(60)
+        if errors:
+            raise errors[0]
+
+    return wait
+
+
 def identity(body: dict[str, Any]) -> dict[str, Any]:
     """Give a restored guest (golden snapshot or fork) its own identity: clock,
     hostname, machine-id, SSH host key (sshd, which a golden boot runs with a
-    throwaway key and no network, reloads it), /root (mounted from the VM's own work
-    disk unless already), authorized key; the network last, so nothing reaches the
-    guest before it is this VM. Answers once sshd listens with the new key, so the
-    host's first SSH attempt is the one that logs in. With "hold", what the golden
-    boot held back (multi-user.target: services that need /root) waits for
+    throwaway key and no network, reloads it unless each connection reads it
+    anyway), /root (mounted from the VM's own work disk unless already), authorized
+    key; the network last (netlink, and /etc/resolv.conf), so nothing reaches the
+    guest before it is this VM. No new process on the way for the usual image (see
+    `_mount`, `configure_net`). Answers once sshd listens with the new key and that
+    key is on disk, so the host's first SSH attempt is the one that logs in. With
+    "hold", what the golden boot held back (multi-user.target: services that need /root) waits for
     `/start-held`, so it does not compete with the first login; without it, it
     starts now. Returns the steps applied and how long each took."""
     steps: dict[str, float] = {}
@@ -347,7 +584,7 @@ def identity(body: dict[str, Any]) -> dict[str, Any]:
         time.clock_settime(time.CLOCK_REALTIME, float(body["time"]))
         done("clock")
     work = body.get("work_device")
-    mount = None
+    mounted = None
     if work and not os.path.ismount("/root"):
         want = int(body.get("work_bytes", 0))
         dev_name = os.path.basename(str(work))
@@ -360,7 +597,7 @@ def identity(body: dict[str, Any]) -> dict[str, Any]:
             fcntl.ioctl(fd, 0x1261)  # BLKFLSBUF
         finally:
             os.close(fd)
-        mount = _start("mount", "/root")  # by /etc/fstab; systemd sees root.mount active
+        mounted = _mount("/root")  # by /etc/fstab; systemd sees root.mount active
     name = str(body["hostname"])
     with open("/proc/sys/kernel/hostname", "w") as f:
         f.write(name)
@@ -368,10 +605,11 @@ def identity(body: dict[str, Any]) -> dict[str, Any]:
     _write("/etc/machine-id", str(body["machine_id"]) + "\n", 0o444)
     done("hostname")
     key = "/etc/ssh/ssh_host_ed25519_key"
-    # On disk before sshd offers it: banger records this key, and a VM killed later
-    # must come back with it, not with the saved machine's.
+    # On disk before this answers: banger records this key, and a VM killed later
+    # must come back with it, not with the saved machine's (synced meanwhile).
     _write(key + ".pub", str(body["host_key_pub"]) + "\n", 0o644)
-    _write(key, str(body["host_key"]), 0o600, sync=True)
+    _write(key, str(body["host_key"]), 0o600)
+    synced = _fsync_later(key)
     reloading = _sshd_reload()
     done("host-key")
     os.makedirs(os.path.dirname(GOLDEN_FLAG), exist_ok=True)
@@ -379,35 +617,19 @@ def identity(body: dict[str, Any]) -> dict[str, Any]:
         pass
     with contextlib.suppress(FileNotFoundError):
         os.unlink(GOLDEN_FLAG)  # lets the units the golden boot held back start
-    if mount is not None:
-        _finish(mount, "mount /root")
+    if mounted is not None:
+        mounted()
         done("root")
     if body.get("authorized_key"):
         os.makedirs("/root/.ssh", mode=0o700, exist_ok=True)
         _write("/root/.ssh/authorized_keys", str(body["authorized_key"]) + "\n", 0o600)
         done("authorized-key")
-    dev = _nic()
-    batch = [
-        f"link set dev {dev} address {body['mac']}",
-        f"link set dev {dev} up",
-        f"addr flush dev {dev}",
-        f"addr add {body['ip']}/{int(body['prefix'])} dev {dev}",
-        f"route replace default via {body['gateway']} dev {dev} onlink",
-    ]
-    net = subprocess.Popen(
-        ["ip", "-4", "-batch", "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    dns = None
+    configure_net(_nic(), str(body["mac"]), str(body["ip"]), int(body["prefix"]),
+                  str(body["gateway"]))  # fmt: skip
     if body.get("dns"):
-        search = ["-s", str(body["search"])] if body.get("search") else []
-        dns = _start("/usr/local/sbin/banger-resolv", *search, *map(str, body["dns"]))
-    _, err = net.communicate("\n".join(batch) + "\n", timeout=60)
-    if net.returncode != 0:
-        raise RuntimeError(f"ip -batch: {err.strip() or net.returncode}")
-    if dns is not None:
-        _finish(dns, "banger-resolv")
+        write_resolv([str(d) for d in body["dns"]], body.get("search"))
     done("network")
+    synced()
     held = bool(body.get("hold"))
     if reloading is None:  # no sshd yet (an image whose golden boot held it back)
         _sh("systemctl", "--no-block", "restart", "ssh.service")

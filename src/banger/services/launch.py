@@ -55,6 +55,7 @@ class ColdBoot:
     restored = False
     resumed = False
     settles_while_ready = False  # settle (here: nothing) before waiting for SSH
+    sshd_listens = False  # sshd comes up during the boot: probe before each login
 
     def __init__(self, rootfs: Path) -> None:
         self.rootfs = rootfs
@@ -93,6 +94,7 @@ class Restore:
     restored = True
     resumed = False
     settles_while_ready = False  # the identity comes before sshd can answer
+    sshd_listens = True  # `/identity` answers once sshd listens with the VM's key
 
     def __init__(
         self,
@@ -177,6 +179,7 @@ class Resume:
     # The clock is set while the daemon waits for sshd's answer: both wait on a guest
     # that re-translates every code path it runs after a restore (TCG).
     settles_while_ready = True
+    sshd_listens = True  # it listened when the VM was suspended
 
     def __init__(self, state: SavedState) -> None:
         self.state = state

@@ -135,11 +135,17 @@ async def wait_for_ssh(
     check: Callable[[], None] | None = None,
     *,
     login: bool = True,
+    probe: bool = True,
 ) -> float:
     """Poll until OpenSSH logs in with `key` and runs `true`; returns seconds waited.
     Without `login`, until sshd answers with its banner: enough for a guest whose
     sshd, host key and authorized key already took a login (a resumed VM); a first
     login spends seconds in the guest (session, user manager) under TCG.
+
+    Each login attempt waits for sshd's banner first (cheap while a booting guest has
+    no sshd yet). Without `probe` it logs in at once: for a guest known to listen
+    (a restored one's agent said so), where the probe would only cost the guest a
+    whole sshd process (OpenSSH re-executes sshd for each connection).
 
     `is_alive` returns False once the VM process has died, which ends the wait early;
     `check` raises to end it (a dead or hung guest, see `readiness.BootWatch`).
@@ -157,7 +163,7 @@ async def wait_for_ssh(
                 "the VM process exited while waiting for SSH",
                 hint="see `banger vm logs` for the console output",
             )
-        if await _sshd_banner(host):
+        if (login and not probe) or await _sshd_banner(host):
             if not login:
                 return time.monotonic() - start
             res = await arun(

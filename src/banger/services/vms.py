@@ -439,7 +439,7 @@ class VMService:
             settle = functools.partial(launch.settle, vm, engine, handle, boot, progress, timings)
             ready = functools.partial(
                 self._wait_ready, vm, engine, handle, image, progress, timings,
-                login=not launch.resumed,
+                login=not launch.resumed, probe=not launch.sshd_listens,
             )  # fmt: skip
             if launch.settles_while_ready:  # e.g. a resume's clock, meanwhile sshd answers
                 settling = asyncio.ensure_future(settle())
@@ -544,11 +544,12 @@ class VMService:
         timings: dict[str, float],
         *,
         login: bool = True,
+        probe: bool = True,
     ) -> None:
         """Wait for SSH (then the agent) for as long as the guest makes progress; an
         image without an SSH server is ready when its agent answers. Without `login`
         (a resumed guest: sshd and its keys already took a login) sshd's answer is
-        enough."""
+        enough; without `probe` (sshd known to listen) the login starts at once."""
         t = time.monotonic()
         assert vm.ip is not None
         watch = BootWatch(
@@ -570,6 +571,7 @@ class VMService:
             READY_LIMIT,
             check=watch,
             login=login,
+            probe=probe,
         )
         timings["ssh"] = time.monotonic() - t
         self.fault("ssh")
