@@ -6,7 +6,6 @@ its own, as a coding agent would."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests import netns
-from tests.vmkit import NsBanger, banger_in_netns, ensure_artifacts
+from tests.vmkit import NsBanger, ensure_artifacts, private_home
 
 pytestmark = [pytest.mark.boot, netns.skip_unless_netns()]
 
@@ -28,14 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def b(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NsBanger]:
     ensure_artifacts(tmp_path_factory.mktemp("pull"))
-    home = Path(f"/tmp/bgx-{os.getpid()}-{time.monotonic_ns() % 10**6}")
-    home.mkdir()
-    try:
-        with banger_in_netns(home) as nb:
-            nb.run("vm", "create", "--name", "a", "--memory", "512M", timeout=600)
-            yield nb
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
+    with private_home() as nb:
+        nb.run("vm", "create", "--name", "a", "--memory", "512M", timeout=600)
+        yield nb
 
 
 def CLI(b: NsBanger) -> list[str]:

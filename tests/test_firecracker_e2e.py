@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ import pytest
 
 from tests import netns
 from tests.test_vm_lifecycle import assert_nothing_left
-from tests.vmkit import NsBanger, banger_in_netns, ensure_artifacts
+from tests.vmkit import NsBanger, ensure_artifacts, private_home
 
 pytestmark = [pytest.mark.boot, netns.skip_unless_netns()]
 
@@ -49,21 +48,16 @@ def standin_pids(home: Path) -> list[int]:
 @pytest.fixture(scope="module")
 def fb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NsBanger]:
     ensure_artifacts(tmp_path_factory.mktemp("pull"))
-    home = Path(f"/tmp/bfc-{os.getpid()}")  # short: sockets live under it
-    home.mkdir()
-    try:
-        with banger_in_netns(home) as b:
-            b.env["PATH"] = f"{STANDIN_DIR}{os.pathsep}{b.env['PATH']}"
-            b.env["BANGER_ENGINE"] = "firecracker"
-            b.env["BANGER_WARM_CREATE"] = "1"  # the first create makes a golden snapshot
-            b.env["FAKE_FC_RECORD"] = str(home / "fc-requests.jsonl")
-            try:
-                yield b
-            finally:
-                for pid in standin_pids(home):
-                    os.kill(pid, signal.SIGKILL)
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
+    with private_home() as b:
+        b.env["PATH"] = f"{STANDIN_DIR}{os.pathsep}{b.env['PATH']}"
+        b.env["BANGER_ENGINE"] = "firecracker"
+        b.env["BANGER_WARM_CREATE"] = "1"  # the first create makes a golden snapshot
+        b.env["FAKE_FC_RECORD"] = str(b.home / "fc-requests.jsonl")
+        try:
+            yield b
+        finally:
+            for pid in standin_pids(b.home):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _ssh(b: NsBanger, cmd: str, name: str = "f") -> str:

@@ -7,14 +7,11 @@ The guests are shared by every test here (module scope): two boots in all.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -30,7 +27,7 @@ from tests.uplink import (
     Uplink,
     uplink,
 )
-from tests.vmkit import NsBanger, banger_in_netns, ensure_artifacts
+from tests.vmkit import NsBanger, ensure_artifacts, private_home
 
 pytestmark = [pytest.mark.boot, netns.skip_unless_netns()]
 GW = "172.30.0.1"
@@ -49,30 +46,25 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     ensure_artifacts(tmp_path_factory.mktemp("pull"))
-    home = Path(f"/tmp/bgt-n{os.getpid() % 10**5}")
-    home.mkdir()
-    try:
-        with banger_in_netns(home) as b, uplink(b.ns, tmp_path_factory.mktemp("up")) as up:
-            creates = [
-                (
-                    "vm",
-                    "create",
-                    "--name",
-                    "a",
-                    "--nat",
-                    "--publish",
-                    "8080:80",
-                    "--memory",
-                    "512M",
-                ),
-                ("vm", "create", "--name", "b", "--memory", "512M"),
-            ]
-            with ThreadPoolExecutor(2) as pool:
-                list(pool.map(lambda args: b.run(*args, timeout=600), creates))
-            ips = {n: b.json("vm", "show", n)["ip"] for n in ("a", "b")}
-            yield World(b, up, ips)
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
+    with private_home() as b, uplink(b.ns, tmp_path_factory.mktemp("up")) as up:
+        creates = [
+            (
+                "vm",
+                "create",
+                "--name",
+                "a",
+                "--nat",
+                "--publish",
+                "8080:80",
+                "--memory",
+                "512M",
+            ),
+            ("vm", "create", "--name", "b", "--memory", "512M"),
+        ]
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda args: b.run(*args, timeout=600), creates))
+        ips = {n: b.json("vm", "show", n)["ip"] for n in ("a", "b")}
+        yield World(b, up, ips)
 
 
 def test_guests_resolve_each_other_by_name(world: World) -> None:

@@ -11,7 +11,6 @@ data directory, so concurrent runs never share it.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -20,9 +19,8 @@ from pathlib import Path
 import pytest
 
 from tests import netns, oci_kit
-from tests.sandbox import Sandbox, sandbox
-from tests.sandbox import test_env as sandbox_env
-from tests.vmkit import CACHE, ensure_artifacts
+from tests.sandbox import Sandbox
+from tests.vmkit import DATA, ensure_artifacts, private_home
 
 pytestmark = [
     pytest.mark.boot,
@@ -39,23 +37,24 @@ class Oci:
         self.b, self.addr = b, addr
 
 
+def _kernels_only(home: Path) -> Path:
+    """A data dir of the home's own (its images are the test's) sharing the cached kernels."""
+    data = home / "data"
+    data.mkdir()
+    (data / "kernels").symlink_to(DATA / "kernels")
+    return data
+
+
 @pytest.fixture(scope="module")
 def oci(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Oci]:
     ensure_artifacts(tmp_path_factory.mktemp("pull"))  # the kernel, from the shared cache
     tmp = tmp_path_factory.mktemp("oci")
     layout = oci_kit.build_image(tmp / "src")
-    home = Path(f"/tmp/bgo-{os.getpid()}-{time.monotonic_ns() % 10**6}")
-    data = home / "data"
-    data.mkdir(parents=True)
-    (data / "kernels").symlink_to(CACHE / "data" / "kernels")
-    try:
-        with sandbox(home, data_dir=data, env=sandbox_env()) as b:
-            assert b.ns is not None
-            with oci_kit.registry(tmp, ns=b.ns, port=5000) as addr:
-                oci_kit.push(layout, "1", f"{addr}/test/app:1", ns=b.ns)
-                yield Oci(b, addr)
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
+    with private_home(data=_kernels_only) as b:
+        assert b.ns is not None
+        with oci_kit.registry(tmp, ns=b.ns, port=5000) as addr:
+            oci_kit.push(layout, "1", f"{addr}/test/app:1", ns=b.ns)
+            yield Oci(b, addr)
 
 
 def test_pull_then_run_prints_the_marker_with_layers_owners_and_setuid_kept(oci: Oci) -> None:

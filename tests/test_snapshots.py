@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests import netns
-from tests.vmkit import NsBanger, banger_in_netns, ensure_artifacts
+from tests.vmkit import NsBanger, ensure_artifacts, private_home
 
 pytestmark = [pytest.mark.boot, netns.skip_unless_netns()]
 
@@ -26,14 +26,9 @@ pytestmark = [pytest.mark.boot, netns.skip_unless_netns()]
 @pytest.fixture(scope="module")
 def b(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NsBanger]:
     ensure_artifacts(tmp_path_factory.mktemp("pull"))
-    home = Path(f"/tmp/bgs-{os.getpid()}-{time.monotonic_ns() % 10**6}")
-    home.mkdir()
-    try:
-        with banger_in_netns(home) as nb:
-            nb.run("vm", "create", "--name", "a", "--memory", "512M", timeout=900)
-            yield nb
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
+    with private_home() as nb:
+        nb.run("vm", "create", "--name", "a", "--memory", "512M", timeout=900)
+        yield nb
 
 
 def _vm(b: NsBanger) -> dict[str, Any]:

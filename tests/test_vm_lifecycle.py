@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests import netns
-from tests.vmkit import NsBanger, banger_in_netns, ensure_artifacts
+from tests.vmkit import NsBanger, ensure_artifacts, private_home
 
 pytestmark = [pytest.mark.boot, netns.skip_unless_netns()]
 
@@ -32,16 +32,8 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 @pytest.fixture
 def b(artifacts: None, tmp_path: Path) -> Iterator[NsBanger]:
-    # A short home: QEMU's sockets live under it and UNIX socket paths are limited.
-    home = Path(f"/tmp/bgt-{os.getpid()}-{time.monotonic_ns() % 10**6}")
-    home.mkdir()
-    try:
-        with banger_in_netns(home) as b:
-            yield b
-    finally:
-        import shutil
-
-        shutil.rmtree(home, ignore_errors=True)
+    with private_home() as b:
+        yield b
 
 
 def leases(b: NsBanger) -> list[str]:

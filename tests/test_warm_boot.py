@@ -6,8 +6,6 @@ Boots: the cold seed, its golden boot, then restores (cheap) for a, b and the fo
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +16,7 @@ import pytest
 
 from tests import netns
 from tests.test_crash_points import assert_invariant, crash
-from tests.vmkit import NsBanger, banger_in_netns, ensure_artifacts
+from tests.vmkit import NsBanger, ensure_artifacts, private_home
 
 pytestmark = [pytest.mark.boot, netns.skip_unless_netns()]
 GOLDEN_WAIT = 900.0
@@ -42,28 +40,23 @@ def _golden(home: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def warm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Warm]:
     ensure_artifacts(tmp_path_factory.mktemp("pull"))
-    home = Path(f"/tmp/bgt-w{os.getpid() % 10**5}")
-    home.mkdir()
-    try:
-        with banger_in_netns(home) as b:
-            b.env["BANGER_WARM_CREATE"] = "1"
-            seed = b.json("vm", "create", "--name", "seed")
-            assert "restore" not in seed["timings"] and "boot" in seed["timings"]
-            deadline = time.monotonic() + GOLDEN_WAIT
-            while not _golden(home):
-                assert time.monotonic() < deadline, "no golden snapshot was made"
-                time.sleep(2)
-            b.run("vm", "delete", "--force", "seed")
-            vms, clocks = {}, {}
-            for n in ("a", "b"):
-                vms[n] = b.json("vm", "create", "--name", n, "--work-size", "3G")
-                # The clock as the create left it (the guest's own clock drifts later).
-                before = time.time()
-                guest = float(b.run("vm", "ssh", n, "--", "date +%s.%N").stdout)
-                clocks[n] = (before, guest, time.time())
-            yield Warm(b, vms, clocks)
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
+    with private_home() as b:
+        b.env["BANGER_WARM_CREATE"] = "1"
+        seed = b.json("vm", "create", "--name", "seed")
+        assert "restore" not in seed["timings"] and "boot" in seed["timings"]
+        deadline = time.monotonic() + GOLDEN_WAIT
+        while not _golden(b.home):
+            assert time.monotonic() < deadline, "no golden snapshot was made"
+            time.sleep(2)
+        b.run("vm", "delete", "--force", "seed")
+        vms, clocks = {}, {}
+        for n in ("a", "b"):
+            vms[n] = b.json("vm", "create", "--name", n, "--work-size", "3G")
+            # The clock as the create left it (the guest's own clock drifts later).
+            before = time.time()
+            guest = float(b.run("vm", "ssh", n, "--", "date +%s.%N").stdout)
+            clocks[n] = (before, guest, time.time())
+        yield Warm(b, vms, clocks)
 
 
 def test_warm_creates_restore_and_report_their_stages(warm: Warm) -> None:

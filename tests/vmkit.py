@@ -9,16 +9,19 @@ configuration; everything that does (bridge, TAPs, nft) happens in the namespace
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests import netns
 from tests.sandbox import CACHE, Sandbox, sandbox, test_env
 
 NsBanger = Sandbox  # the banger CLI as a user inside the sandbox's namespace runs it
 DATA = CACHE / "data"
 
-__all__ = ["CACHE", "DATA", "NsBanger", "banger_in_netns", "ensure_artifacts"]
+__all__ = ["CACHE", "DATA", "NsBanger", "banger_in_netns", "ensure_artifacts", "private_home"]
 
 
 def ensure_artifacts(home: Path) -> None:
@@ -34,3 +37,23 @@ def ensure_artifacts(home: Path) -> None:
 def banger_in_netns(home: Path) -> Iterator[Sandbox]:
     with sandbox(home, data_dir=DATA, env=test_env()) as box:
         yield box
+
+
+@contextmanager
+def private_home(
+    *,
+    data: Callable[[Path], Path] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[Sandbox]:
+    """A private daemon and CLI in a namespace of their own, with a BANGER_HOME of their
+    own: a new short directory under /tmp (VM sockets live below it and UNIX socket
+    paths are short), removed on the way out. Artifacts come from the shared cache
+    (call ensure_artifacts first) unless `data(home)` makes and returns a data dir of
+    the home's own. `env` adds to the boot tests' variables (tests.sandbox.test_env)."""
+    home = Path(tempfile.mkdtemp(prefix=netns.PREFIX, dir="/tmp"))
+    try:
+        data_dir = DATA if data is None else data(home)
+        with sandbox(home, data_dir=data_dir, env={**test_env(), **(env or {})}) as box:
+            yield box
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
