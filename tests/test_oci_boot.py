@@ -88,6 +88,15 @@ def test_pull_then_run_prints_the_marker_with_layers_owners_and_setuid_kept(oci:
     assert r.stdout == "app says hello\n"
     r = b.run("vm", "exec", "-e", "GREETING=bye", "t", "--", "sh", "-c", "app-hello; echo $PATH")
     assert r.stdout == f"app says bye\n{oci_kit.IMAGE_PATH}\n"
+    # ... and its WorkingDir and User (as with docker exec); -w and -u override each
+    whoami = ("sh", "-c", 'echo "$(pwd) $(id -un) $HOME"')
+    assert b.run("vm", "exec", "t", "--", *whoami).stdout == "/srv app /home/app\n"
+    r = b.run("vm", "exec", "-u", "root", "t", "--", *whoami)
+    assert r.stdout == "/srv root /root\n"
+    r = b.run("vm", "exec", "-w", "/tmp", "t", "--", *whoami)
+    assert r.stdout == "/tmp app /home/app\n"
+    r = b.run("vm", "exec", "-u", "0", "-w", "/", "t", "--", "sh", "-c", "pwd; id -u")
+    assert r.stdout == "/\n0\n"
     # the network came up from ip= and /root is the work disk
     r = b.run("vm", "exec", "t", "--", "cat", "/proc/mounts")
     assert " /root ext4 " in r.stdout

@@ -168,8 +168,12 @@ def _env(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("-i", "--interactive", is_flag=True, help="Send stdin to the command.")
 @click.option("-t", "--tty", is_flag=True, help="Run it on a terminal (with -i: a shell).")
 @click.option("-e", "--env", "env", multiple=True, metavar="K=V", help="Set a variable.")
-@click.option("-w", "--workdir", help="Working directory (default: the user's home).")
-@click.option("-u", "--user", help="User (name or uid[:gid]); default root.")
+@click.option(
+    "-w", "--workdir", help="Working directory (default: an OCI image's WorkingDir, else home)."
+)
+@click.option(
+    "-u", "--user", help="User (name or uid[:gid]; default: an OCI image's User, else root)."
+)
 @click.option("--timeout", type=float, help="Kill the command after S seconds (exit 124).")
 @click.argument("name")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)

@@ -41,18 +41,25 @@ def image_has_agent(d: Daemon, image: str) -> bool | None:
     return None if info is None else info.agent
 
 
-def image_env(d: Daemon, image: str) -> dict[str, str]:
-    """A pulled OCI image's Env (PATH included): what its commands run with, as
-    under docker or podman. Empty for other images."""
+def apply_image_config(d: Daemon, image: str, spec: dict[str, Any]) -> None:
+    """Run an exec the way docker exec runs one in a container of a pulled OCI image:
+    with its Env (PATH included) under the caller's --env, in its WorkingDir (or /)
+    unless -w says otherwise, and as its User unless -u does. Other images keep the
+    agent's defaults (root, in its home)."""
+    given = spec.get("env") or {}
+    if not isinstance(given, dict):
+        raise InvalidInput("an exec spec's env is an object of strings")
     info = image_lib.load_image(d.paths.images_dir, image)
     if info is None or info.oci is None:
-        return {}
+        return
     env: dict[str, str] = {}
     for item in info.oci.env:
         key, sep, value = item.partition("=")
         if sep and key:
             env[key] = value
-    return env
+    spec["env"] = {**env, **given}
+    spec["workdir"] = spec.get("workdir") or info.oci.workdir or "/"
+    spec["user"] = spec.get("user") or info.oci.user or None
 
 
 def agent_channel(vm: VMRecord) -> dict[str, Any] | None:
@@ -146,11 +153,8 @@ async def vm_stream(request: web.Request) -> web.StreamResponse:
         if not isinstance(spec, dict) or spec.get("kind") not in STREAM_KINDS:
             raise InvalidInput(f"a stream starts with a JSON spec whose kind is {STREAM_KINDS}")
         timeout = spec.pop("timeout", None)
-        if spec["kind"] == "exec":  # the image's Env, then what the caller set
-            given = spec.get("env") or {}
-            if not isinstance(given, dict):
-                raise InvalidInput("an exec spec's env is an object of strings")
-            spec["env"] = {**image_env(d, vm.image), **given}
+        if spec["kind"] == "exec":
+            apply_image_config(d, vm.image, spec)
         stream, info = await client.open(spec)
     except (BangerError, TimeoutError, ValueError) as exc:
         err = exc if isinstance(exc, BangerError) else InvalidInput(f"bad stream start: {exc}")
