@@ -201,6 +201,47 @@ async def test_sixteen_concurrent_execs_share_the_channel(client: AgentClient) -
         assert out.decode().split() == [f"{n}-{i}" for i in range(1, 201)]
 
 
+async def test_a_stream_opens_on_a_starved_guest_and_a_hung_agent_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Starting a command on a guest of a loaded host may take longer than a request
+    may (the agent is stopped here for 3x the request bound): it still opens. An agent
+    that never answers is reported once the stream bound is over."""
+    from banger.agent import client as agent_client
+
+    agent = Agent()
+    sock = tmp_path / "agent.sock"
+    loop = asyncio.get_running_loop()
+    try:
+        async with Bridge(agent, sock):
+            c = AgentClient({"transport": "virtio-serial", "path": str(sock)}, timeout=0.5)
+            assert (await c.healthz())["ok"] is True
+            os.kill(agent.proc.pid, signal.SIGSTOP)
+            loop.call_later(1.5, os.kill, agent.proc.pid, signal.SIGCONT)
+            out, _, info, _ = await run(c, {"kind": "exec", "argv": ["echo", "late"]})
+            assert (out, info["code"]) == (b"late\n", 0)
+
+            monkeypatch.setattr(agent_client, "STREAM_TIMEOUT", 1.0)
+            os.kill(agent.proc.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(AgentUnavailable) as e:
+                    await c.open({"kind": "exec", "argv": ["true"]})
+                assert "did not start the exec stream within 1s" in e.value.message
+            finally:
+                os.kill(agent.proc.pid, signal.SIGCONT)
+            await close_sessions()
+    finally:
+        agent.close()
+
+
+def test_the_cli_waits_longer_for_a_stream_than_the_daemon_does() -> None:
+    """So that a slow guest's error is the daemon's, naming the agent, not a time-out."""
+    from banger import stream
+    from banger.agent import client as agent_client
+
+    assert stream.OPEN_TIMEOUT > agent_client.STREAM_TIMEOUT + stream.CONNECT_TIMEOUT
+
+
 async def test_signal_and_close_kill_the_process_group(client: AgentClient, tmp_path: Path) -> None:
     stream, info = await client.open({"kind": "exec", "argv": ["sleep", "60"]})
     await stream.signal(signal.SIGTERM)

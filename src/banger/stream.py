@@ -35,6 +35,9 @@ from banger.errors import BangerError, DaemonUnavailable, from_dict
 
 CH_STDIN, CH_STDOUT, CH_STDERR = 0, 1, 2
 CONNECT_TIMEOUT = 10.0
+# Until the stream is open: longer than the daemon's own bound on a guest starting the
+# command (banger.agent.client.STREAM_TIMEOUT), so a slow guest's error comes from it.
+OPEN_TIMEOUT = 60.0
 
 
 @dataclass
@@ -74,6 +77,7 @@ class GuestStream:
         self.opened: dict[str, Any] = {}
         try:
             target = f"/v1/vms/{urllib.parse.quote(vm, safe='')}/stream"
+            self.sock.settimeout(OPEN_TIMEOUT)
             self._send(Request(host="bangerd", target=target))
             self._handshake()
             self._send(TextMessage(data=json.dumps(spec)))

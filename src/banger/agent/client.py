@@ -32,6 +32,10 @@ from banger.engines.firecracker_vsock import open_hybrid_vsock
 from banger.errors import BangerError
 
 DEFAULT_TIMEOUT = 5.0
+# Opening a stream starts a process in the guest (or a tar). A guest on a loaded host
+# can take longer than DEFAULT_TIMEOUT for that: 16 execs opened at once on a TCG
+# guest at host load 11 did. The bound only catches an agent that stopped answering.
+STREAM_TIMEOUT = 30.0
 HELLO_RETRY = 0.5
 
 
@@ -422,8 +426,10 @@ class AgentClient:
             "in it: `banger vm ssh NAME -- systemctl status banger-agent`",
         )
 
-    async def session(self) -> AgentSession:
-        """The pooled session for this channel, connecting (bounded) when needed."""
+    async def session(self, timeout: float | None = None) -> AgentSession:
+        """The pooled session for this channel, connecting (within `timeout`, by default
+        the client's) when needed."""
+        timeout = self.timeout if timeout is None else timeout
         loop = asyncio.get_running_loop()
         current = _sessions.get(self.key)
         if current is not None and not current.dead and current.loop is loop:
@@ -432,16 +438,16 @@ class AgentClient:
         if lock is None or lock._loop not in (None, loop):  # type: ignore[attr-defined]
             lock = _connecting[self.key] = asyncio.Lock()
         try:
-            async with asyncio.timeout(self.timeout), lock:
+            async with asyncio.timeout(timeout), lock:
                 current = _sessions.get(self.key)
                 if current is not None and not current.dead and current.loop is loop:
                     return current
                 fresh = AgentSession(self.agent, self.describe())
-                await fresh.connect(self.timeout)
+                await fresh.connect(timeout)
                 _sessions[self.key] = fresh
                 return fresh
         except TimeoutError as exc:
-            raise self._unavailable(f"did not answer within {self.timeout:g}s") from exc
+            raise self._unavailable(f"did not answer within {timeout:g}s") from exc
         except (OSError, EOFError, BangerError) as exc:
             if isinstance(exc, AgentUnavailable):
                 raise
@@ -504,15 +510,18 @@ class AgentClient:
                 hint="recreate the VM from a current image; `banger image pull` rebuilds "
                 "it. `banger vm ssh` still works",
             )
-        session = await self.session()
+        wait = max(self.timeout, STREAM_TIMEOUT)
+        session = await self.session(wait)
         stream = await session.open(spec)
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(wait):
                 first = await stream.next_event()
         except TimeoutError as exc:
             await stream.close()
-            session.stalled(self.timeout)
-            raise self._unavailable(f"did not open a {spec.get('kind')} stream") from exc
+            session.stalled(wait)
+            raise self._unavailable(
+                f"did not start the {spec.get('kind')} stream within {wait:g}s"
+            ) from exc
         if first.kind == "exit":
             stream.events.put_nowait(first)
             return stream, {"error": first.info.get("error"), **first.info}

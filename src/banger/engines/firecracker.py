@@ -175,7 +175,7 @@ class FirecrackerEngine(process.DetachedEngine):
         firecracker_bin: str | None = None,
         *,
         kvm_cache: Path | None = None,
-        start_timeout: float = 5.0,
+        start_timeout: float = process.START_TIMEOUT,
         save_timeout: float = 300.0,
     ) -> None:
         self._save_timeout = save_timeout

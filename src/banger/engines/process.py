@@ -30,6 +30,12 @@ from banger.errors import CommandFailed
 # so reading the launcher's stdout never blocks on the hypervisor itself.
 _LAUNCHER = 'o=$1; e=$2; shift 2; "$@" </dev/null >>"$o" 2>>"$e" & echo $!'
 
+# How long a started hypervisor may take to answer on its control socket. An idle host
+# needs milliseconds (QEMU's QMP, Firecracker's API), but a loaded one may not run the
+# new process for seconds. The wait ends at once when the process exits, so only a
+# hypervisor that hangs before answering costs the whole bound.
+START_TIMEOUT = 60.0
+
 
 @dataclass(frozen=True)
 class Spawned:

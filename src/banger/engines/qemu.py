@@ -257,7 +257,7 @@ class QemuEngine(process.DetachedEngine):
         accel: Literal["auto", "kvm", "tcg"] = "auto",
         kvm_cache: Path | None = None,
         vhost_vsock: bool | None = None,
-        start_timeout: float = 60.0,
+        start_timeout: float = process.START_TIMEOUT,
         save_timeout: float = 300.0,
     ) -> None:
         self._save_timeout = save_timeout
