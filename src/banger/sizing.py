@@ -91,22 +91,19 @@ def check_memory(value: str | int, host: HostLimits | None = None) -> int:
     return mib
 
 
-def check_disk_size(value: str | int) -> int:
-    n = _size("--disk-size", value)
-    if n < MIN_DISK_BYTES:
-        raise InvalidInput(
-            f"--disk-size {value} is too small", hint=f"use at least {MIN_DISK_BYTES // MiB}M"
-        )
+def _at_least(flag: str, value: str | int, minimum: int) -> int:
+    n = _size(flag, value)
+    if n < minimum:
+        raise InvalidInput(f"{flag} {value} is too small", hint=f"use at least {minimum // MiB}M")
     return n
+
+
+def check_disk_size(value: str | int) -> int:
+    return _at_least("--disk-size", value, MIN_DISK_BYTES)
 
 
 def check_work_size(value: str | int) -> int:
-    n = _size("--work-size", value)
-    if n < MIN_WORK_BYTES:
-        raise InvalidInput(
-            f"--work-size {value} is too small", hint=f"use at least {MIN_WORK_BYTES // MiB}M"
-        )
-    return n
+    return _at_least("--work-size", value, MIN_WORK_BYTES)
 
 
 def check_disks(

@@ -42,16 +42,7 @@ class VsockCapability(Capability):
     def allocate(self, vm: VMRecord) -> int:
         """Give `vm` the lowest CID no other VM holds, here or anywhere on the host,
         recorded at once so that a concurrent create cannot take the same one."""
-
-        def choose(taken: set[int]) -> int | None:
-            return self.vms.allocate_vsock_cid(vm.id, self.first_cid, LAST_CID, avoid=taken)
-
-        with self._lock:
-            cid = self.host.claim(choose)
-        if cid is None:
-            raise Conflict("no free vsock CID left", hint="delete unused VMs")
-        vm.vsock_cid = cid
-        return cid
+        return self._claim(vm, keep=None)
 
     async def prepare(self, vm: VMRecord, ctx: PrepareContext) -> None:
         cid = self.allocate(vm)
@@ -71,11 +62,15 @@ class VsockCapability(Capability):
 
     def keep_or_move(self, vm: VMRecord) -> int:
         """`vm`'s CID, re-reserved host-wide; a new one when another VM holds it."""
-        current = vm.vsock_cid
+        return self._claim(vm, keep=vm.vsock_cid)
+
+    def _claim(self, vm: VMRecord, keep: int | None) -> int:
+        """`keep` when no VM anywhere on the host holds it, else the lowest free CID
+        (recorded in the store while the host-wide claim is held)."""
 
         def choose(taken: set[int]) -> int | None:
-            if current is not None and current not in taken:
-                return current
+            if keep is not None and keep not in taken:
+                return keep
             return self.vms.allocate_vsock_cid(vm.id, self.first_cid, LAST_CID, avoid=taken)
 
         with self._lock:
