@@ -39,6 +39,12 @@ async def peer_check(request: web.Request, handler: Handler) -> web.StreamRespon
     return await handler(request)
 
 
+def _error(status: int, code: str, message: str, hint: str) -> web.Response:
+    return web.json_response(
+        {"error": {"code": code, "message": message, "hint": hint}}, status=status
+    )
+
+
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
@@ -46,44 +52,19 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_response(exc)
     except web.HTTPException as exc:
         if exc.status == 404:
-            return web.json_response(
-                {
-                    "error": {
-                        "code": "no_such_endpoint",
-                        "message": f"{request.method} {request.path} is not an API endpoint",
-                        "hint": "the CLI and daemon versions may differ; restart the daemon",
-                    }
-                },
-                status=404,
-            )
+            what = f"{request.method} {request.path} is not an API endpoint"
+            hint = "the CLI and daemon versions may differ; restart the daemon"
+            return _error(404, "no_such_endpoint", what, hint)
         raise
     except json.JSONDecodeError as exc:
-        return web.json_response(
-            {
-                "error": {
-                    "code": "invalid_input",
-                    "message": f"bad JSON body: {exc}",
-                    "hint": "send a JSON object",
-                }
-            },
-            status=400,
-        )
+        return _error(400, "invalid_input", f"bad JSON body: {exc}", "send a JSON object")
     except Exception as exc:
         mapped = from_os_error(exc)
         if mapped is not None:
             log.info("%s %s: %s", request.method, request.path, mapped.message)
             return error_response(mapped)
         log.exception("unhandled error in %s %s", request.method, request.path)
-        return web.json_response(
-            {
-                "error": {
-                    "code": "internal",
-                    "message": f"internal error: {exc}",
-                    "hint": "see the daemon log for details",
-                }
-            },
-            status=500,
-        )
+        return _error(500, "internal", f"internal error: {exc}", "see the daemon log for details")
 
 
 def bind_socket(path: Path) -> socket.socket:
