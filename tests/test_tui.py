@@ -51,6 +51,20 @@ async def until(pilot: Pilot[Any], cond: Callable[[], Any], what: str, timeout: 
     raise AssertionError(f"timed out waiting for {what}")
 
 
+async def open_create_form(pilot: Pilot[Any], app: BangerApp) -> CreateForm:
+    """`n`, then the form once its fields are mounted (late on a loaded host)."""
+    await pilot.press("n")
+
+    def mounted() -> bool:
+        return isinstance(app.screen, CreateForm) and bool(
+            app.screen.query("#f-image SelectOverlay")
+        )
+
+    await until(pilot, mounted, "the create form")
+    assert isinstance(app.screen, CreateForm)
+    return app.screen
+
+
 def record_vms(paths: Paths, n: int, image: str = "no-such-image") -> list[str]:
     """VM records as the daemon stores them, written before the daemon starts."""
     store = Store(paths.database)
@@ -189,9 +203,7 @@ async def test_create_form_shows_the_daemons_validation(daemon: RunningDaemon) -
     app = BangerApp(daemon.paths, interval=0.3)
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.online and app.config_values, "the daemon")
-        await pilot.press("n")
-        assert isinstance(app.screen, CreateForm)
-        form = app.screen
+        form = await open_create_form(pilot, app)
         assert (
             form.query_one("#f-memory", Input).placeholder == "1G (default)"
         )  # the daemon's default
@@ -368,9 +380,7 @@ async def test_create_form_starts_a_create_and_reports_its_failure(daemon: Runni
     app = BangerApp(daemon.paths, interval=0.3)
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.online and app.config_values, "the daemon")
-        await pilot.press("n")
-        form = app.screen
-        assert isinstance(form, CreateForm)
+        form = await open_create_form(pilot, app)
         form.query_one("#f-name", Input).value = "fresh"
         form.query_one("#f-memory", Input).value = "256M"
         form.query_one("#f-image", Select).set_options([("ghost-image", "ghost-image")])
