@@ -111,3 +111,31 @@ def test_daemon_killed_during_a_restore_leaves_nothing(warm: Warm) -> None:
         vms = assert_invariant(warm.b, {"a", "b", f"k{i}"})
         assert f"k{i}" not in vms and vms["a"]["state"] == vms["b"]["state"] == "running", point
     assert warm.sh("a", "hostname").strip() == "a"
+
+
+def test_a_warm_created_vm_suspends_and_resumes_as_itself(warm: Warm) -> None:
+    # b was restored from the golden snapshot and took its identity through the agent:
+    # its suspend saves that machine, its resume brings back b (not the golden guest).
+    b = warm.b
+    warm.sh("b", "tmux new -d -s s 'sleep 1000'")
+    sleep_pid = warm.sh("b", "pgrep -f 'sleep 1000'").split()[0]
+    facts = (
+        "hostname; ip -4 -o addr show dev eth0 | awk '{print $4}'; cat /etc/machine-id;"
+        " cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub"
+    )
+    before = warm.sh("b", facts).split()
+    up_before = float(warm.sh("b", "cut -d' ' -f1 /proc/uptime"))
+    assert "b suspended" in b.run("vm", "suspend", "b", timeout=300).stdout
+    assert b.json("vm", "show", "b")["state"] == "suspended"
+    assert "b resumed" in b.run("vm", "start", "b", timeout=300).stdout
+    vm = b.json("vm", "show", "b")
+    assert vm["state"] == "running" and vm["ip"] == warm.vms["b"]["ip"]
+    # `vm ssh` checks the host key strictly against banger's known_hosts: it still fits.
+    after = warm.sh("b", facts).split()
+    assert after == before and after[0] == "b" and after[1].split("/")[0] == vm["ip"]
+    assert after[3] in (b.home / "state" / "known_hosts").read_text()
+    assert warm.sh("b", "tmux has-session -t s && echo yes").strip() == "yes"
+    assert warm.sh("b", "pgrep -f 'sleep 1000'").split()[0] == sleep_pid
+    assert float(warm.sh("b", "cut -d' ' -f1 /proc/uptime")) > up_before
+    assert b.json("vm", "health", "b")["info"]["hostname"] == "b"
+    warm.sh("a", f"ping -c 1 -W 5 {vm['ip']}")  # back on the network at its address

@@ -193,9 +193,12 @@ async def wait_migration(client: QMPClient, timeout: float, what: str) -> None:
         delay = min(delay * 2, 0.05)
 
 
-async def _ignore_shared(client: QMPClient) -> None:
-    """Leave RAM mapped from a shared file out of the stream (it is in the file)."""
-    caps = [{"capability": "x-ignore-shared", "state": True}]
+async def _ignore_shared(client: QMPClient, on: bool = True) -> None:
+    """Leave RAM mapped from a shared file out of the stream (it is in the file), or
+    not. The capability is written into the stream and must match on load; it also
+    outlives the migration that set it: a machine restored from a state with a mapped
+    `ram` still has it on, so every save sets it explicitly."""
+    caps = [{"capability": "x-ignore-shared", "state": on}]
     await asyncio.wait_for(client.execute("migrate-set-capabilities", {"capabilities": caps}), 5.0)
 
 
@@ -210,8 +213,7 @@ async def save_to_file(
         await asyncio.wait_for(qmp.execute("stop"), 5.0)
         params = {"max-bandwidth": _MIGRATE_BANDWIDTH}
         await asyncio.wait_for(qmp.execute("migrate-set-parameters", params), 5.0)
-        if ram_in_file:
-            await _ignore_shared(qmp)
+        await _ignore_shared(qmp, ram_in_file)
         await _send_fd(qmp, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 5.0)
         await asyncio.wait_for(qmp.execute("migrate", {"uri": f"fd:{_STATE_FD}"}), 5.0)
         await wait_migration(qmp, timeout, what)
