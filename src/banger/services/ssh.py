@@ -111,14 +111,23 @@ def _alias(known_hosts: Path, host: str, names: list[str]) -> None:
         f.write(f"{','.join(names)} {key}\n")
 
 
-async def _sshd_banner(host: str) -> bool:
-    """A cheap probe before a full login: sshd answers with its version banner."""
+# How long a probe waits for the banner on a connection sshd accepted. Generous: each
+# connection costs the guest a new sshd process (OpenSSH re-executes sshd for it), so
+# giving up early and connecting again piles up sshd processes that all compete for a
+# guest whose every code path is still being translated (a just-restored TCG guest).
+BANNER_WAIT = 30.0
+
+
+async def _sshd_banner(host: str, port: int = 22) -> bool:
+    """A cheap probe before a full login: sshd answers with its version banner. Once
+    the connection is accepted it waits for that banner (`BANNER_WAIT`) rather than
+    connecting again."""
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, 22), 1.0)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
     except (OSError, TimeoutError):
         return False
     try:
-        return (await asyncio.wait_for(reader.readline(), 2.0)).startswith(b"SSH-")
+        return (await asyncio.wait_for(reader.readline(), BANNER_WAIT)).startswith(b"SSH-")
     except (OSError, TimeoutError):
         return False
     finally:
