@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import os
 import signal
 import socket
@@ -579,6 +580,53 @@ async def test_cli_exec_and_cp_through_the_daemon(served: Path, tmp_path: Path) 
     assert rc == 2 and b"exactly one side" in err
     rc, _, err = await banger("vm", "cp", f"box:{tmp_path}/nothing-here", str(tmp_path))
     assert rc == 1 and b"nothing-here" in err
+
+
+async def test_a_client_that_resets_the_connection_kills_the_command(served: Path) -> None:
+    """A client killed with the daemon's "opened" message still unread resets its
+    socket (ECONNRESET on the daemon's read, not a clean end of stream): the command
+    it started must die all the same."""
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, Request, TextMessage
+
+    marker = f"sleep {50000 + os.getpid() % 10000}"
+    ws = WSConnection(ConnectionType.CLIENT)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(str(served / "run" / "bangerd.sock"))
+    s.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_sendall(s, ws.send(Request(host="bangerd", target="/v1/vms/box/stream")))
+    while not any(isinstance(e, AcceptConnection) for e in ws.events()):
+        data = await asyncio.wait_for(loop.sock_recv(s, 4096), 30)
+        assert data, "the daemon closed the connection instead of upgrading it"
+        ws.receive_data(data)
+    spec = {"kind": "exec", "argv": marker.split()}
+    await loop.sock_sendall(s, ws.send(TextMessage(data=json.dumps(spec))))
+    await _until(lambda: bool(_running(marker)), timeout=30)
+    # Wait until the "opened" message is queued on our side, and close without reading it.
+    await asyncio.wait_for(_readable(s), 30)
+    s.close()
+    await _until(lambda: not [p for p in _running(marker) if _alive(p)], timeout=60)
+
+
+async def _readable(s: socket.socket) -> None:
+    """Until data waits in `s` (left unread)."""
+    while True:
+        with contextlib.suppress(BlockingIOError):
+            if s.recv(1, socket.MSG_PEEK):
+                return
+        await asyncio.sleep(0.05)
+
+
+def _running(cmdline: str) -> list[int]:
+    """PIDs whose command line is exactly `cmdline`."""
+    found = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (p / "cmdline").read_bytes().replace(b"\0", b" ").strip() == cmdline.encode():
+                    found.append(int(p.name))
+    return found
 
 
 async def test_mcp_server_over_stdio_bounds_output(served: Path, tmp_path: Path) -> None:

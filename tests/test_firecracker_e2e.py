@@ -158,7 +158,11 @@ def test_firecracker_lifecycle_through_the_standin(fb: NsBanger) -> None:
 
     b.run("vm", "start", "f")
     started = b.json("vm", "show", "f")
-    assert (started["state"], started["vsock_cid"]) == ("running", vm["vsock_cid"])
+    assert started["state"] == "running"
+    # It keeps its CID, unless another daemon's VM on this host took it meanwhile
+    # (CIDs are host-wide; other test runs may share the machine), which is logged.
+    moved = f"vsock CID {vm['vsock_cid']} is in use on this host" in b.paths.daemon_log.read_text()
+    assert started["vsock_cid"] == vm["vsock_cid"] or moved
     assert _ssh(b, "cat /root/f") == "kept"
 
     # The VM outlives the daemon; a new daemon re-adopts it, hybrid vsock included.

@@ -40,7 +40,8 @@ class World:
     ips: dict[str, str]
 
     def sh(self, vm: str, script: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.b.run("vm", "ssh", vm, "--", script, check=check, timeout=60)
+        # Generous: an ssh login can take a minute on a loaded 2-core TCG host.
+        return self.b.run("vm", "ssh", vm, "--", script, check=check, timeout=180)
 
 
 @pytest.fixture(scope="module")

@@ -397,7 +397,10 @@ class WebSocketResponse(StreamResponse):
                     return WSMessage(WSMsgType.CLOSE, ev.code, ev.reason)
             if self._closed:
                 return WSMessage(WSMsgType.CLOSED)
-            data = await self._conn.reader.read(READ_SIZE)
+            try:
+                data = await self._conn.reader.read(READ_SIZE)
+            except ConnectionError:  # reset: the peer died with our data unread
+                data = b""
             if not data:
                 self._closed = True
                 return WSMessage(WSMsgType.CLOSED)

@@ -197,17 +197,19 @@ async def vm_stream(request: web.Request) -> web.StreamResponse:
 
 
 async def _relay_input(ws: web.WebSocketResponse, stream: AgentStream) -> None:
-    async for msg in ws:
-        if msg.type == WSMsgType.BINARY:
-            data: bytes = msg.data
-            if data[:1] == bytes([CH_STDIN]):
-                await stream.write(data[1:])
-        elif msg.type == WSMsgType.TEXT:
-            ctl = json.loads(msg.data)
-            if ctl.get("type") == "resize":
-                await stream.resize(int(ctl["rows"]), int(ctl["cols"]))
-            elif ctl.get("type") == "signal":
-                await stream.signal(int(ctl["signal"]))
-            elif ctl.get("type") == "close":
-                break
-    await stream.close()  # the client is gone: nothing may keep running for it
+    try:
+        async for msg in ws:
+            if msg.type == WSMsgType.BINARY:
+                data: bytes = msg.data
+                if data[:1] == bytes([CH_STDIN]):
+                    await stream.write(data[1:])
+            elif msg.type == WSMsgType.TEXT:
+                ctl = json.loads(msg.data)
+                if ctl.get("type") == "resize":
+                    await stream.resize(int(ctl["rows"]), int(ctl["cols"]))
+                elif ctl.get("type") == "signal":
+                    await stream.signal(int(ctl["signal"]))
+                elif ctl.get("type") == "close":
+                    break
+    finally:  # however the client went (closed, reset, garbage), nothing keeps running
+        await stream.close()
