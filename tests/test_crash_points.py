@@ -27,7 +27,7 @@ import pytest
 from banger.daemon.testhooks import POINTS
 from banger.net.tap import held_taps
 from tests import netns
-from tests.vmkit import NsBanger, banger_in_netns, ensure_artifacts
+from tests.vmkit import NsBanger, ensure_artifacts, private_home
 
 pytestmark = [pytest.mark.boot, netns.skip_unless_netns()]
 
@@ -45,15 +45,8 @@ RANDOM_KILLS = 8 if FULL else 1
 @pytest.fixture(scope="module")
 def b(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NsBanger]:
     ensure_artifacts(tmp_path_factory.mktemp("pull"))
-    home = Path(f"/tmp/bgc-{os.getpid()}")
-    home.mkdir()
-    try:
-        with banger_in_netns(home) as b:
-            yield b
-    finally:
-        import shutil
-
-        shutil.rmtree(home, ignore_errors=True)
+    with private_home() as b:
+        yield b
 
 
 def _client(b: NsBanger) -> Any:

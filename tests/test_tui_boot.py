@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -25,7 +24,7 @@ from banger.tui.app import BangerApp, OpsTable
 from banger.tui.screens import Confirm
 from tests import netns
 from tests.test_tui import plain, until, vm_rows, wait_screen
-from tests.vmkit import NsBanger, banger_in_netns, ensure_artifacts
+from tests.vmkit import NsBanger, ensure_artifacts, private_home
 
 pytestmark = [pytest.mark.boot, netns.skip_unless_netns()]
 BOOT_TIMEOUT = 240.0
@@ -34,14 +33,9 @@ BOOT_TIMEOUT = 240.0
 @pytest.fixture(scope="module")
 def b(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NsBanger]:
     ensure_artifacts(tmp_path_factory.mktemp("pull"))
-    home = Path(f"/tmp/bgt-tui-{os.getpid()}")
-    home.mkdir()
-    try:
-        with banger_in_netns(home) as b:
-            b.run("daemon", "start")
-            yield b
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
+    with private_home() as b:
+        b.run("daemon", "start")
+        yield b
 
 
 def paths_of(b: NsBanger) -> Paths:

@@ -21,7 +21,7 @@ from tests.sandbox import CACHE, Sandbox, sandbox, test_env
 NsBanger = Sandbox  # the banger CLI as a user inside the sandbox's namespace runs it
 DATA = CACHE / "data"
 
-__all__ = ["CACHE", "DATA", "NsBanger", "banger_in_netns", "ensure_artifacts", "private_home"]
+__all__ = ["CACHE", "DATA", "NsBanger", "ensure_artifacts", "private_home"]
 
 
 def ensure_artifacts(home: Path) -> None:
@@ -31,12 +31,6 @@ def ensure_artifacts(home: Path) -> None:
         box.pull()
     finally:
         box.teardown()
-
-
-@contextmanager
-def banger_in_netns(home: Path) -> Iterator[Sandbox]:
-    with sandbox(home, data_dir=DATA, env=test_env()) as box:
-        yield box
 
 
 @contextmanager
