@@ -152,6 +152,13 @@ async def test_exec_env_workdir_user_and_missing_command(
             client, {"kind": "exec", "argv": ["id", "-u"], "user": "nobody"}
         )
         assert out.strip() == b"65534" and info["code"] == 0
+        # A uid with no account (as OCI images often give): that uid, group 0, home /.
+        out, _, info, _ = await run(
+            client,
+            {"kind": "exec", "argv": ["sh", "-c", 'echo "$(id -u) $(id -g) $HOME $(pwd)"'],
+             "user": "4242"},
+        )  # fmt: skip
+        assert out.decode() == "4242 0 / /\n" and info["code"] == 0
     _, _, info, _ = await run(client, {"kind": "exec", "argv": ["no-such-command-x"]})
     assert info["code"] == 127 and "no-such-command-x" in info["error"]
     _, _, info, _ = await run(

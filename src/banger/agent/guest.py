@@ -1042,29 +1042,31 @@ def _user_env(spec: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any], str
     """The environment, Popen user arguments and working directory for spec."""
     user = str(spec.get("user") or "root")
     name, _, group = user.partition(":")
-    pw = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
-    gid = pw.pw_gid
+    try:
+        pw = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+        uid, gid, home, login, shell = pw.pw_uid, pw.pw_gid, pw.pw_dir, pw.pw_name, pw.pw_shell
+    except KeyError:
+        if not name.isdigit():
+            raise
+        # A uid the image has no account for (common in OCI images): run as it, in
+        # group 0 with home /, as docker does.
+        uid, gid, home, login, shell = int(name), 0, "/", "", ""
     if group:
         gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
-    env = {
-        "HOME": pw.pw_dir,
-        "USER": pw.pw_name,
-        "LOGNAME": pw.pw_name,
-        "SHELL": pw.pw_shell or "/bin/sh",
-        "PATH": DEFAULT_PATH,
-        "LANG": "C.UTF-8",
-    }
+    env = {"HOME": home, "SHELL": shell or "/bin/sh", "PATH": DEFAULT_PATH, "LANG": "C.UTF-8"}
+    if login:
+        env.update(USER=login, LOGNAME=login)
     if spec.get("tty"):
         env["TERM"] = str(spec.get("term") or "xterm-256color")
     env.update({str(k): str(v) for k, v in (spec.get("env") or {}).items()})
     kw: dict[str, Any] = {}
-    if pw.pw_uid != os.geteuid() or gid != os.getegid():
+    if uid != os.geteuid() or gid != os.getegid():
         kw = {
-            "user": pw.pw_uid,
+            "user": uid,
             "group": gid,
-            "extra_groups": os.getgrouplist(pw.pw_name, gid),
+            "extra_groups": os.getgrouplist(login, gid) if login else [],
         }
-    workdir = str(spec.get("workdir") or pw.pw_dir or "/")
+    workdir = str(spec.get("workdir") or home or "/")
     if not os.path.isdir(workdir):
         if spec.get("workdir"):
             raise FileNotFoundError(f"working directory {workdir} does not exist")
