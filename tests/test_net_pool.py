@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from banger.errors import InvalidInput
+from banger.errors import InvalidInput, NotFound
 from banger.net.bridge import ensure_bridge
 from banger.net.pool import TapPool
 from banger.net.tap import create_tap, list_taps, tap_exists
@@ -67,6 +67,23 @@ def test_release_recycles_or_deletes_when_full(ns: str) -> None:
     with pytest.raises(InvalidInput):
         pool.release("eth0")
     assert pool.acquire() == a  # warm again
+
+
+def test_a_held_tap_is_down_until_put_back_or_released(ns: str) -> None:
+    # Down, its bridge port forwards nothing either way (a fork not yet itself).
+    pool = TapPool("banger0", size=1, netns=ns)
+    a = pool.acquire()
+    pool.set_up(a, False)
+    assert [(t.up, t.master) for t in list_taps(a, netns=ns)] == [(False, "banger0")]
+    pool.set_up(a, True)
+    assert [(t.up, t.master) for t in list_taps(a, netns=ns)] == [(True, "banger0")]
+    pool.set_up(a, False)
+    pool.release(a)  # a create that failed while holding it: back in the pool, up
+    assert pool.idle == [a] and [t.up for t in list_taps(a, netns=ns)] == [True]
+    with pytest.raises(InvalidInput):
+        pool.set_up("eth0", False)
+    with pytest.raises(NotFound):
+        pool.set_up("tap-pool-99", False)
 
 
 def test_release_of_a_vanished_device_drops_it(ns: str) -> None:

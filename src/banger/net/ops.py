@@ -263,6 +263,24 @@ def attach_tap(name: str, bridge: str, netns: str | None) -> dict[str, Any]:
     return call_in_netns(netns, work)
 
 
+def set_tap_up(name: str, up: bool, netns: str | None) -> dict[str, Any]:
+    """Take a TAP's link down (its bridge port stops forwarding: nothing the VM sends
+    reaches anyone) or bring it back up. Refuses a device that is not a TAP."""
+    check_ifname(name, "TAP")
+
+    def work() -> dict[str, Any]:
+        with netlink(f"setting TAP {name} {'up' if up else 'down'}") as ipr:
+            link = get_link(ipr, name)
+            if link is None or _tun_data(link) is None:
+                raise NotFound(f"TAP device `{name}` does not exist", hint="check `ip -d link`")
+            ipr.link("set", index=int(link["index"]), state="up" if up else "down")
+            info = _tap_info(ipr, ipr.link("get", index=int(link["index"]))[0])
+            assert info is not None
+            return info
+
+    return call_in_netns(netns, work)
+
+
 def delete_tap(name: str, netns: str | None) -> bool:
     check_ifname(name, "TAP")
 

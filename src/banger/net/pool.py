@@ -32,6 +32,7 @@ from banger.net.tap import (
     delete_tap,
     held_taps,
     list_taps,
+    set_tap_up,
 )
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,13 @@ class TapPool:
             self._busy.add(name)
         log.info("TAP pool empty: created %s cold", name)
         return TapLease(name, cold=True)
+
+    def set_up(self, name: str, up: bool) -> None:
+        """Take a leased TAP's link down or bring it up again (`release` and `reclaim`
+        bring a pooled TAP back up whatever state a VM left it in)."""
+        if not self.owns(name):
+            raise InvalidInput(f"`{name}` is not a `{self.prefix}N` device of this pool")
+        set_tap_up(name, up, netns=self.netns)
 
     def release(self, name: str) -> None:
         """Take back a TAP a VM no longer uses: keep it idle, or delete it when full."""

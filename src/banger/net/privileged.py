@@ -43,6 +43,7 @@ OPERATIONS: dict[str, Operation] = {
     "create_tap": Operation(ops.create_tap),
     "attach_tap": Operation(ops.attach_tap),
     "delete_tap": Operation(ops.delete_tap),
+    "set_tap_up": Operation(ops.set_tap_up),
     "list_taps": Operation(ops.list_taps, read_only=True),
     "tap_exists": Operation(ops.tap_exists, read_only=True),
     "route_localnet": Operation(ops.route_localnet),

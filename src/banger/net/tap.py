@@ -25,6 +25,7 @@ __all__ = [
     "delete_tap",
     "held_taps",
     "list_taps",
+    "set_tap_up",
     "tap_exists",
 ]
 
@@ -52,6 +53,11 @@ def create_tap(
 def attach_tap(name: str, bridge: str, netns: str | None = None) -> TapInfo:
     """Make sure an existing TAP is attached to `bridge` and up (idempotent)."""
     return TapInfo(**dispatch("attach_tap", name=name, bridge=bridge, netns=netns))
+
+
+def set_tap_up(name: str, up: bool, netns: str | None = None) -> TapInfo:
+    """Bring an existing TAP's link up or down (down: its bridge port forwards nothing)."""
+    return TapInfo(**dispatch("set_tap_up", name=name, up=up, netns=netns))
 
 
 def delete_tap(name: str, netns: str | None = None) -> bool:

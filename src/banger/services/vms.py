@@ -37,6 +37,7 @@ from banger.agent.client import wait_healthy
 from banger.api.models import CreateVM, SetVM
 from banger.artifacts import ext4
 from banger.capabilities.base import BootContributions, Capability, PrepareContext
+from banger.capabilities.network import NetworkCapability
 from banger.config import Config
 from banger.engines import process
 from banger.engines.base import (
@@ -335,8 +336,14 @@ class VMService:
         d = Path(snap.dir)
         state = read_state(d / STATE_DIR, what=f"snapshot {snap.name}")
         identity = Identity(self.paths.known_hosts, public_key(self.ssh_key), mount_work=False)
+        network = next((c for c in self.capabilities if isinstance(c, NetworkCapability)), None)
         restore = Restore(
-            state, d / k_name("rootfs"), identity, f"snapshot {snap.name}", hold_nics=True
+            state,
+            d / k_name("rootfs"),
+            identity,
+            f"snapshot {snap.name}",
+            hold_nics=True,
+            hold_taps=network.hold if network is not None else None,
         )
         return restore, d / k_name("work")
 
