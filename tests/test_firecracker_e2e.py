@@ -5,8 +5,10 @@ over the API socket (every request validated against the upstream contract by th
 stand-in, which records them), and the stand-in boots that machine with QEMU. One
 boot sequence, inside a network namespace the test creates, walks what a user does:
 create, ssh, health over hybrid vsock, ports, a warm create restoring the golden
-snapshot the first create made (`PUT /snapshot/create` and `/snapshot/load`), stop,
-start, a daemon kill -9 with re-adoption, delete, and checks that nothing is left.
+snapshot the first create made (`PUT /snapshot/create` and `/snapshot/load`), a named
+snapshot of the running VM and a fork of it (`/snapshot/load` with the fork's own TAP
+and vsock socket), suspend and resume, stop, start, a daemon kill -9 with
+re-adoption, delete, and checks that nothing is left.
 """
 
 from __future__ import annotations
@@ -106,6 +108,111 @@ def warm_create(b: NsBanger, f: dict[str, Any]) -> None:
     b.run("vm", "delete", "--force", "g")
 
 
+def _requests(b: NsBanger) -> list[dict[str, Any]]:
+    """The API requests recorded since the last `_requests` (all accepted)."""
+    record = b.home / "fc-requests.jsonl"
+    reqs = [json.loads(line) for line in record.read_text().splitlines()]
+    record.unlink()
+    assert all(r["status"] < 300 for r in reqs), [r for r in reqs if r["status"] >= 300]
+    return reqs
+
+
+FACTS = (
+    "hostname; cat /sys/class/net/eth0/address; cat /etc/machine-id;"
+    " cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub;"
+    " ip -4 -o addr show dev eth0 | awk '{print $4}'"
+)
+
+
+def snapshot_and_fork(b: NsBanger, f: dict[str, Any]) -> None:
+    """`vm snapshot f --as s1` pauses f (`PATCH /vm`), `PUT /snapshot/create`, copies
+    both disks and lets f run on; `vm create --from s1` loads s1 into a new
+    Firecracker with the fork's own TAP (`network_overrides`) and vsock socket
+    (`vsock_override`), moves the drives to its own copies before the guest runs,
+    and the agent's `/identity` makes it a VM of its own."""
+    _ssh(b, "tmux new -d -s s 'sleep 1000'; echo as-of-s1 > /root/snap; sync")
+    (b.home / "fc-requests.jsonl").unlink(missing_ok=True)
+    assert "snapshot s1 of f" in b.run("vm", "snapshot", "f", "--as", "s1", timeout=600).stdout
+    snap = b.json("snapshot", "show", "s1")
+    state = Path(snap["dir"]) / "state"
+    reqs = [(r["method"], r["path"], r["body"]) for r in _requests(b)]
+    assert reqs == [
+        ("PATCH", "/vm", {"state": "Paused"}),
+        ("PUT", "/snapshot/create", {"snapshot_type": "Full",
+                                     "snapshot_path": str(state / "vmstate"),
+                                     "mem_file_path": str(state / "memory")}),
+        ("PATCH", "/vm", {"state": "Resumed"}),
+    ]  # fmt: skip
+    assert b.json("vm", "show", "f")["state"] == "running"
+    _ssh(b, "echo later > /root/snap; sync")
+
+    c = b.json("vm", "create", "--from", "s1", "--name", "c")
+    try:
+        assert c["engine"] == "firecracker" and c["state"] == "running"
+        assert {"restore", "identity"} <= set(c["timings"]) and "boot" not in c["timings"]
+        reqs = _requests(b)
+        load = next(r["body"] for r in reqs if r["path"] == "/snapshot/load")
+        c_run = Path(c["dir"]) / "run"
+        assert load["snapshot_path"] == str(state / "vmstate")
+        assert load["network_overrides"] == [{"iface_id": "eth0", "host_dev_name": c["tap"]}]
+        assert c["tap"] != b.json("vm", "show", "f")["tap"]
+        # The guest keeps the CID saved in s1 (VsockOverride has only uds_path); the
+        # record holds the one reserved for c's next cold boot, never f's.
+        assert c["vsock_cid"] not in (None, f["vsock_cid"])
+        assert load["vsock_override"] == {"uds_path": str(c_run / "vsock.sock")}
+        assert load["resume_vm"] is False  # the drives move first
+        moved = {r["body"]["drive_id"]: r["body"]["path_on_host"] for r in reqs
+                 if r["method"] == "PATCH" and r["path"].startswith("/drives/")}  # fmt: skip
+        assert set(moved) == {"rootfs", "work"}
+        assert all(p.startswith(c["dir"] + "/") for p in moved.values()), moved
+
+        # f's files and processes as of s1, not the later write.
+        assert _ssh(b, "cat /root/snap", "c") == "as-of-s1"
+        assert _ssh(b, "cat /root/snap") == "later"
+        assert _ssh(b, "tmux has-session -t s && echo yes", "c") == "yes"
+        # Its own identity; banger's known_hosts holds both keys (strict checking).
+        ff, fc = _ssh(b, FACTS).split(), _ssh(b, FACTS, "c").split()
+        assert fc[0] == "c" and fc[1] == c["mac"] and fc[4].split("/")[0] == c["ip"]
+        assert ff[0] == "f" and ff[1] == f["mac"] and ff[4].split("/")[0] == f["ip"]
+        for i, what in enumerate(("hostname", "MAC", "machine-id", "host key", "address")):
+            assert ff[i] != fc[i], what
+        known = (b.home / "state" / "known_hosts").read_text()
+        assert ff[3] in known and fc[3] in known
+        # Each agent behind its own socket answers as its own VM.
+        hc, hf = b.json("vm", "health", "c"), b.json("vm", "health", "f")
+        assert (hc["info"]["hostname"], hf["info"]["hostname"]) == ("c", "f")
+        assert hc["transport"] == f"hybrid-vsock {c_run / 'vsock.sock'}"
+        _ssh(b, f"ping -c 1 -W 5 {c['ip']}")
+        _ssh(b, f"ping -c 1 -W 5 {f['ip']}", "c")
+    finally:
+        b.run("vm", "delete", "--force", "c")
+    assert "s1 removed" in b.run("snapshot", "rm", "s1").stdout
+
+
+def suspend_and_resume(b: NsBanger) -> None:
+    """`vm suspend f` snapshots it into its own directory and ends Firecracker; `vm
+    start f` loads it back (`resume_vm`: same drives): the tmux session started
+    before (in `snapshot_and_fork`) is still there and uptime kept counting."""
+    sleep_pid = _ssh(b, "pgrep -f 'sleep 1000'")
+    up_before = float(_ssh(b, "cut -d' ' -f1 /proc/uptime"))
+    (b.home / "fc-requests.jsonl").unlink(missing_ok=True)
+    assert "f suspended" in b.run("vm", "suspend", "f", timeout=600).stdout
+    vm = b.json("vm", "show", "f")
+    state = Path(vm["dir"]) / "state"
+    assert vm["state"] == "suspended" and standin_pids(b.home) == []
+    assert sorted(p.name for p in state.iterdir()) == ["memory", "state.json", "vmstate"]
+    assert [r["path"] for r in _requests(b)] == ["/vm", "/snapshot/create"]
+
+    assert "f resumed" in b.run("vm", "start", "f", timeout=600).stdout
+    load = next(r["body"] for r in _requests(b) if r["path"] == "/snapshot/load")
+    assert load["resume_vm"] is True and load["snapshot_path"] == str(state / "vmstate")
+    assert not state.exists()  # the guest ran on: the state is stale and gone
+    assert _ssh(b, "tmux has-session -t s && echo yes") == "yes"
+    assert _ssh(b, "pgrep -f 'sleep 1000'") == sleep_pid
+    assert float(_ssh(b, "cut -d' ' -f1 /proc/uptime")) > up_before
+    assert b.json("vm", "health", "f")["info"]["hostname"] == "f"
+
+
 def test_firecracker_lifecycle_through_the_standin(fb: NsBanger) -> None:
     b = fb
     doctor = b.run("doctor", check=False).stdout
@@ -145,6 +252,8 @@ def test_firecracker_lifecycle_through_the_standin(fb: NsBanger) -> None:
     assert "Linux version" in (Path(vm["dir"]) / "console.log").read_text(errors="replace")
 
     warm_create(b, vm)
+    snapshot_and_fork(b, vm)
+    suspend_and_resume(b)
 
     b.run("vm", "stop", "f")
     stopped = b.json("vm", "show", "f")
