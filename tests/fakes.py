@@ -231,6 +231,11 @@ class Recorded(Capability):
     async def detach(self, vm: VMRecord) -> None:
         await self._hook("detach", vm)
 
+    async def hold(self, vm: VMRecord, held: bool) -> None:
+        if hasattr(self.inner, "hold"):
+            self.events.append(f"{self.name}.hold:{vm.name}:{'on' if held else 'off'}")
+            await self.inner.hold(vm, held)
+
     async def destroy(self, vm: VMRecord) -> None:
         await self._hook("destroy", vm)
 

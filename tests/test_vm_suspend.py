@@ -354,11 +354,15 @@ async def test_a_fork_restores_the_snapshot_on_its_own_disks_with_its_own_identi
         # Its own copies of the disks as of s1 (not the later write, not shared).
         assert _disks(h, vm) == {"rootfs.ext4": b"root", "work.ext4": b"work"}
     assert "engine.restore:c" in h.events and "engine.start:c" not in h.events
-    # Off the network (links down) from the restore until it has its own identity.
+    # Off the network from the restore until it has its own identity: held on the
+    # host (its TAP down, whatever the engine) and its links cut where the engine can.
     ev = h.events
+    assert ev.index("network.attach:c") < ev.index("network.hold:c:on")
+    assert ev.index("network.hold:c:on") < ev.index("engine.restore:c")
     assert ev.index("engine.links:c:down") < ev.index("identity:c")
     # sshd listens once /identity answered: the login starts without a banner probe.
     assert ev.index("identity:c") < ev.index("engine.links:c:eth0:up") < ev.index("ssh:c:now")
+    assert ev.index("identity:c") < ev.index("network.hold:c:off") < ev.index("ssh:c:now")
     assert all(
         s is not None and s.dir == Path(snap.dir) / "state" for s in h.engine().restored[-2:]
     )

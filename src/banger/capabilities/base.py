@@ -84,6 +84,13 @@ class Capability:
     async def destroy(self, vm: VMRecord) -> None:
         return None
 
+    async def hold(self, vm: VMRecord, held: bool) -> None:
+        """Keep a VM that is not yet itself (a fork restored with its source's MAC and
+        address) from reaching anything through this capability, or let it again
+        (`held=False`). Called around the engine's start and the guest's `/identity`;
+        `detach` must undo a hold a failed create leaves."""
+        return None
+
     async def apply(self, vm: VMRecord) -> None:
         """Make a running VM's live settings take effect now."""
         return None

@@ -92,13 +92,12 @@ class NetworkCapability(Capability):
         except Exception as exc:
             log.warning("TAP pool refill failed: %s", exc)
 
-    async def hold(self, taps: list[str], held: bool) -> None:
-        """Keep a VM's TAPs off the bridge (link down: the port forwards nothing either
-        way) while it is not yet itself, e.g. a fork restored with its source's MAC
-        and address; `held=False` puts them back on. Detach and reclaim also bring a
-        TAP back up, so a failed or cut-short create leaves none held."""
-        for tap in taps:
-            await asyncio.to_thread(self.pool.set_up, tap, not held)
+    async def hold(self, vm: VMRecord, held: bool) -> None:
+        """Its TAP down (the bridge port forwards nothing either way) while held;
+        detach and reclaim bring a pooled TAP back up, so a failed or cut-short
+        create leaves none down."""
+        if vm.tap:
+            await asyncio.to_thread(self.pool.set_up, vm.tap, not held)
 
     async def detach(self, vm: VMRecord) -> None:
         if vm.tap:

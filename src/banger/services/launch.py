@@ -47,8 +47,8 @@ log = logging.getLogger("banger.launch")
 IDENTITY_TIMEOUT = 120.0  # the agent answers at once; systemctl under TCG is slow
 CLOCK_TIMEOUT = 60.0  # a resumed agent answers at once; generous for a loaded host
 WORK_DEVICE = "/dev/vdb"  # guest_config's drive order: rootfs vda, work vdb
-# Keeps TAPs off the bridge (True) or puts them back (False): `NetworkCapability.hold`.
-HoldTaps = Callable[[list[str], bool], Awaitable[None]]
+# Keeps the VM off the network (True) or lets it on again (False): `Capability.hold`.
+Hold = Callable[[bool], Awaitable[None]]
 
 
 class ColdBoot:
@@ -107,7 +107,7 @@ class Restore:
         what: str,
         *,
         hold_nics: bool = False,
-        hold_taps: HoldTaps | None = None,
+        hold: Hold | None = None,
     ) -> None:
         self.state = state
         self.rootfs = rootfs
@@ -116,19 +116,19 @@ class Restore:
         self._host_key: asyncio.Future[tuple[str, str]] | None = None
         self._held = False
         # A fork's guest has its source's MAC and address until `/identity`: it stays
-        # off the network until then: its NIC links cut where the engine can
-        # (`set_links`), and on the host its TAPs down (`hold_taps`), which holds on
-        # every engine (Firecracker's API has no link switch).
+        # off the network until then: on the host (`hold`: the capabilities' hold, its
+        # TAP down), which works on every engine, and its NIC links cut where the
+        # engine can (`set_links`; Firecracker's API has no link switch).
         self.hold_nics = hold_nics
-        self.hold_taps = hold_taps
+        self.hold = hold
 
     async def start(self, engine: Engine, cfg: GuestConfig, on_spawn: OnSpawn) -> EngineHandle:
         # The guest's new host key is made while the engine restores.
         self._host_key = asyncio.ensure_future(generate_host_key())
         state = dataclasses.replace(self.state, hold_nics=True) if self.hold_nics else self.state
         try:
-            if self.hold_nics and self.hold_taps is not None:
-                await self.hold_taps([n.tap for n in cfg.nics], True)
+            if self.hold_nics and self.hold is not None:
+                await self.hold(True)
             return await engine.start(cfg, on_spawn=on_spawn, restore=state)
         except BaseException:
             self._host_key.cancel()
@@ -163,8 +163,8 @@ class Restore:
         if self.hold_nics:
             # Only now, with its own MAC and address, is the guest on the network.
             await engine.set_links(handle, [n.iface_id for n in boot.nics], True)
-            if self.hold_taps is not None:
-                await self.hold_taps([n.tap for n in boot.nics], False)
+            if self.hold is not None:
+                await self.hold(False)
         timings["identity"] = time.monotonic() - t
 
     async def ready(self, handle: EngineHandle) -> None:

@@ -37,7 +37,6 @@ from banger.agent.client import wait_healthy
 from banger.api.models import CreateVM, SetVM
 from banger.artifacts import ext4
 from banger.capabilities.base import BootContributions, Capability, PrepareContext
-from banger.capabilities.network import NetworkCapability
 from banger.config import Config
 from banger.engines import process
 from banger.engines.base import (
@@ -295,7 +294,7 @@ class VMService:
                 shape = None
                 work_seed, kind = image.work_seed, ""
                 if req.from_snapshot is not None:
-                    launch, work_seed = self._fork_launch(self.fork_source(req))
+                    launch, work_seed = self._fork_launch(self.fork_source(req), vm)
                     kind = "fork"
                 elif self.golden is not None and image.agent and image.ssh and not image.cmdline:
                     launch, shape = self.golden.choose(vm, image, kernel, cold=req.cold)
@@ -329,22 +328,22 @@ class VMService:
             )
         return vm
 
-    def _fork_launch(self, snap: SnapshotRecord) -> tuple[Restore, Path]:
+    def _fork_launch(self, snap: SnapshotRecord, vm: VMRecord) -> tuple[Restore, Path]:
         """Restore `snap` into a new VM: its saved machine on clones of both its
         disks, then the agent gives the guest this VM's identity (its `/root` is
         already mounted: the clone of the snapshot's work disk)."""
         d = Path(snap.dir)
         state = read_state(d / STATE_DIR, what=f"snapshot {snap.name}")
         identity = Identity(self.paths.known_hosts, public_key(self.ssh_key), mount_work=False)
-        network = next((c for c in self.capabilities if isinstance(c, NetworkCapability)), None)
+
+        async def hold(held: bool) -> None:
+            for cap in self.capabilities:
+                await cap.hold(vm, held)
+
         restore = Restore(
-            state,
-            d / k_name("rootfs"),
-            identity,
-            f"snapshot {snap.name}",
-            hold_nics=True,
-            hold_taps=network.hold if network is not None else None,
-        )
+            state, d / k_name("rootfs"), identity, f"snapshot {snap.name}", hold_nics=True,
+            hold=hold,
+        )  # fmt: skip
         return restore, d / k_name("work")
 
     def _anticipate(self, vm: VMRecord, req: CreateVM, rootfs: Path, seed: Path | None) -> None:
