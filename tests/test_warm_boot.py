@@ -139,3 +139,21 @@ def test_a_warm_created_vm_suspends_and_resumes_as_itself(warm: Warm) -> None:
     assert float(warm.sh("b", "cut -d' ' -f1 /proc/uptime")) > up_before
     assert b.json("vm", "health", "b")["info"]["hostname"] == "b"
     warm.sh("a", f"ping -c 1 -W 5 {vm['ip']}")  # back on the network at its address
+
+
+def test_a_warm_created_vm_forks(warm: Warm) -> None:
+    # The same save path as suspend, into a named snapshot: a fork of a restored VM.
+    b = warm.b
+    warm.sh("b", "echo as-of-sb > /root/sb; sync")
+    assert "snapshot sb of b" in b.run("vm", "snapshot", "b", "--as", "sb", timeout=600).stdout
+    warm.sh("b", "echo later > /root/sb; sync")
+    c = b.json("vm", "create", "--from", "sb", "--name", "c")
+    try:
+        assert {"restore", "identity"} <= set(c["timings"]) and "boot" not in c["timings"]
+        assert warm.sh("c", "hostname; cat /root/sb").split() == ["c", "as-of-sb"]
+        assert warm.sh("c", "tmux has-session -t s && echo yes").strip() == "yes"
+        assert warm.sh("b", "cat /root/sb").strip() == "later"
+        warm.sh("c", f"ping -c 1 -W 5 {warm.vms['b']['ip']}")
+    finally:
+        b.run("vm", "delete", "--force", "c", timeout=300)
+    assert "sb removed" in b.run("snapshot", "rm", "sb").stdout
