@@ -1,4 +1,5 @@
-"""Shared fixtures: an isolated BANGER_HOME and a real daemon on a real socket."""
+"""Shared fixtures: an isolated BANGER_HOME and a real daemon on a real socket, and the
+guard that keeps every test off the host's network devices."""
 
 from __future__ import annotations
 
@@ -17,6 +18,52 @@ import pytest
 from banger.paths import Paths, default_paths
 
 REPO = Path(__file__).resolve().parent.parent
+
+# -- the host's network is not the tests' -------------------------------------------------
+#
+# Tests that touch network devices do it in namespaces of their own (tests/netns.py,
+# tests/sandbox.py). A daemon started in the test process's namespace (the host's) with
+# VMs recorded once set up its bridge and warm TAPs there and left them after every
+# run; this guard makes any such leak fail the test during which it appeared, and the
+# session if it appeared between tests (a module fixture's teardown).
+
+HOST_LINK_PREFIXES = ("banger", "tap-")  # the bridge, warm-pool and VM TAP names
+_links_at_start: set[str] = set()
+
+
+def banger_links() -> set[str]:
+    """Devices with banger's names in this process's (the host's) network namespace."""
+    return {name for _, name in socket.if_nameindex() if name.startswith(HOST_LINK_PREFIXES)}
+
+
+def _leak_message(new: set[str], during: str) -> str:
+    names = " ".join(sorted(new))
+    return (
+        f"{during} made network devices in the host namespace: {names}. Tests run daemons "
+        f"and make devices in a namespace of their own (tests/sandbox.py, tests/netns.py); "
+        f"remove these with `ip link del NAME`"
+    )
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _links_at_start.update(banger_links())
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if new := banger_links() - _links_at_start:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line(f"error: {_leak_message(new, 'the test session')}", red=True)
+
+
+@pytest.fixture(autouse=True)
+def _host_network_untouched() -> Iterator[None]:
+    before = banger_links()
+    yield
+    if new := banger_links() - before:
+        pytest.fail(_leak_message(new, "this test"), pytrace=False)
 
 
 @pytest.fixture

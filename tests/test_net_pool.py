@@ -44,6 +44,18 @@ def test_refill_keeps_n_warm_and_acquire_takes_a_ready_tap(ns: str) -> None:
     assert len(pool.idle) == 3 and len(_devices(ns)) == 4
 
 
+def test_close_deletes_the_idle_taps_and_leaves_a_vms(ns: str) -> None:
+    pool = TapPool("banger0", size=2, netns=ns)
+    pool.refill()
+    vm_tap = pool.acquire()
+    pool.refill()
+    assert sorted(pool.close()) == ["tap-pool-1", "tap-pool-2"]
+    assert _devices(ns) == [vm_tap]  # a running VM keeps its TAP
+    assert pool.refill() == 0  # closed: nothing is pooled any more
+    pool.release(vm_tap)
+    assert _devices(ns) == []
+
+
 def test_cold_fallback_when_empty(ns: str) -> None:
     pool = TapPool("banger0", size=1, netns=ns)
     lease = pool.lease()

@@ -16,7 +16,7 @@ that ran (in reverse) when a later step fails:
 and at each point of the daemon's life, in list order:
 
 - `reclaim(vms)`       at start, after re-adoption: square host state with the records
-- `warm()`             in the background at start when VMs exist (bridge, pools, DNS)
+- `warm()`             in the background at start when a VM runs (bridge, pools, DNS)
 - `close(vms)`         at shutdown
 
 Every hook defaults to doing nothing, so a capability overrides only what it

@@ -55,6 +55,13 @@ class NetworkCapability(Capability):
         await asyncio.to_thread(self.ensure_ready)
         await self.pool.arefill()
 
+    async def close(self, vms: list[VMRecord]) -> None:
+        """At shutdown: the warm TAPs go with the daemon that made them (running VMs keep
+        theirs, and the bridge stays: it is the host's side of those VMs' network)."""
+        deleted = await asyncio.to_thread(self.pool.close)
+        if deleted:
+            log.info("TAP pool: deleted %d idle TAP(s) at shutdown", len(deleted))
+
     async def prepare(self, vm: VMRecord, ctx: PrepareContext) -> None:
         with self._lease_lock:
             used = self.repo.leased_ips()

@@ -77,9 +77,11 @@ class Daemon:
                 await cap.reclaim(vms)
             except Exception as exc:
                 log.warning("%s reclaim failed: %s", cap.name, exc)
-        # Host resources (bridge, warm TAPs, DNS) are made on first use, not on every
-        # daemon start: a daemon that never ran a VM leaves the host untouched.
-        if vms:
+        # Host resources (bridge, warm TAPs, DNS) are made on first use (the first
+        # create or start), not on every daemon start: a daemon with no VM running
+        # leaves the host's network as it found it. An adopted running guest needs its
+        # DNS answered and its TAP's pool now.
+        if any(vm.running for vm in vms):
             self.warm()
 
     def warm(self) -> None:

@@ -2,14 +2,21 @@
 
 Creating a TAP costs several netlink round trips (and a sudo hop for a non-root
 daemon); taking one from the pool is a dictionary operation. The daemon calls
-`reclaim` once at start, `refill` in the background, `acquire` on the create path
-and `release` when a VM stops.
+`reclaim` on its first network use, `refill` in the background, `acquire` on the
+create path, `release` when a VM stops and `close` at shutdown.
 
 A VM keeps its pooled name while it runs. Renaming to `tap-<vmid>` would need the
 link down (a rename is refused while it is up), a second netlink round trip and a
 window in which the bridge port flaps, on the very path the pool exists to make
 fast; the store records which TAP a VM holds, and IFNAMSIZ (15 characters) would
-truncate most VM ids anyway. Leftover `tap-pool-*` devices are capacity, not leaks.
+truncate most VM ids anyway.
+
+Idle TAPs live as long as the daemon that made them: `close` (a clean shutdown)
+deletes them, including any a refill still had in flight, while busy ones stay with
+their running VMs. They are a cache of this daemon's next creates, not host
+configuration: left behind, they would be `ip link` clutter on a host where nothing
+runs. Only after a crash are `tap-pool-*` devices left; the next daemon's `reclaim`
+adopts them as capacity (up to `size`) and deletes the rest.
 
 Netlink work happens outside the lock (names are reserved first), so a slow refill
 never blocks an `acquire`.
@@ -85,6 +92,7 @@ class TapPool:
         self._reserved: set[str] = set()  # names with netlink work in flight
         self._foreign: set[str] = set()  # our naming pattern, not our device
         self._incoming = 0  # in-flight devices that will land in `_idle`
+        self._closed = False  # after `close`: nothing is pooled any more
 
     # -- introspection -------------------------------------------------------------
 
@@ -138,7 +146,7 @@ class TapPool:
             if name in self._idle or name in self._reserved:
                 return  # a repeated release: already on its way back
             self._busy.discard(name)
-            keep = len(self._idle) + self._incoming < self.size
+            keep = not self._closed and len(self._idle) + self._incoming < self.size
             self._reserved.add(name)
             if keep:
                 self._incoming += 1
@@ -175,12 +183,17 @@ class TapPool:
         done = 0
         try:
             for _ in range(want):
+                if self._closed:
+                    break
                 name = self._create_one()
                 with self._lock:
                     self._reserved.discard(name)
                     self._incoming -= 1
-                    self._idle.append(name)
-                done += 1
+                    done += 1
+                    if not self._closed:
+                        self._idle.append(name)
+                        continue
+                self._delete(name)  # closed while it was being made
         finally:
             with self._lock:
                 self._incoming -= want - done
@@ -220,16 +233,26 @@ class TapPool:
                     except NotFound:
                         continue  # vanished meanwhile
                     with self._lock:
-                        self._idle.append(tap.name)
-                    report.adopted.append(tap.name)
-                    room -= 1
-                else:
-                    self._delete(tap.name)
-                    report.deleted.append(tap.name)
+                        closed = self._closed
+                        if not closed:
+                            self._idle.append(tap.name)
+                    if not closed:
+                        report.adopted.append(tap.name)
+                        room -= 1
+                        continue
+                self._delete(tap.name)
+                report.deleted.append(tap.name)
         finally:
             with self._lock:
                 self._reserved -= {t.name for t in leftovers}
         return report
+
+    def close(self) -> list[str]:
+        """At daemon shutdown: stop pooling and delete the idle TAPs (busy ones stay with
+        their VMs; a refill still running deletes what it makes). Returns the names."""
+        with self._lock:
+            self._closed = True
+        return self.drain()
 
     def drain(self) -> list[str]:
         """Delete every idle TAP (busy ones stay with their VMs); returns their names."""
