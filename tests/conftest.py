@@ -172,12 +172,17 @@ def wait_socket(path: Path, timeout: float = 15) -> None:
     raise TimeoutError(f"daemon socket {path} never answered")
 
 
-def start_daemon(paths: Paths, extra_env: dict[str, str] | None = None) -> RunningDaemon:
+def start_daemon(
+    paths: Paths, extra_env: dict[str, str] | None = None, netns: str | None = None
+) -> RunningDaemon:
+    """A daemon for `paths`; in network namespace `netns` when given (`ip netns exec`
+    execs the daemon, so the process is the daemon's either way)."""
     paths.log_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "BANGER_TEST_HOOKS": "1", **(extra_env or {})}
     log = open(paths.log_dir / "test-daemon.out", "ab")  # noqa: SIM115
+    prefix = ["ip", "netns", "exec", netns] if netns else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "banger.daemon", "--foreground"],
+        [*prefix, sys.executable, "-m", "banger.daemon", "--foreground"],
         env=env,
         stdout=log,
         stderr=log,

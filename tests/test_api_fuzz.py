@@ -41,6 +41,7 @@ from banger.daemon import web
 from banger.daemon.routes import setup_routes
 from banger.paths import Paths
 from banger.system import run
+from tests import netns
 from tests.conftest import RunningDaemon, start_daemon
 
 EXAMPLES = int(os.environ.get("BANGER_FUZZ_EXAMPLES", "40"))
@@ -72,6 +73,16 @@ ROUTES = _routes()
 
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
+    """The daemon runs in a namespace of its own: routes such as `POST /v1/dns/setup`
+    really make the bridge."""
+    reason = netns.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with netns.namespace() as ns:
+        yield from _fuzzed(tmp_path_factory, ns)
+
+
+def _fuzzed(tmp_path_factory: pytest.TempPathFactory, ns: str) -> Iterator[Fuzzed]:
     home = tmp_path_factory.mktemp("fz")
     paths = Paths(home / "config", home / "state", home / "data", home / "run")
     paths.config_dir.mkdir(parents=True)
@@ -82,7 +93,7 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
             if key.startswith("BANGER_") and key not in ("BANGER_TEST_CACHE",):
                 mp.delenv(key)
         mp.setenv("BANGER_HOME", str(home))
-        d = start_daemon(paths)
+        d = start_daemon(paths, netns=ns)
         transport = httpx.HTTPTransport(uds=str(paths.socket))
         http = httpx.Client(transport=transport, base_url="http://bangerd", timeout=20)
         try:
