@@ -688,13 +688,7 @@ async def test_killing_the_cli_kills_the_command(served: Path) -> None:
     )
 
     def running() -> list[int]:
-        found = []
-        for p in Path("/proc").iterdir():
-            if p.name.isdigit():
-                with contextlib.suppress(OSError):
-                    if (p / "cmdline").read_bytes().replace(b"\0", b" ").strip() == marker.encode():
-                        found.append(int(p.name))
-        return found
+        return _running(marker)
 
     await _until(lambda: bool(running()), timeout=30)
     cli.kill()
