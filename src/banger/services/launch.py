@@ -106,7 +106,6 @@ class Restore:
         identity: Identity,
         what: str,
         *,
-        hold_nics: bool = False,
         hold: Hold | None = None,
     ) -> None:
         self.state = state
@@ -115,19 +114,22 @@ class Restore:
         self.what = what  # "golden snapshot ..." / "snapshot s1", for logs and progress
         self._host_key: asyncio.Future[tuple[str, str]] | None = None
         self._held = False
-        # A fork's guest has its source's MAC and address until `/identity`: it stays
-        # off the network until then: on the host (`hold`: the capabilities' hold, its
-        # TAP down), which works on every engine, and its NIC links cut where the
-        # engine can (`set_links`; Firecracker's API has no link switch).
-        self.hold_nics = hold_nics
+        # A fork's guest has its source's MAC and address until `/identity`: given
+        # `hold`, it stays off the network until then: on the host (the capabilities'
+        # hold, its TAP down), which works on every engine, and its NIC links cut where
+        # the engine can (`set_links`; Firecracker's API has no link switch).
         self.hold = hold
+
+    @property
+    def hold_nics(self) -> bool:
+        return self.hold is not None
 
     async def start(self, engine: Engine, cfg: GuestConfig, on_spawn: OnSpawn) -> EngineHandle:
         # The guest's new host key is made while the engine restores.
         self._host_key = asyncio.ensure_future(generate_host_key())
         state = dataclasses.replace(self.state, hold_nics=True) if self.hold_nics else self.state
         try:
-            if self.hold_nics and self.hold is not None:
+            if self.hold is not None:
                 await self.hold(True)
             return await engine.start(cfg, on_spawn=on_spawn, restore=state)
         except BaseException:
@@ -160,11 +162,10 @@ class Restore:
         answer = await apply_identity(handle.extra.get("agent"), body)
         self._held = bool(answer.get("held"))  # an older agent started it already
         log.info("vm %s: identity applied in the guest: %s", vm.name, answer.get("seconds"))
-        if self.hold_nics:
+        if self.hold is not None:
             # Only now, with its own MAC and address, is the guest on the network.
             await engine.set_links(handle, [n.iface_id for n in boot.nics], True)
-            if self.hold is not None:
-                await self.hold(False)
+            await self.hold(False)
         timings["identity"] = time.monotonic() - t
 
     async def ready(self, handle: EngineHandle) -> None:

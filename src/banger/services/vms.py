@@ -340,10 +340,7 @@ class VMService:
             for cap in self.capabilities:
                 await cap.hold(vm, held)
 
-        restore = Restore(
-            state, d / k_name("rootfs"), identity, f"snapshot {snap.name}", hold_nics=True,
-            hold=hold,
-        )  # fmt: skip
+        restore = Restore(state, d / k_name("rootfs"), identity, f"snapshot {snap.name}", hold=hold)
         return restore, d / k_name("work")
 
     def _anticipate(self, vm: VMRecord, req: CreateVM, rootfs: Path, seed: Path | None) -> None:
