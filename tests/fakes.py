@@ -52,6 +52,7 @@ from banger.errors import BangerError
 from banger.paths import Paths
 from banger.services.artifacts import ArtifactService, BootImage, BootKernel
 from banger.services.vms import VMService
+from banger.sizing import MemoryFloor
 from banger.store import Store
 from banger.vm import VMRecord, VMRepository
 
@@ -349,6 +350,10 @@ class FakeArtifacts:
         self.root = root
         self.agent = agent
         self.fail: BaseException | None = None
+        self.floors: dict[str, MemoryFloor] = {}  # image -> its minimum memory
+
+    def memory_floor(self, name: str) -> MemoryFloor | None:
+        return self.floors.get(name)
 
     async def ensure_image(self, name: str, progress: Any, *, refresh: bool) -> BootImage:
         if self.fail is not None:

@@ -50,7 +50,8 @@ def error_of(resp: httpx.Response, status: int | tuple[int, ...]) -> dict[str, A
         ({"name": ""}, "not a valid VM name"),
         ({"name": "UPPER"}, "not a valid VM name"),
         ({"vcpus": 999}, "--vcpus 999 is out of range"),
-        ({"memory": "64M"}, "at least 128 MiB"),
+        ({"memory": "64M"}, "image debian-bookworm needs at least 256 MiB"),
+        ({"memory": "64M", "image": "no-such-image"}, "at least 128 MiB"),  # every VM's
         ({"memory": "2G\n"}, "is not a size"),
     ],
 )

@@ -36,7 +36,10 @@ def test_unknown_image() -> None:
     assert "debian-bookworm" in err.value.hint
 
 
-ENTRY = 'description="x"\nkernel="k"\nrecipe="r"\nsuite="s"\n'
+ENTRY = (
+    'description="x"\nkernel="k"\nrecipe="r"\nsuite="s"\nmin_memory_mib = 256\n'
+    'min_memory_reason = "why"\n'
+)
 
 
 @pytest.mark.parametrize(
@@ -47,6 +50,10 @@ ENTRY = 'description="x"\nkernel="k"\nrecipe="r"\nsuite="s"\n'
         f"[images.b]\ndefault = true\n{ENTRY}rootfs_size_mib = 1024\n",  # two defaults
         f"[images.a]\ndefault = true\n{ENTRY}rootfs_size_mib = 1\n",  # too small
         f"[images.a]\ndefault = true\n{ENTRY}rootfs_size_mib = 1024\nextra = 1\n",
+        # a minimum memory under what any VM gets, or none at all
+        f"[images.a]\ndefault = true\n{ENTRY.replace('= 256', '= 16')}rootfs_size_mib = 1024\n",
+        '[images.a]\ndefault = true\ndescription="x"\nkernel="k"\nrecipe="r"\nsuite="s"\n'
+        "rootfs_size_mib = 1024\n",
     ],
 )
 def test_bad_catalogs_are_refused(text: str) -> None:

@@ -32,6 +32,7 @@ from banger.services import vms as vms_module
 from banger.services.admission import Admission
 from banger.services.artifacts import BootImage, BootKernel
 from banger.services.vms import VMService
+from banger.sizing import MemoryFloor
 from banger.store import Store
 from banger.vm import VMRecord
 
@@ -168,6 +169,9 @@ class FakeArtifacts:
         self.rootfs.write_bytes(b"")
         self.kernel = root / "vmlinux"
         self.kernel.write_bytes(b"")
+
+    def memory_floor(self, name: str) -> MemoryFloor | None:
+        return None
 
     async def ensure_image(self, name: str, progress: Progress, *, refresh: bool) -> BootImage:
         return BootImage(name, self.rootfs, None, "k", self.kernel, None)

@@ -133,7 +133,8 @@ def build_server(client: Client, max_output: int = DEFAULT_MAX_OUTPUT) -> Any:
         nat: bool = False,
     ) -> dict[str, Any]:
         """Create and boot a VM from an image (default debian-bookworm) and wait until
-        it is ready. `memory` like "1G"; `nat` gives it internet access. Returns its
+        it is ready. `memory` like "1G", at least the image's minimum (256M for
+        debian-bookworm); `nat` gives it internet access. Returns its
         name, which the other tools take."""
         vm = await run(lambda: client.create(name, image, vcpus=vcpus, memory=memory, nat=nat))
         return _vm_summary(vm)

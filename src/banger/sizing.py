@@ -17,7 +17,13 @@ from banger.units import parse_size
 
 MiB = 1024**2
 MAX_VCPUS = 32  # Firecracker's limit; QEMU microvm gets the same so VMs stay portable
+# The least memory any VM may have: what the kernel and banger-init need to boot an
+# image that runs nothing else. Each image has its own minimum on top of this
+# (`MemoryFloor`): the catalog declares it for the images built from a recipe.
 MIN_MEMORY_MIB = 128
+# OCI images booted by banger-init (no systemd): banger-init, the agent on its
+# private Python and the image's entrypoint.
+INIT_MIN_MEMORY_MIB = 128
 MIN_WORK_BYTES = 16 * MiB
 MIN_DISK_BYTES = 64 * MiB  # the rootfs is never shrunk below its image; this catches typos
 
@@ -74,10 +80,45 @@ def check_vcpus(vcpus: int, host: HostLimits | None = None) -> int:
     return vcpus
 
 
-def check_memory(value: str | int, host: HostLimits | None = None) -> int:
-    """Memory in MiB from `1G`, `512M`, … within [128 MiB, host RAM]."""
+@dataclass(frozen=True)
+class MemoryFloor:
+    """The least memory a VM of one image may have, and what needs it (e.g. "sshd,
+    the agent and opencode's server run in it")."""
+
+    image: str
+    mib: int
+    reason: str = ""
+
+
+def check_image_memory(mib: int, floor: MemoryFloor, *, configured: bool = False) -> None:
+    """Refuse `mib` under the image's minimum. `configured`: the size is the config's
+    `default_memory`, not a --memory the user gave, so the fix names the config too."""
+    if mib >= floor.mib:
+        return
+    need = f"{floor.mib}M"
+    fix = f"pass --memory {need} or more"
+    if configured:
+        fix = f"set default_memory to {need} or more in banger's config.toml, or {fix}"
+    raise InvalidInput(
+        f"image {floor.image} needs at least {floor.mib} MiB of memory"
+        + (f" ({floor.reason})" if floor.reason else ""),
+        hint=fix,
+    )
+
+
+def check_memory(
+    value: str | int,
+    host: HostLimits | None = None,
+    floor: MemoryFloor | None = None,
+    *,
+    configured: bool = False,
+) -> int:
+    """Memory in MiB from `1G`, `512M`, … within [the image's minimum (`floor`, at
+    least MIN_MEMORY_MIB), host RAM]."""
     n = _size("--memory", value)
     mib = n // MiB
+    if floor is not None:
+        check_image_memory(mib, floor, configured=configured)
     if mib < MIN_MEMORY_MIB:
         raise InvalidInput(
             f"--memory {value} is too small: a VM needs at least {MIN_MEMORY_MIB} MiB",
@@ -149,7 +190,16 @@ class Sizing:
 
 
 def check_sizing(
-    vcpus: int, memory: str | int, disk: str | int, work: str | int, host: HostLimits | None
+    vcpus: int,
+    memory: str | int,
+    disk: str | int,
+    work: str | int,
+    host: HostLimits | None,
+    floor: MemoryFloor | None = None,
+    *,
+    configured_memory: bool = False,
 ) -> Sizing:
     disk_bytes, work_bytes = check_disks(disk, work, host)
-    return Sizing(check_vcpus(vcpus, host), check_memory(memory, host), disk_bytes, work_bytes)
+    n_vcpus = check_vcpus(vcpus, host)
+    mib = check_memory(memory, host, floor, configured=configured_memory)
+    return Sizing(n_vcpus, mib, disk_bytes, work_bytes)

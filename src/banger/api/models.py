@@ -105,6 +105,9 @@ class Image(BaseModel):
     size_bytes: int = 0
     created_at: float = 0.0
     info: dict[str, Any] = Field(default_factory=dict)
+    # The least memory a VM of it may have (`vm create`/`vm set` refuse less) and why.
+    min_memory_mib: int = 0
+    min_memory_reason: str = ""
 
 
 class PublishedPort(BaseModel):

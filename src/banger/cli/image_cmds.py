@@ -29,7 +29,7 @@ def list_(as_json: bool) -> None:
         return
     from rich.table import Table
 
-    t = Table("name", "managed", "kernel", "work-seed", "size", "created")
+    t = Table("name", "managed", "kernel", "work-seed", "size", "min memory", "created")
     for i in images:
         t.add_row(
             i.name,
@@ -37,6 +37,7 @@ def list_(as_json: bool) -> None:
             i.kernel or (i.vmlinux or "-"),
             "yes" if i.work_seed else "no (slow path)",
             format_size(i.size_bytes),
+            format_size(i.min_memory_mib * 1024**2) if i.min_memory_mib else "-",
             _when(i.created_at),
         )
     out.print(t)
@@ -196,8 +197,11 @@ def show(name: str, as_json: bool) -> None:
     if as_json:
         print_json(img)
         return
-    for key, val in img.model_dump(exclude={"info"}).items():
+    for key, val in img.model_dump(exclude={"info", "min_memory_mib", "min_memory_reason"}).items():
         out.print(f"{key:<10} {val}")
+    if img.min_memory_mib:
+        why = f" ({img.min_memory_reason})" if img.min_memory_reason else ""
+        out.print(f"{'min memory':<10} {img.min_memory_mib} MiB{why}", markup=False)
     for key, val in img.info.items():
         if val is not None and not isinstance(val, (dict, list)):
             out.print(f"{key:<10} {val}")

@@ -25,6 +25,7 @@ from banger.errors import Conflict, InvalidInput, NotFound
 from banger.paths import Paths
 from banger.progress import Progress
 from banger.services.operations import OperationManager
+from banger.sizing import MIN_MEMORY_MIB, MemoryFloor
 from banger.store import Store
 
 log = logging.getLogger("banger.artifacts")
@@ -187,8 +188,23 @@ class ArtifactService:
             hint=f"`banger image pull {name}` for a catalog image, or `banger image register`",
         )
 
+    def memory_floor(self, name: str) -> MemoryFloor | None:
+        """The least memory a VM of image `name` may have: a pulled or registered
+        image's, or a catalog image's not pulled yet (a create pulls it). None for a
+        name that is none of these (creating from it fails on the missing image)."""
+        info = image_lib.load_image(self.paths.images_dir, name)
+        if info is not None:
+            return image_lib.memory_floor(info)
+        if self.store.get("images", "name", name) is not None:
+            return MemoryFloor(name, MIN_MEMORY_MIB)  # registered: nothing known of it
+        spec = image_lib.catalog().get(name)
+        if spec is not None:
+            return MemoryFloor(name, spec.min_memory_mib, spec.min_memory_reason)
+        return None
+
     @staticmethod
     def _image_api(info: Any) -> Image:
+        floor = image_lib.memory_floor(info)
         return Image(
             name=info.name,
             managed=True,
@@ -200,6 +216,8 @@ class ArtifactService:
             size_bytes=info.size_bytes,
             created_at=info.created_at,
             info=info.summary(),
+            min_memory_mib=floor.mib,
+            min_memory_reason=floor.reason,
         )
 
     @staticmethod
@@ -216,6 +234,7 @@ class ArtifactService:
             size_bytes=rootfs.stat().st_size if rootfs.exists() else 0,
             created_at=row["created_at"],
             info=row["info"],
+            min_memory_mib=MIN_MEMORY_MIB,
         )
 
     def pull_image(self, name: str) -> Any:

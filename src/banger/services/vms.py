@@ -158,12 +158,17 @@ class VMService:
                 hint=f"pick another --name, or `banger vm delete {name}`",
             )
         c = self.config
+        image = req.image or c.default_image
+        # A fork gets its snapshot's machine, memory included: nothing to check here.
+        floor = None if req.from_snapshot is not None else self.artifacts.memory_floor(image)
         size = check_sizing(
             req.vcpus if req.vcpus is not None else c.default_vcpus,
             req.memory if req.memory is not None else c.default_memory,
             req.disk_size if req.disk_size is not None else c.default_disk_size,
             req.work_size if req.work_size is not None else c.default_work_size,
             self.host_limits(),
+            floor,
+            configured_memory=req.memory is None,
         )
         options = req.model_dump()
         for cap in self.capabilities:  # their own options (e.g. --publish), before anything
@@ -174,7 +179,7 @@ class VMService:
             id=vm_id,
             name=name,
             state=VMState.CREATING,
-            image=req.image or self.config.default_image,
+            image=image,
             kernel=req.kernel or "",
             engine=self.resolve_engine(req.engine),
             vcpus=size.vcpus,
@@ -1064,7 +1069,8 @@ class VMService:
             if req.vcpus is not None:
                 vm.vcpus = check_vcpus(req.vcpus, self.host_limits())
             if req.memory is not None:
-                vm.memory_mib = check_memory(req.memory, self.host_limits())
+                floor = self.artifacts.memory_floor(vm.image)
+                vm.memory_mib = check_memory(req.memory, self.host_limits(), floor)
             if req.nat is not None and req.nat != vm.nat:
                 vm.nat = req.nat
                 if vm.running:

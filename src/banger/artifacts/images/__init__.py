@@ -11,6 +11,7 @@ from banger.artifacts.images.info import (
     ImageManifest,
     OciInfo,
     check_name,
+    memory_floor,
     quick_check,
     verify,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "list_images",
     "load_image",
     "load_recipe",
+    "memory_floor",
     "parse_reference",
     "promote_image",
     "pull_image",

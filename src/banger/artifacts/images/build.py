@@ -169,6 +169,8 @@ def _build(
         agent=agent,
         recipe_digest=recipe_digest(recipe),
         tools=tools,
+        min_memory_mib=spec.min_memory_mib,
+        min_memory_reason=spec.min_memory_reason,
     )
     return out, manifest
 

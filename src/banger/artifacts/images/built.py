@@ -32,6 +32,7 @@ from banger.artifacts.images.info import (
     ImageInfo,
     ImageManifest,
     describe_files,
+    memory_floor,
 )
 from banger.artifacts.images.store import load_image, publish
 from banger.errors import Conflict, InvalidInput, from_os_error
@@ -227,6 +228,8 @@ def publish_built(
         ),
         nat=provenance.nat,
     )
+    # What the base needs, the built image needs too (a build only adds to it).
+    floor = memory_floor(base_info) if base_info is not None else None
     manifest = ImageManifest(
         name=name,
         kernel=kernel,
@@ -239,6 +242,8 @@ def publish_built(
         apt_sources=apt_sources,
         agent=agent,
         build=record,
+        min_memory_mib=floor.mib if floor is not None else None,
+        min_memory_reason=floor.reason if floor is not None else "",
         # How the base boots (systemd, or banger-init for OCI images) carries over.
         **(
             {

@@ -13,6 +13,7 @@ from importlib import resources
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from banger.errors import BangerError, NotFound
+from banger.sizing import MIN_MEMORY_MIB
 
 _CATALOG = "catalog/images.toml"
 
@@ -26,6 +27,9 @@ class ImageSpec(BaseModel):
     recipe: str  # a directory under artifacts/recipes/
     suite: str
     rootfs_size_mib: int = Field(ge=256)
+    # The least memory a VM of it may have, and what needs it (recorded in image.json).
+    min_memory_mib: int = Field(ge=MIN_MEMORY_MIB)
+    min_memory_reason: str = Field(min_length=1)
     default: bool = False
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from banger.artifacts.images.catalog import catalog, default_image
 from banger.artifacts.manifest import (
     FileRecord,
     hash_problems,
@@ -30,6 +31,7 @@ from banger.artifacts.manifest import (
     write_durably,
 )
 from banger.errors import InvalidInput
+from banger.sizing import INIT_MIN_MEMORY_MIB, MIN_MEMORY_MIB, MemoryFloor
 
 IMAGE_JSON = "image.json"
 FORMAT = 1
@@ -141,6 +143,10 @@ class ImageManifest(BaseModel):
     cmdline: tuple[str, ...] = ()
     # `image build`: the base and the steps (None for images not built that way).
     build: BuildRecord | None = None
+    # The least memory a VM of it may have and what needs it, as known when it was
+    # made (None: made before banger recorded it; see `memory_floor`).
+    min_memory_mib: int | None = None
+    min_memory_reason: str = ""
 
 
 class ImageInfo(ImageManifest):
@@ -213,6 +219,36 @@ class ImageInfo(ImageManifest):
             if out.get(key) is None:
                 out.pop(key, None)
         return out
+
+
+def oci_memory(init: str) -> tuple[int, str]:
+    """The minimum of a pulled OCI image, by how it boots: banger-init runs only the
+    agent and the entrypoint; a systemd image gets the golden recipe's services."""
+    if init == "banger-init":
+        return INIT_MIN_MEMORY_MIB, "banger-init, the agent and the image's entrypoint run in it"
+    golden = default_image()
+    return golden.min_memory_mib, "systemd, sshd, the agent and the image's services run in it"
+
+
+def memory_floor(m: ImageManifest) -> MemoryFloor:
+    """The least memory a VM of image `m` may have. An image of a catalog recipe gets
+    the catalog's value (a better measurement needs no rebuild); others what their
+    image.json recorded; images made before it was recorded, what their kind needs:
+    the recipe their build started from, an OCI image's by its init, and for the rest
+    (registered, promoted) only the minimum of any VM."""
+    source = m.source
+    if m.min_memory_mib is None and m.build is not None and m.build.base_source:
+        source = m.build.base_source  # an image built on a base needs what the base did
+    if source.startswith("recipe:"):
+        recipe = source.removeprefix("recipe:")
+        for spec in catalog().values():
+            if spec.recipe == recipe:
+                return MemoryFloor(m.name, spec.min_memory_mib, spec.min_memory_reason)
+    if m.min_memory_mib is not None:
+        return MemoryFloor(m.name, max(m.min_memory_mib, MIN_MEMORY_MIB), m.min_memory_reason)
+    if m.oci is not None or source.startswith("oci:"):
+        return MemoryFloor(m.name, *oci_memory(m.init))
+    return MemoryFloor(m.name, MIN_MEMORY_MIB)
 
 
 def check_name(name: str) -> str:

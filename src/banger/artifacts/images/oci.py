@@ -43,6 +43,7 @@ from banger.artifacts.images.info import (
     OciInfo,
     check_name,
     describe_files,
+    oci_memory,
     write_manifest,
 )
 from banger.artifacts.images.oci_ref import OciRef
@@ -312,6 +313,7 @@ def _finish(
     progress("mkfs", f"{FILE_NAMES[ROOTFS]} ({size // MiB} MiB, {used // MiB} MiB used)", 0.75)
     ext4.mkfs_from_dir(tree, out / FILE_NAMES[ROOTFS], size, ROOTFS_LABEL)
     progress("finalize", "hashing files", 0.9)
+    min_mib, why = oci_memory(setup.init)
     manifest = ImageManifest(
         name=name,
         kernel=default_image().kernel,
@@ -324,6 +326,8 @@ def _finish(
         init=setup.init,
         ssh=setup.ssh,
         cmdline=setup.cmdline,
+        min_memory_mib=min_mib,
+        min_memory_reason=why,
     )
     return out, manifest
 
