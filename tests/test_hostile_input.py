@@ -130,6 +130,21 @@ def test_cli_refuses_empty_name_and_huge_sizes_before_any_boot(banger_home: Path
         cli("daemon", "stop")
 
 
+def test_errors_print_brackets_as_written(banger_home: Paths) -> None:
+    """Error text that looks like rich markup (`[/udp]`) is printed, not parsed: no
+    traceback, the hint reads as in `--help`."""
+    banger_home.config_dir.mkdir(parents=True)
+    banger_home.config_file.write_text(ABSENT)
+    try:
+        res = cli("vm", "create", "--name", "p", "-p", "8080")
+        assert res.returncode == 2, res.stderr
+        assert "Traceback" not in res.stderr, res.stderr
+        assert "--publish '8080' is not a port mapping" in res.stderr
+        assert "use [ADDR:]HOST_PORT:GUEST_PORT[/udp], e.g. 8080:80" in res.stderr, res.stderr
+    finally:
+        cli("daemon", "stop")
+
+
 def test_broken_config_is_reported_at_once(banger_home: Paths) -> None:
     banger_home.config_dir.mkdir(parents=True)
     banger_home.config_file.write_text("default_vcpus = 'many'\n")

@@ -13,7 +13,7 @@ os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 import click
 
 from banger import __version__
-from banger.cli.output import err
+from banger.cli.output import err, escape
 from banger.errors import BangerError
 
 
@@ -123,18 +123,19 @@ def main() -> None:
         sys.exit(130)
     except click.UsageError as exc:
         cmd = exc.ctx.command_path if exc.ctx else "banger"
-        err.print(f"[red]error:[/] {exc.format_message()}")
+        err.print(f"[red]error:[/] {escape(exc.format_message())}")
         err.print(f"[dim]hint:[/] run `{cmd} --help` to see the commands and options")
         sys.exit(2)
     except click.ClickException as exc:
-        err.print(f"[red]error:[/] {exc.format_message()}")
+        err.print(f"[red]error:[/] {escape(exc.format_message())}")
         sys.exit(exc.exit_code)
     except BangerError as exc:
         if debug:
             raise
-        err.print(f"[red]error:[/] {exc.message}")
+        # Messages name user input and syntax like `[ADDR:]HOST:GUEST[/udp]`: not markup.
+        err.print(f"[red]error:[/] {escape(exc.message)}")
         if exc.hint:
-            err.print(f"[dim]hint:[/] {exc.hint}")
+            err.print(f"[dim]hint:[/] {escape(exc.hint)}")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -35,6 +35,14 @@ out: Console = _LazyConsole(stderr=False)  # type: ignore[assignment]
 err: Console = _LazyConsole(stderr=True)  # type: ignore[assignment]
 
 
+def escape(text: str) -> str:
+    """`text` as rich prints it literally: daemon messages and user input are not markup
+    (`[ADDR:]HOST:GUEST[/udp]` would otherwise raise MarkupError)."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
 # A cell: its text, or its text and a style ("green", "dim", "red", "yellow", "bold").
 Cell = str | tuple[str, str]
 _SGR = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33"}

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from banger.cli.common import after_daemon_loss, client, follow, json_option
-from banger.cli.output import err, out, print_json, print_table
+from banger.cli.output import err, escape, out, print_json, print_table
 from banger.client import Client
 from banger.engine_names import ENGINE_CHOICES
 from banger.errors import BangerError, DaemonUnavailable
@@ -181,7 +181,7 @@ def _fan_out(names: tuple[str, ...], action: str, verb: str, **params: object) -
             out.print(f"[green]✓[/] {name} {said}")
         else:
             failed += 1
-            err.print(f"[red]✗[/] {name}: {error}")
+            err.print(f"[red]✗[/] {name}: {escape(error)}")
     if failed:
         sys.exit(DaemonUnavailable.exit_code if lost else 1)
 
@@ -290,7 +290,8 @@ def set_(names: tuple[str, ...], vcpus: int | None, memory: str | None, nat: boo
             out.print(f"[green]✓[/] {n} updated")
         except BangerError as exc:
             failed += 1
-            err.print(f"[red]✗[/] {n}: {exc.message}")
+            hint = f" ({exc.hint})" if exc.hint else ""
+            err.print(f"[red]✗[/] {n}: {escape(exc.message + hint)}")
     if failed:
         sys.exit(1)
 
