@@ -145,6 +145,23 @@ def test_errors_print_brackets_as_written(banger_home: Paths) -> None:
         cli("daemon", "stop")
 
 
+def test_names_with_url_characters_reach_the_daemon_as_typed(banger_home: Paths) -> None:
+    """A name with a space, `?`, `%` or a non-ASCII letter is a name the daemon does not
+    know, not a malformed request or another name."""
+    banger_home.config_dir.mkdir(parents=True)
+    banger_home.config_file.write_text(ABSENT)
+    try:
+        for name in ("a b", "a?b", "a%20b", "a#b", "Ü"):
+            res = cli("vm", "show", name)
+            assert res.returncode == 1, res.stderr
+            assert f"no VM named `{name}`" in res.stderr, res.stderr
+        res = cli("image", "pull", "bad ref!!")
+        assert res.returncode in (1, 2), res.stderr
+        assert "malformed HTTP" not in res.stderr and "bad ref!!" in res.stderr, res.stderr
+    finally:
+        cli("daemon", "stop")
+
+
 def test_broken_config_is_reported_at_once(banger_home: Paths) -> None:
     banger_home.config_dir.mkdir(parents=True)
     banger_home.config_file.write_text("default_vcpus = 'many'\n")

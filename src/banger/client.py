@@ -157,6 +157,9 @@ class Client:
 
     @staticmethod
     def _target(path: str, params: dict[str, Any] | None) -> str:
+        # Names in the path are the user's words: a space, `?`, `#`, `%` or a non-ASCII
+        # letter must reach the daemon as that name, not break the request line.
+        path = urllib.parse.quote(path, safe="/")
         if not params:
             return path
         query = {k: str(v).lower() if isinstance(v, bool) else v for k, v in params.items()}
