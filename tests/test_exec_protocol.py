@@ -649,6 +649,10 @@ async def test_mcp_server_over_stdio_bounds_output(served: Path, tmp_path: Path)
         env={**os.environ, "BANGER_HOME": str(served)},
     )
     async with McpClient(params) as mcp:
+        from banger import __version__
+
+        info = mcp.server_info  # what clients show in their server list
+        assert info is not None and (info.name, info.version) == ("banger", __version__)
         tools = {t.name for t in (await mcp.list_tools()).tools}
         assert {"vm_create", "vm_exec", "vm_read_file", "vm_write_file", "vm_list"} <= tools
         assert {"vm_ports", "vm_delete"} <= tools

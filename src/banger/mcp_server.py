@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from banger import __version__
 from banger.client import Client
 from banger.errors import BangerError
 
@@ -65,7 +66,7 @@ def build_server(client: Client, max_output: int = DEFAULT_MAX_OUTPUT) -> Any:
     from mcp.server.mcpserver import MCPServer
     from mcp.server.mcpserver.exceptions import ToolError
 
-    server = MCPServer("banger", instructions=INSTRUCTIONS)
+    server = MCPServer("banger", instructions=INSTRUCTIONS, version=__version__)
 
     async def run(fn: Callable[..., T], *args: Any) -> T:
         """A blocking client call in a thread; banger's errors become tool errors the
