@@ -95,8 +95,9 @@ def build(name: str, source: str, fragment: str | None, jobs: int, as_json: bool
             with open(fragment, encoding="utf-8") as f:
                 text = f.read()
         except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
             raise InvalidInput(
-                f"cannot read --config-fragment {fragment}: {exc}",
+                f"cannot read --config-fragment {fragment}: {why}",
                 hint="pass a text file of CONFIG_X=y lines",
             ) from exc
     c = client()
