@@ -162,6 +162,13 @@ def test_names_with_url_characters_reach_the_daemon_as_typed(banger_home: Paths)
         cli("daemon", "stop")
 
 
+def test_cp_names_a_missing_source_as_typed_without_a_daemon(banger_home: Paths) -> None:
+    res = cli("vm", "cp", "./no-such-file", "box:/root/")
+    assert res.returncode == 2, res.stderr
+    assert "./no-such-file does not exist" in res.stderr, res.stderr
+    assert not banger_home.socket.exists()  # no daemon was started for it
+
+
 def test_broken_config_is_reported_at_once(banger_home: Paths) -> None:
     banger_home.config_dir.mkdir(parents=True)
     banger_home.config_file.write_text("default_vcpus = 'many'\n")

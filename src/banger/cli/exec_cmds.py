@@ -143,9 +143,9 @@ def run_exec(
         stream.close()
     code = int(info.get("code", 255))
     if info.get("error"):
-        from banger.cli.output import err
+        from banger.cli.output import err, escape
 
-        err.print(f"[red]error:[/] {info['error']}", highlight=False)
+        err.print(f"[red]error:[/] {escape(str(info['error']))}", highlight=False)
         if code == 127:
             err.print(f"[dim]hint:[/] is `{command[0]}` installed in {name} and on its PATH?")
     return code
@@ -285,11 +285,12 @@ def cp(src: str, dst: str) -> None:
             "exactly one side of `vm cp` must be in a VM",
             hint="write the VM side as NAME:/path, e.g. `banger vm cp ./f box:/root/`",
         )
+    if dst_vm is not None and not Path(src_path).expanduser().exists():
+        # Checked before a daemon is started for it, and named as typed (`./x`, `~/x`).
+        raise InvalidInput(f"{src_path} does not exist", hint="check the local path")
     c = client()
     if dst_vm is not None:
         local = Path(src_path).expanduser()
-        if not local.exists():
-            raise InvalidInput(f"{local} does not exist", hint="check the local path")
         bar = _Bar(f"→ {dst_vm}")
         try:
             stats = c.copy_to(dst_vm, local, dst_path, bar.update, bar.start)
