@@ -682,6 +682,39 @@ async def test_mcp_server_over_stdio_bounds_output(served: Path, tmp_path: Path)
         assert r.is_error and "nonexistent" in r.content[0].text  # type: ignore[union-attr]
 
 
+async def test_mcp_reads_back_what_it_wrote_in_an_image_with_a_user(
+    served: Path, tmp_path: Path
+) -> None:
+    """In an OCI image whose User is not root, commands run as that user (docker exec),
+    but vm_read_file reads as vm_write_file writes, as root: a file written under a
+    private directory reads back."""
+    import sys
+
+    from mcp.client import Client as McpClient
+    from mcp.client.stdio import StdioServerParameters
+
+    manifest = tmp_path / "images" / "img" / "image.json"
+    data = json.loads(manifest.read_text())
+    data["oci"] = {"reference": "r/app:1", "digest": "sha256:" + "0" * 64,
+                   "platform": "linux/amd64", "user": "nobody"}  # fmt: skip
+    manifest.write_text(json.dumps(data))
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "banger.cli", "mcp"],
+        env={**os.environ, "BANGER_HOME": str(served)},
+    )
+    async with McpClient(params) as mcp:
+        r = await mcp.call_tool("vm_exec", {"name": "box", "command": "id -un"})
+        assert r.structured_content is not None and r.structured_content["stdout"] == "nobody\n"
+        path = str(private / "notes.txt")
+        r = await mcp.call_tool("vm_write_file", {"name": "box", "path": path, "content": "x\n"})
+        assert not r.is_error, r.content
+        r = await mcp.call_tool("vm_read_file", {"name": "box", "path": path})
+        assert not r.is_error and r.content[0].text == "x\n", r.content  # type: ignore[union-attr]
+
+
 async def test_killing_the_cli_kills_the_command(served: Path) -> None:
     import sys
 

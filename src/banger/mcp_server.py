@@ -163,9 +163,11 @@ def build_server(client: Client, max_output: int = DEFAULT_MAX_OUTPUT) -> Any:
         are truncated to `max_bytes` (default: the server's output limit)."""
         limit = min(max_bytes or max_output, max_output)
         script = 'stat -L -c %s -- "$1" && exec head -c "$2" -- "$1"'
+        # As root, like vm_write_file (and `vm cp`): an OCI image's User applies to
+        # commands, and must not hide a file the model has just written.
         r = await run(
             blocking_exec, name, ["sh", "-c", script, "sh", path, str(limit)], None,
-            "/root", None, None, 60.0, limit + 32,
+            "/root", None, "root", 60.0, limit + 32,
         )  # fmt: skip
         if r["exit_code"] != 0:
             raise ToolError(r.get("error") or r["stderr"].strip() or f"cannot read {path}")
