@@ -36,7 +36,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
 
-from qemu.qmp import QMPClient, QMPError
+from qemu.qmp import EventListener, QMPClient, QMPError
 
 from banger.engines import process
 from banger.engines.base import Availability, EngineHandle, GuestConfig, OnSpawn
@@ -176,8 +176,12 @@ async def _send_fd(client: QMPClient, path: Path, flags: int, timeout: float) ->
         os.close(fd)
 
 
-async def wait_migration(client: QMPClient, timeout: float, what: str) -> None:
-    """Poll `query-migrate` until the migration completed; raise if it failed."""
+async def wait_migration(
+    client: QMPClient, timeout: float, what: str, events: EventListener | None = None
+) -> None:
+    """Wait until the migration completed; raise if it failed. `query-migrate` says;
+    with `events` (a `MIGRATION` listener, capability "events" on) each status change
+    wakes the wait at once, else it polls (backing off to 50 ms)."""
     deadline = time.monotonic() + timeout
     delay = 0.005
     while True:
@@ -189,8 +193,19 @@ async def wait_migration(client: QMPClient, timeout: float, what: str) -> None:
             raise CommandFailed(f"{what} failed: {info.get('error-desc', status)}")
         if time.monotonic() > deadline:
             raise CommandFailed(f"{what} did not finish within {timeout:.0f}s (status {status})")
-        await asyncio.sleep(delay)
+        if events is None:
+            await asyncio.sleep(delay)
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(events.get(), delay)
         delay = min(delay * 2, 0.05)
+
+
+async def _migration_events(client: QMPClient) -> None:
+    """Have QEMU send a `MIGRATION` event at each status change (capability "events",
+    which the stream does not carry)."""
+    caps = [{"capability": "events", "state": True}]
+    await asyncio.wait_for(client.execute("migrate-set-capabilities", {"capabilities": caps}), 5.0)
 
 
 async def _ignore_shared(client: QMPClient, on: bool = True) -> None:
@@ -214,9 +229,11 @@ async def save_to_file(
         params = {"max-bandwidth": _MIGRATE_BANDWIDTH}
         await asyncio.wait_for(qmp.execute("migrate-set-parameters", params), 5.0)
         await _ignore_shared(qmp, ram_in_file)
+        await _migration_events(qmp)
         await _send_fd(qmp, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 5.0)
-        await asyncio.wait_for(qmp.execute("migrate", {"uri": f"fd:{_STATE_FD}"}), 5.0)
-        await wait_migration(qmp, timeout, what)
+        with qmp.listener("MIGRATION") as events:
+            await asyncio.wait_for(qmp.execute("migrate", {"uri": f"fd:{_STATE_FD}"}), 5.0)
+            await wait_migration(qmp, timeout, what, events)
 
 
 async def load_from_file(qmp: QMPClient, path: Path, *, ram_mapped: bool = False) -> None:
@@ -225,6 +242,7 @@ async def load_from_file(qmp: QMPClient, path: Path, *, ram_mapped: bool = False
     `ram_mapped`: the stream has no RAM (it is mapped from the state's `ram`)."""
     if ram_mapped:
         await _ignore_shared(qmp)
+    await _migration_events(qmp)
     await _send_fd(qmp, path, os.O_RDONLY, 5.0)
     await asyncio.wait_for(qmp.execute("migrate-incoming", {"uri": f"fd:{_STATE_FD}"}), 5.0)
 
@@ -375,23 +393,26 @@ class QemuEngine(process.DetachedEngine):
             await asyncio.wait_for(qmp.execute("migrate_cancel"), 5.0)
             await asyncio.wait_for(qmp.execute("cont"), 5.0)
 
-    async def _incoming(self, handle: EngineHandle, restore: SavedState, nics: list[str]) -> None:
-        """Restore into a QEMU started with `-incoming defer` whose QMP answers: in
-        one QMP session, start the incoming migration, wait for it and `cont` (the
-        state was saved paused, and QEMU restores the run state it was saved in)."""
+    async def _incoming(
+        self, handle: EngineHandle, qmp: QMPClient, restore: SavedState, nics: list[str]
+    ) -> None:
+        """Restore into a QEMU started with `-incoming defer`, on the QMP session that
+        found it up (`qmp`, closed here): start the incoming migration, wait for it
+        (woken by its `MIGRATION` event) and `cont` (the state was saved paused, and
+        QEMU restores the run state it was saved in)."""
         what = f"restoring {restore.dir}"
         try:
-            async with qmp_session(Path(handle.control_socket)) as qmp:
+            with qmp.listener("MIGRATION") as events:
                 await load_from_file(
                     qmp, restore.path(STATE_FILE), ram_mapped=RAM_FILE in restore.files
                 )
-                await wait_migration(qmp, self._save_timeout, what)
-                if restore.hold_nics:  # after the load: it restores the links' state
-                    for nic in nics:
-                        await asyncio.wait_for(
-                            qmp.execute("set_link", {"name": nic, "up": False}), 5.0
-                        )
-                await asyncio.wait_for(qmp.execute("cont"), 5.0)
+                log.debug("%s: incoming migration started", what)
+                await wait_migration(qmp, self._save_timeout, what, events)
+                log.debug("%s: incoming migration completed", what)
+            if restore.hold_nics:  # after the load: it restores the links' state
+                for nic in nics:
+                    await asyncio.wait_for(qmp.execute("set_link", {"name": nic, "up": False}), 5.0)
+            await asyncio.wait_for(qmp.execute("cont"), 5.0)
         except (QMPError, OSError, TimeoutError) as exc:
             qemu_log = Path(handle.extra["log"])
             if not self.is_running(handle):
@@ -400,6 +421,29 @@ class QemuEngine(process.DetachedEngine):
                     f"qemu exited while {what}: {tail}", hint=f"see {qemu_log}"
                 ) from None
             raise CommandFailed(f"{what} failed: {exc!r}", hint=f"see {qemu_log}") from exc
+        finally:
+            await qmp.disconnect()
+
+    async def _qmp_when_up(self, handle: EngineHandle, sock: Path, qemu_log: Path) -> QMPClient:
+        """A QMP session with a just-spawned QEMU, as soon as it answers: the socket
+        is checked every 5 ms until it exists, then connected to (QEMU listens from
+        the moment it makes it, and greets once its main loop runs). The wait ends
+        when the process exits; the session is the caller's to close."""
+        holder: list[QMPClient] = []
+
+        async def up() -> bool:
+            if not sock.exists():
+                return False
+            client = QMPClient()
+            try:
+                await asyncio.wait_for(client.connect(str(sock)), self._start_timeout)
+            except (QMPError, OSError, TimeoutError):
+                return False
+            holder.append(client)
+            return True
+
+        await self._wait_ready(handle, up, qemu_log, 0.005)
+        return holder[0]
 
     def argv(self, config: GuestConfig, restore: SavedState | None = None) -> list[str]:
         """The QEMU command line `start` runs for `config` (also the raw baseline of
@@ -440,6 +484,7 @@ class QemuEngine(process.DetachedEngine):
         qemu_log = run_dir / QEMU_LOG
         log.info("starting %s: %s", config.name, " ".join(argv))
         spawned = process.spawn(argv, log=qemu_log, cwd=run_dir)
+        log.debug("%s: spawned pid %d", config.name, spawned.pid)
         handle = EngineHandle(
             engine=self.name,
             pid=spawned.pid,
@@ -452,13 +497,19 @@ class QemuEngine(process.DetachedEngine):
         try:
             if on_spawn is not None:
                 on_spawn(handle)
+            t0 = time.monotonic()
+            qmp = await self._qmp_when_up(handle, qmp_sock, qemu_log)
             if restore is None:
-                await self._wait_ready(handle, lambda: _is_running(qmp_sock), qemu_log, 0.02)
+                try:
+                    status = await asyncio.wait_for(qmp.execute("query-status"), 5.0)
+                finally:
+                    await qmp.disconnect()
+                if not isinstance(status, dict) or status.get("status") != "running":
+                    got = status.get("status") if isinstance(status, dict) else status
+                    raise CommandFailed(f"qemu is {got!r}, not running", hint=f"see {qemu_log}")
             else:
-                t0 = time.monotonic()
-                await self._wait_ready(handle, lambda: _answers(qmp_sock), qemu_log, 0.01)
                 t1 = time.monotonic()
-                await self._incoming(handle, restore, [n.iface_id for n in config.nics])
+                await self._incoming(handle, qmp, restore, [n.iface_id for n in config.nics])
                 log.info(
                     "%s: QMP answered %.3fs after the spawn; state loaded and running "
                     "%.3fs later", config.name, t1 - t0, time.monotonic() - t1,
@@ -509,22 +560,3 @@ async def _status(sock: Path) -> str | None:
     except (QMPError, OSError, TimeoutError):
         return None
     return str(status.get("status")) if isinstance(status, dict) else None
-
-
-async def _answers(sock: Path) -> bool:
-    return await _status(sock) is not None
-
-
-async def _is_running(sock: Path) -> bool:
-    """Whether QMP answers with status "running"; fails on any other status."""
-    if not sock.exists():
-        return False
-    try:
-        status = await qmp_execute(sock, "query-status")
-    except (QMPError, OSError, TimeoutError):
-        return False
-    if not isinstance(status, dict):
-        return False
-    if status.get("status") != "running":
-        raise CommandFailed(f"qemu is {status.get('status')!r}, not running")
-    return True
