@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from banger.errors import Conflict, InvalidInput, NotFound
-from banger.net.bridge import delete_bridge, ensure_bridge, get_bridge
+from banger.net.bridge import delete_bridge, ensure_bridge, forget_neighbor, get_bridge
 from tests import netns
 
 pytestmark = [pytest.mark.netns, netns.skip_unless_netns()]
@@ -40,6 +40,25 @@ def test_ensure_bridge_creates_addresses_and_is_idempotent(ns: str) -> None:
     again = ensure_bridge("banger0", "172.30.0.0/24", netns=ns)
     assert again == info
     assert get_bridge("banger0", netns=ns) == info
+
+
+def test_forget_neighbor_drops_the_old_mac_of_an_address(ns: str) -> None:
+    """A VM's address comes back with another MAC (the next VM, a fork): the entry the
+    host learned for the old one must not outlive it."""
+    ensure_bridge("banger0", "172.30.0.0/24", netns=ns)
+    netns.ip(ns, "neigh", "replace", "172.30.0.7", "lladdr", "02:00:00:00:00:07",
+             "dev", "banger0", "nud", "reachable")  # fmt: skip
+    netns.ip(ns, "neigh", "replace", "172.30.0.8", "lladdr", "02:00:00:00:00:08",
+             "dev", "banger0", "nud", "reachable")  # fmt: skip
+
+    def entries() -> set[str]:
+        shown = json.loads(netns.ip(ns, "-j", "neigh", "show", "dev", "banger0").out)
+        return {e["dst"] for e in shown if e.get("lladdr")}
+
+    assert forget_neighbor("172.30.0.7", "banger0", netns=ns) is True
+    assert entries() == {"172.30.0.8"}  # only that address's
+    assert forget_neighbor("172.30.0.7", "banger0", netns=ns) is False
+    assert forget_neighbor("172.30.0.7", "nosuchbr", netns=ns) is False
 
 
 def test_ensure_bridge_restores_missing_address_and_state(ns: str) -> None:

@@ -11,7 +11,7 @@ from banger.capabilities.base import BootContributions, Capability, PrepareConte
 from banger.engines.base import NetIface
 from banger.errors import Conflict
 from banger.net import addresses
-from banger.net.bridge import ensure_bridge
+from banger.net.bridge import ensure_bridge, forget_neighbor
 from banger.net.pool import TapPool
 from banger.vm import VMRecord, VMRepository
 
@@ -110,6 +110,13 @@ class NetworkCapability(Capability):
         if vm.tap:
             await asyncio.to_thread(self.pool.release, vm.tap)
             vm.tap = None
+        if vm.ip:
+            # The next guest with this address (a new VM, or this one restored as a
+            # fork elsewhere) has another MAC: the host must ask again, at once.
+            try:
+                await asyncio.to_thread(forget_neighbor, vm.ip, self.bridge, self.pool.netns)
+            except Exception as exc:  # an entry left goes stale in under a minute
+                log.warning("vm %s: could not forget the ARP entry of %s: %s", vm.name, vm.ip, exc)
 
     async def destroy(self, vm: VMRecord) -> None:
         self.repo.release_leases(vm.id)

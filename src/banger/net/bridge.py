@@ -10,7 +10,14 @@ from banger.net.privileged import dispatch
 
 DEFAULT_BRIDGE = "banger0"
 
-__all__ = ["DEFAULT_BRIDGE", "BridgeInfo", "delete_bridge", "ensure_bridge", "get_bridge"]
+__all__ = [
+    "DEFAULT_BRIDGE",
+    "BridgeInfo",
+    "delete_bridge",
+    "ensure_bridge",
+    "forget_neighbor",
+    "get_bridge",
+]
 
 
 def ensure_bridge(
@@ -32,3 +39,8 @@ def get_bridge(name: str = DEFAULT_BRIDGE, netns: str | None = None) -> BridgeIn
 def delete_bridge(name: str = DEFAULT_BRIDGE, netns: str | None = None) -> bool:
     """Delete the bridge; False when it did not exist. Attached TAPs are detached."""
     return bool(dispatch("delete_bridge", name=name, netns=netns))
+
+
+def forget_neighbor(ip: str, name: str = DEFAULT_BRIDGE, netns: str | None = None) -> bool:
+    """Drop the host's ARP entry for a VM address on the bridge (`ops.forget_neighbor`)."""
+    return bool(dispatch("forget_neighbor", bridge=name, ip=ip, netns=netns))

@@ -335,6 +335,34 @@ def tap_exists(name: str, netns: str | None) -> bool:
     return call_in_netns(netns, work)
 
 
+def forget_neighbor(bridge: str, ip: str, netns: str | None) -> bool:
+    """Drop the host's ARP entry for `ip` on `bridge`; False when there was none.
+
+    A VM's address outlives its MAC: the next VM leased the address (or a fork that
+    takes it from its snapshot's machine) has another. An entry still "reachable"
+    for the old MAC sends everything to nobody until the kernel checks it again
+    (up to ~45 s), so a new VM would wait that long for its first SSH answer."""
+    check_ifname(bridge, "bridge")
+    addr = str(addresses.parse_ip(ip))
+
+    def work() -> bool:
+        from pyroute2.netlink.exceptions import NetlinkError  # with netlink()
+
+        with netlink(f"forgetting the neighbor {addr} on {bridge}") as ipr:
+            index = link_index(ipr, bridge)
+            if index is None:
+                return False
+            try:
+                ipr.neigh("del", dst=addr, ifindex=index, family=socket.AF_INET)
+            except NetlinkError as exc:
+                if exc.code == errno.ENOENT:
+                    return False
+                raise
+            return True
+
+    return call_in_netns(netns, work)
+
+
 # -- sysctls --------------------------------------------------------------------------
 
 

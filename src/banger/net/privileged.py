@@ -46,6 +46,7 @@ OPERATIONS: dict[str, Operation] = {
     "set_tap_up": Operation(ops.set_tap_up),
     "list_taps": Operation(ops.list_taps, read_only=True),
     "tap_exists": Operation(ops.tap_exists, read_only=True),
+    "forget_neighbor": Operation(ops.forget_neighbor),
     "route_localnet": Operation(ops.route_localnet),
     "ip_forward": Operation(ops.ip_forward),
 }
