@@ -174,9 +174,12 @@ class VMRepository:
     def name_taken(self, name: str) -> bool:
         return self.store.get("vms", "name", name) is not None
 
-    def save(self, vm: VMRecord) -> None:
+    def save(self, vm: VMRecord, *, durable: bool = True) -> None:
+        """Store `vm`. `durable=False` (a step of a create or start: the record
+        survives a daemon crash, not a host crash, until the next durable save) saves
+        the fsync; see `Store.upsert`."""
         vm.updated_at = time.time()
-        self.store.upsert("vms", "id", vm.to_row())
+        self.store.upsert("vms", "id", vm.to_row(), durable=durable)
 
     def delete(self, vm_id: str) -> None:
         self.store.delete("vms", "id", vm_id)

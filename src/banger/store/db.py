@@ -45,6 +45,7 @@ class Store:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._synchronous = int(self._db.execute("PRAGMA synchronous").fetchone()[0])
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=5000")
         self.migrate()
@@ -95,17 +96,28 @@ class Store:
         with self._lock:
             self._db.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks})", vals)
 
-    def upsert(self, table: str, key: str, values: dict[str, Any]) -> None:
+    def upsert(self, table: str, key: str, values: dict[str, Any], *, durable: bool = True) -> None:
+        """Insert or update one row. `durable=False` skips the fsync of the commit
+        (`synchronous=NORMAL` for it): the row survives a crash of this process (the
+        write-ahead log is in the page cache), not one of the host; the next durable
+        commit syncs it too. For the steps of a create or start, each of which would
+        otherwise cost an fsync on the way to a running guest."""
         vals = _encode(values)
         cols = ", ".join(vals)
         marks = ", ".join(f":{k}" for k in vals)
         updates = ", ".join(f"{k}=excluded.{k}" for k in vals if k != key)
         with self._lock:
-            self._db.execute(
-                f"INSERT INTO {table} ({cols}) VALUES ({marks}) "
-                f"ON CONFLICT({key}) DO UPDATE SET {updates}",
-                vals,
-            )
+            if not durable:
+                self._db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                self._db.execute(
+                    f"INSERT INTO {table} ({cols}) VALUES ({marks}) "
+                    f"ON CONFLICT({key}) DO UPDATE SET {updates}",
+                    vals,
+                )
+            finally:
+                if not durable:
+                    self._db.execute(f"PRAGMA synchronous={self._synchronous}")
 
     def update(self, table: str, key: str, key_value: Any, values: dict[str, Any]) -> None:
         vals = _encode(values)
