@@ -43,6 +43,10 @@ def _setup_logging(paths: Paths, level: str, to_stderr: bool) -> None:
         handlers=handlers,
         force=True,
     )
+    # At debug level these libraries log every QMP message and netlink frame: pages
+    # per create, which drown banger's own step-by-step timeline (and slow it down).
+    for noisy in ("qemu.qmp", "pyroute2", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
 
 
 def _take_lock(paths: Paths) -> IO[str]:
