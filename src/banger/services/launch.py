@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import secrets
 import shutil
 import time
@@ -44,11 +45,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("banger.launch")
 
+STALE_SUFFIX = ".stale"  # a resumed VM's saved state, on its way out
 IDENTITY_TIMEOUT = 120.0  # the agent answers at once; systemctl under TCG is slow
 CLOCK_TIMEOUT = 60.0  # a resumed agent answers at once; generous for a loaded host
 WORK_DEVICE = "/dev/vdb"  # guest_config's drive order: rootfs vda, work vdb
 # Keeps the VM off the network (True) or lets it on again (False): `Capability.hold`.
 Hold = Callable[[bool], Awaitable[None]]
+_cleanups: set[asyncio.Future[None]] = set()  # deletions nobody waits for
 
 
 class ColdBoot:
@@ -149,23 +152,36 @@ class Restore:
     ) -> None:
         t = time.monotonic()
         progress("identity", vm.name)
-        await engine.resize_drive(handle, "work", vm.work_bytes)
-        if self._host_key is None:
-            self._host_key = asyncio.ensure_future(generate_host_key())
-        private, public = await self._host_key
-        record_host_key(
-            self.identity.known_hosts, [h for h in (vm.ip, vm.name, f"{vm.name}.vm") if h], public
-        )
-        body = identity_body(vm, boot, self.identity, private, public)
-        body["time"] = time.time()
-        body["hold"] = True  # what the golden boot held back waits for `ready`
-        answer = await apply_identity(handle.extra.get("agent"), body)
+        agent = handle.extra.get("agent")
+        # The agent session (its HELLO round trip) is set up while the engine resizes
+        # the work disk and the host key is recorded; `/identity` then takes it from
+        # the pool (or joins the connect still under way).
+        session = asyncio.ensure_future(open_session(agent))
+        try:
+            await engine.resize_drive(handle, "work", vm.work_bytes)
+            log.debug("vm %s: work disk resized", vm.name)
+            if self._host_key is None:
+                self._host_key = asyncio.ensure_future(generate_host_key())
+            private, public = await self._host_key
+            hosts = [h for h in (vm.ip, vm.name, f"{vm.name}.vm") if h]
+            record_host_key(self.identity.known_hosts, hosts, public)
+            log.debug("vm %s: host key recorded", vm.name)
+            body = identity_body(vm, boot, self.identity, private, public)
+            body["time"] = time.time()
+            body["hold"] = True  # what the golden boot held back waits for `ready`
+            answer = await apply_identity(agent, body)
+        finally:
+            if not session.done():
+                session.cancel()
+            with contextlib.suppress(BaseException):
+                await session
         self._held = bool(answer.get("held"))  # an older agent started it already
         log.info("vm %s: identity applied in the guest: %s", vm.name, answer.get("seconds"))
         if self.hold is not None:
             # Only now, with its own MAC and address, is the guest on the network.
             await engine.set_links(handle, [n.iface_id for n in boot.nics], True)
             await self.hold(False)
+            log.debug("vm %s: links up", vm.name)
         timings["identity"] = time.monotonic() - t
 
     async def ready(self, handle: EngineHandle) -> None:
@@ -182,8 +198,10 @@ class Resume:
     keeps its identity and uptime; only its clock, which stood still, is set.
 
     The guest runs on the VM's disks from the moment the engine has loaded the
-    state, so that state is stale from then on and is removed at once (a crash
-    later must not restore it over newer disks)."""
+    state, so that state is stale from then on and goes at once (a crash later must
+    not restore it over newer disks): renamed out of the way (`STALE_SUFFIX`, a name
+    nothing restores from), then deleted in the background. Deleting a GiB of
+    memory image takes a loaded host a quarter second that SSH need not wait for."""
 
     stage = "restore"
     restored = True
@@ -199,7 +217,13 @@ class Resume:
 
     async def start(self, engine: Engine, cfg: GuestConfig, on_spawn: OnSpawn) -> EngineHandle:
         handle = await engine.start(cfg, on_spawn=on_spawn, restore=self.state)
-        await asyncio.to_thread(shutil.rmtree, self.state.dir, True)
+        stale = self.state.dir.with_name(self.state.dir.name + STALE_SUFFIX)
+        if stale.exists():  # left by a daemon that died before deleting it
+            await asyncio.to_thread(shutil.rmtree, stale, True)
+        os.replace(self.state.dir, stale)
+        task = asyncio.ensure_future(asyncio.to_thread(shutil.rmtree, stale, True))
+        _cleanups.add(task)
+        task.add_done_callback(_cleanups.discard)
         return handle
 
     async def settle(
@@ -220,6 +244,7 @@ class Resume:
         progress("clock", "")
         try:
             was = (await set_guest_clock(agent)).get("was_off_s")
+            log.debug("vm %s: clock set", vm.name)
             log.info("vm %s: clock set from the host (was off by %ss)", vm.name, was)
         except BangerError as exc:
             log.warning("vm %s: could not set the clock after resume: %s", vm.name, exc)
@@ -227,6 +252,13 @@ class Resume:
 
     async def ready(self, handle: EngineHandle) -> None:
         return None
+
+
+async def open_session(agent: dict[str, Any] | None) -> None:
+    """Connect the pooled agent session ahead of a request, if it can be done; the
+    request itself reports what went wrong."""
+    with contextlib.suppress(BangerError):
+        await AgentClient(agent, timeout=IDENTITY_TIMEOUT).session()
 
 
 async def apply_identity(agent: dict[str, Any] | None, body: dict[str, Any]) -> dict[str, Any]:

@@ -56,7 +56,7 @@ from banger.services import launch as launch_mod
 from banger.services.admission import Admission, default_boot_limit, host_memory_mib
 from banger.services.artifacts import ArtifactService, BootImage, BootKernel
 from banger.services.golden import GoldenSnapshots, can_restore
-from banger.services.launch import ColdBoot, Identity, Launch, Restore, Resume
+from banger.services.launch import STALE_SUFFIX, ColdBoot, Identity, Launch, Restore, Resume
 from banger.services.readiness import BootWatch, exit_reason
 from banger.services.ssh import forget_host, public_key, wait_for_ssh
 from banger.services.watch import EngineWatcher
@@ -293,7 +293,7 @@ class VMService:
                     image, req.kernel or vm.kernel or None, progress
                 )
                 vm.kernel = kernel.name
-                self.repo.save(vm)
+                self.repo.save(vm, durable=False)
                 timings["image"] = time.monotonic() - t0
                 launch: Launch = ColdBoot(image.rootfs)
                 shape = None
@@ -378,7 +378,7 @@ class VMService:
             progress(stage, "")
             undo.push_async_callback(cap.destroy, vm)
             await _whole(cap.prepare(vm, ctx))
-            self.repo.save(vm)
+            self.repo.save(vm, durable=False)
             timings[stage] = timings.get(stage, 0.0) + time.monotonic() - t
             self.fault(stage)
             self.point(f"create:{cap.name}")
@@ -439,6 +439,7 @@ class VMService:
             if queued:
                 timings["queued"] = time.monotonic() - t
             boot = await self._attach(vm, progress, timings, undo)
+            log.debug("vm %s: attached", vm.name)
             self.point(f"{op}:attached")
             boot.cmdline[:0] = image.cmdline  # what the image needs (init=) comes first
             engine, handle = await self._spawn(
@@ -462,9 +463,12 @@ class VMService:
                 await settling
             else:
                 await settle()
+                log.debug("vm %s: settled", vm.name)
                 self.point(f"{op}:booted")
                 await ready()
+            log.debug("vm %s: ready", vm.name)
             await launch.ready(handle)
+            log.debug("vm %s: launch ready", vm.name)
         if op == "create":
             self.point("create:ready")
 
@@ -479,7 +483,7 @@ class VMService:
         for cap in self.capabilities:
             undo.push_async_callback(cap.detach, vm)
             await _whole(cap.attach(vm, boot))
-            self.repo.save(vm)
+            self.repo.save(vm, durable=False)
         timings["network"] = timings.get("network", 0.0) + time.monotonic() - t
         self.fault("network")
         return boot
@@ -528,16 +532,18 @@ class VMService:
             # The machine as launched, for a later suspend or snapshot.
             handle.extra["guest"] = config_to_dict(cfg)
             vm.handle = handle.to_dict()
-            self.repo.save(vm)
+            self.repo.save(vm, durable=False)
             undo.push_async_callback(engine.kill, handle)
             self.point(f"{op}:spawned")
 
+        log.debug("vm %s: starting the engine", vm.name)
         handle = await launch.start(engine, cfg, spawned)
+        log.debug("vm %s: engine started", vm.name)
         if vm.handle != handle.to_dict():  # an engine that did not call on_spawn
             spawned(handle)
         if not launch.resumed:  # a resumed guest kept running: its uptime goes on
             vm.started_at = time.time()
-        self.repo.save(vm)
+        self.repo.save(vm, durable=False)
         timings[launch.stage] = time.monotonic() - t
         self.fault("boot")
         return engine, handle
@@ -557,7 +563,10 @@ class VMService:
         """Wait for SSH (then the agent) for as long as the guest makes progress; an
         image without an SSH server is ready when its agent answers. Without `login`
         (a resumed guest: sshd and its keys already took a login) sshd's answer is
-        enough; without `probe` (sshd known to listen) the login starts at once."""
+        enough; without `probe` (sshd known to listen) the login starts at once.
+        The agent is asked after the login, not during it: under TCG a request the
+        guest serves meanwhile slows the login down (measured: warm create SSH
+        stage ~2 s longer on a loaded host)."""
         t = time.monotonic()
         assert vm.ip is not None
         watch = BootWatch(
@@ -582,6 +591,7 @@ class VMService:
             probe=probe,
         )
         timings["ssh"] = time.monotonic() - t
+        log.debug("vm %s: ssh answered", vm.name)
         self.fault("ssh")
         if image.agent:
             t = time.monotonic()
@@ -701,7 +711,7 @@ class VMService:
     def _discard_state(self, vm: VMRecord) -> None:
         """Remove a VM's saved state (and a save cut short)."""
         final = self.state_dir(vm)
-        for d in (final, final.with_name(STATE_DIR + ".partial")):
+        for d in (final, *(final.with_name(STATE_DIR + x) for x in (".partial", STALE_SUFFIX))):
             if d.exists():
                 shutil.rmtree(d, ignore_errors=True)
 
