@@ -83,6 +83,8 @@ def test_unknown_artifacts_are_named(daemon: RunningDaemon, args: list[str], nee
         (["vm", "create", "--name", "ok", "--memory", "64M"], "too small"),
         (["vm", "create", "--name", "ok", "--vcpus", "0"], "out of range"),
         (["vm", "show", "ghost"], "no VM named `ghost`"),
+        # a fan-out command names the fix too, after each VM's error
+        (["vm", "set", "ghost", "--memory", "1G"], "`banger vm list` shows your VMs"),
     ],
 )
 def test_bad_vm_input_fails_before_any_work(
