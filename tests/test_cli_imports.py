@@ -215,3 +215,23 @@ def test_the_table_is_drawn_like_richs(
     print_table(headers, rows)  # type: ignore[arg-type]
     narrow = capsys.readouterr().out.splitlines()
     assert all(len(line) <= 30 for line in narrow) and "…" in narrow[3]
+
+    # Piped (no terminal, no COLUMNS): every cell whole, e.g. for `| grep`.
+    monkeypatch.delenv("COLUMNS")
+    long = [["a-rather-long-vm-name-" + "x" * 40, "running", "172.30.0.2", "i" * 60]]
+    print_table(headers, long)  # type: ignore[arg-type]
+    piped = capsys.readouterr().out
+    assert "…" not in piped and long[0][0] in piped and long[0][3] in piped
+
+
+def test_rich_tables_are_not_cut_when_piped() -> None:
+    """`banger kernel list | cat` shows whole names, not rich's 80-column cut."""
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    script = (
+        "from banger.cli.output import out; from rich.table import Table; "
+        "t = Table('name', 'value'); t.add_row('n' * 70, 'v' * 70); out.print(t)"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True
+    )
+    assert "…" not in res.stdout and "n" * 70 in res.stdout and "v" * 70 in res.stdout

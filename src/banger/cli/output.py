@@ -27,8 +27,22 @@ class _LazyConsole:
         if self._console is None:
             from rich.console import Console
 
-            self._console = Console(stderr=self._stderr, highlight=False, soft_wrap=True)
+            # Piped stdout (`banger image list | grep …`) gets whole cells, not cells cut
+            # to rich's 80-column default: there is no terminal to fit.
+            piped = not self._stderr and _UNCUT if _piped() else None
+            self._console = Console(
+                stderr=self._stderr, highlight=False, soft_wrap=True, width=piped or None
+            )
         return getattr(self._console, name)
+
+
+_UNCUT = 4096  # the width of "no terminal": tables keep their natural width
+
+
+def _piped() -> bool:
+    """stdout is not a terminal and COLUMNS does not say how wide to draw."""
+    cols = os.environ.get("COLUMNS", "")
+    return not (cols.isdigit() and int(cols) > 0) and not sys.stdout.isatty()
 
 
 out: Console = _LazyConsole(stderr=False)  # type: ignore[assignment]
@@ -55,7 +69,7 @@ def _columns() -> int:
     try:
         return os.get_terminal_size(sys.stdout.fileno()).columns
     except (OSError, ValueError):
-        return 80
+        return _UNCUT if _piped() else 80
 
 
 def _color() -> bool:
