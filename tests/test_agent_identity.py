@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,26 @@ def test_fstab_mount_arguments(tmp_path: Path) -> None:
     assert guest.fstab_mount("/home", str(fstab)) is None  # a user option
     assert guest.fstab_mount("/nowhere", str(fstab)) is None
     assert noexec == guest._MOUNT_FLAGS["noexec"]
+
+
+def test_background_steps_hand_back_errors_and_overruns(tmp_path: Path) -> None:
+    """What `/identity` starts on a thread (the /root mount, the host key's fsync):
+    the waiter re-raises the step's error; a mount that overruns is an error, a slow
+    fsync is left to finish on its own."""
+    key = tmp_path / "key"
+    key.write_text("k")
+    guest._fsync_later(str(key))()  # the file and its directory synced: no error
+    with pytest.raises(FileNotFoundError):
+        guest._fsync_later(str(tmp_path / "gone"))()
+    release = threading.Event()
+    try:
+        stuck = guest._in_background("mount /root", release.wait, must_finish=True, within=0.01)
+        with pytest.raises(RuntimeError, match=r"mount /root did not finish within 0.01 s"):
+            stuck()
+        slow = guest._in_background("fsync k", release.wait, must_finish=False, within=0.01)
+        assert slow() is None
+    finally:
+        release.set()
 
 
 def test_write_resolv_matches_banger_resolv(tmp_path: Path) -> None:

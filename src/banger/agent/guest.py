@@ -390,6 +390,33 @@ def fstab_mount(target: str, fstab: str = "/etc/fstab") -> tuple[str, str, int, 
     return None
 
 
+def _in_background(
+    name: str, fn: Callable[[], None], *, must_finish: bool, within: float = 60.0
+) -> Callable[[], None]:
+    """Run `fn` on a thread named `name`; returns the function that waits for it (at
+    most `within` seconds) and re-raises what `fn` raised. An overrun raises when
+    `must_finish`; otherwise the waiter returns and leaves the thread to it."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # re-raised by the waiter
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+
+    def wait() -> None:
+        thread.join(within)
+        if must_finish and thread.is_alive():
+            raise RuntimeError(f"{name} did not finish within {within:g} s")
+        if errors:
+            raise errors[0]
+
+    return wait
+
+
 def _mount(target: str) -> Callable[[], None]:
     """Start mounting `target` as /etc/fstab says (with the mount(2) syscall, on a
     thread, falling back to mount(8)); returns the function that waits for it."""
@@ -399,28 +426,14 @@ def _mount(target: str) -> Callable[[], None]:
         proc = _start("mount", target)
         return lambda: _finish(proc, f"mount {target}")
     dev, fstype, flags, data = args
-    errors: list[BaseException] = []
 
     def run() -> None:
-        try:
-            opts = data.encode() if data else None
-            if libc.mount(dev.encode(), target.encode(), fstype.encode(), flags, opts) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"mount {dev} on {target}: {os.strerror(err)}")
-        except BaseException as exc:  # re-raised by the waiter
-            errors.append(exc)
+        opts = data.encode() if data else None
+        if libc.mount(dev.encode(), target.encode(), fstype.encode(), flags, opts) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"mount {dev} on {target}: {os.strerror(err)}")
 
-    thread = threading.Thread(target=run, name=f"mount {target}", daemon=True)
-    thread.start()
-
-    def wait() -> None:
-        thread.join(60)
-        if thread.is_alive():
-            raise RuntimeError(f"mount {target} did not finish within 60 s")
-        if errors:
-            raise errors[0]
-
-    return wait
+    return _in_background(f"mount {target}", run, must_finish=True)
 
 
 # rtnetlink, as far as `ip` would go for a VM's address and default route.
@@ -534,29 +547,18 @@ def write_resolv(dns: list[str], search: str | None, root: str = "") -> None:
 
 
 def _fsync_later(path: str) -> Callable[[], None]:
-    """fsync `path` and its directory on a thread; returns the function that waits."""
-    errors: list[BaseException] = []
+    """fsync `path` and its directory on a thread; returns the function that waits
+    (a sync slower than 60 s is left running, not an error)."""
 
     def run() -> None:
-        try:
-            for p, flags in ((path, os.O_RDONLY), (os.path.dirname(path), os.O_DIRECTORY)):
-                fd = os.open(p, flags)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-        except BaseException as exc:
-            errors.append(exc)
+        for p, flags in ((path, os.O_RDONLY), (os.path.dirname(path), os.O_DIRECTORY)):
+            fd = os.open(p, flags)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
-    thread = threading.Thread(target=run, name=f"fsync {path}", daemon=True)
-    thread.start()
-
-    def wait() -> None:
-        thread.join(60)
-        if errors:
-            raise errors[0]
-
-    return wait
+    return _in_background(f"fsync {path}", run, must_finish=False)
 
 
 def identity(body: dict[str, Any]) -> dict[str, Any]:
