@@ -119,11 +119,11 @@ class AgentStream:
                 StreamEvent("stdout" if ftype == proto.STDOUT else "stderr", payload)
             )
         elif ftype == proto.OPENED:
-            self.events.put_nowait(StreamEvent("opened", info=_json(payload)))
+            self.events.put_nowait(StreamEvent("opened", info=proto.decode_json(payload)))
         elif ftype == proto.EXIT:
             self.done = True
             self.credit_changed.set()
-            self.events.put_nowait(StreamEvent("exit", info=_json(payload)))
+            self.events.put_nowait(StreamEvent("exit", info=proto.decode_json(payload)))
 
     def _lost(self, why: str) -> None:
         if not self.done:
@@ -196,7 +196,7 @@ class AgentSession:
                 if len(buf) >= end:
                     payload = bytes(buf[i + proto.HEADER.size : end])
                     del buf[:end]
-                    answer = _json(payload)
+                    answer = proto.decode_json(payload)
                     if answer.get("session") == session_id:
                         return answer
                     continue
@@ -231,7 +231,7 @@ class AgentSession:
                 if ftype == proto.RESPONSE:
                     fut = self.requests.pop(sid, None)
                     if fut is not None and not fut.done():
-                        fut.set_result(_json(payload))
+                        fut.set_result(proto.decode_json(payload))
                 elif (stream := self.streams.get(sid)) is not None:
                     stream._deliver(ftype, payload)
                     if ftype == proto.EXIT:
@@ -549,11 +549,3 @@ async def wait_healthy(
         f"the guest agent did not answer within {timeout:.0f}s ({last})",
         hint="SSH works; check `systemctl status banger-agent` in the VM (`banger vm ssh`)",
     )
-
-
-def _json(payload: bytes) -> dict[str, Any]:
-    try:
-        obj = json.loads(payload or b"{}")
-    except ValueError:
-        return {}
-    return obj if isinstance(obj, dict) else {}

@@ -845,6 +845,15 @@ def encode_json(ftype: int, stream: int, obj: Any) -> bytes:
     return encode(ftype, stream, json.dumps(obj, separators=(",", ":")).encode())
 
 
+def decode_json(payload: bytes) -> dict[str, Any]:
+    """A frame's JSON object payload; {} for an empty, malformed or non-object one."""
+    try:
+        obj = json.loads(payload or b"{}")
+    except ValueError:
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
 def decode_header(head: bytes) -> tuple[int, int, int]:
     """(type, stream, length) of a 12-byte header; FrameError when it is not one."""
     magic, ftype, _flags, stream, length = HEADER.unpack(head)
@@ -1385,16 +1394,16 @@ class Session:
         elif ftype == WINDOW:
             stream.grant(parse_window(payload))
         elif ftype == RESIZE:
-            size = _json(payload)
+            size = decode_json(payload)
             stream.resize(int(size.get("rows", 0)), int(size.get("cols", 0)))
         elif ftype == SIGNAL:
-            stream.signal(int(_json(payload).get("signal", signal.SIGTERM)))
+            stream.signal(int(decode_json(payload).get("signal", signal.SIGTERM)))
         elif ftype == CLOSE:
             self.forget(sid)
             stream.close()
 
     def _request(self, sid: int, payload: bytes) -> None:
-        req = _json(payload)
+        req = decode_json(payload)
         if "body" in req:
             status, body = act(str(req.get("path", "")), req["body"])
         else:
@@ -1403,7 +1412,7 @@ class Session:
             self.send(encode_json(RESPONSE, sid, {"status": status, "body": body}))
 
     def _open(self, sid: int, payload: bytes) -> None:
-        spec = _json(payload)
+        spec = decode_json(payload)
         kind = KINDS.get(str(spec.get("kind")))
         try:
             if kind is None:
@@ -1426,14 +1435,6 @@ class Session:
                 exc = ValueError(f"no such user or group {exc.args[0] if exc.args else ''}")
             with contextlib.suppress(StreamClosed):
                 self.send(encode_json(EXIT, sid, {"code": code, "error": _describe(exc)}))
-
-
-def _json(payload: bytes) -> dict[str, Any]:
-    try:
-        obj = json.loads(payload or b"{}")
-    except ValueError:
-        return {}
-    return obj if isinstance(obj, dict) else {}
 
 
 def serve_channel(stream: Stream, proc: str = "/proc", *, connection: bool = True) -> None:
@@ -1473,7 +1474,7 @@ def serve_channel(stream: Stream, proc: str = "/proc", *, connection: bool = Tru
 
 
 def _hello(stream: Stream, proc: str, payload: bytes) -> Session | None:
-    hello = _json(payload)
+    hello = decode_json(payload)
     session = Session(stream, proc, str(hello.get("session", "")))
     reply = {
         "session": session.id,
