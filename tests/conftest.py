@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from banger.paths import Paths, default_paths
+from banger.system.run import die_with_parent
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -187,6 +188,7 @@ def start_daemon(
         stdout=log,
         stderr=log,
         start_new_session=True,
+        preexec_fn=die_with_parent(),  # stops with a killed test run
     )
     log.close()
     try:

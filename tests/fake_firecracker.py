@@ -231,8 +231,13 @@ class StandIn:
         if incoming is not None:
             argv += ["-incoming", "defer"]
         log(f"{'restore' if incoming else 'InstanceStart'}: {' '.join(argv)}")
-        self.qemu = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, cwd=self.run_dir, preexec_fn=_die_with_parent
+        from banger.system.run import die_with_parent
+
+        self.qemu = subprocess.Popen(  # killed when the stand-in dies (even by SIGKILL)
+            argv,
+            stdin=subprocess.DEVNULL,
+            cwd=self.run_dir,
+            preexec_fn=die_with_parent(signal.SIGKILL),
         )
         asyncio.get_running_loop().create_task(self._watch_qemu(self.qemu))
         qmp = self.run_dir / QMP_SOCKET
@@ -369,12 +374,6 @@ def _mac(nic: dict[str, Any]) -> str:
 
     d = hashlib.sha256(nic["iface_id"].encode()).digest()
     return ":".join(f"{b:02x}" for b in (0x06, *d[:5]))
-
-
-def _die_with_parent() -> None:
-    """In the QEMU child: be killed when the stand-in dies (even by SIGKILL)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 # -- routes: (method, path template) -> handler ------------------------------------------

@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from banger.system.run import die_with_parent
+
 MARKER = "banger-oci-marker-4711"
 BUSYBOX = "/bin/busybox"
 APPLETS = ("sh", "cat", "id", "ls", "stat", "sleep", "echo", "pwd", "test", "mkdir", "rm")
@@ -66,6 +68,7 @@ def registry(tmp: Path, ns: str | None = None, port: int | None = None) -> Itera
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=die_with_parent(),  # a killed test run does not leave it serving
     )
     addr = f"127.0.0.1:{port}"
     try:

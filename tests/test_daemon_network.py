@@ -23,6 +23,7 @@ from banger.net.bridge import ensure_bridge
 from banger.net.tap import create_tap
 from banger.paths import Paths
 from banger.store import Store
+from banger.system.run import die_with_parent
 from banger.vm import VMRecord, VMRepository
 from tests import netns
 from tests.sandbox import Sandbox, sandbox, terminate
@@ -108,7 +109,8 @@ def test_an_adopted_running_vm_gets_the_network_and_keeps_it_after_shutdown(
     # What a daemon that died left: the bridge and the running VM's TAP on it.
     ensure_bridge("banger0", SUBNET, netns=box.ns)
     create_tap("tap-pool-0", "banger0", netns=box.ns)
-    guest = subprocess.Popen(["sleep", "600"])  # stands in for its engine process
+    # Stands in for its engine process.
+    guest = subprocess.Popen(["sleep", "600"], preexec_fn=die_with_parent())
     try:
         start = pid_start_time(guest.pid)
         assert start is not None

@@ -22,6 +22,7 @@ from banger.services.admission import Admission
 from banger.services.artifacts import BootImage, BootKernel
 from banger.services.golden import BUILDING, META, GoldenSnapshots, Shape, can_restore
 from banger.services.launch import ColdBoot, Identity, Restore
+from banger.system.run import die_with_parent
 from banger.vm import VMRecord, VMState
 
 
@@ -132,7 +133,8 @@ def test_reclaim_kills_a_dead_daemons_golden_boot_and_removes_its_files(tmp_path
     (kept / META).write_text("{}")
     # A stand-in for the golden boot's hypervisor: its argv names the build dir.
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(600)", f"{half}/rootfs.ext4"]
+        [sys.executable, "-c", "import time; time.sleep(600)", f"{half}/rootfs.ext4"],
+        preexec_fn=die_with_parent(),
     )
     try:
         asyncio.run(_golden(root, Eng()).reclaim())

@@ -11,6 +11,7 @@ from banger.errors import InvalidInput, NotFound
 from banger.net.bridge import ensure_bridge
 from banger.net.pool import TapPool
 from banger.net.tap import create_tap, list_taps, tap_exists
+from banger.system.run import die_with_parent
 from tests import netns
 
 pytestmark = [pytest.mark.netns, netns.skip_unless_netns()]
@@ -188,6 +189,7 @@ def test_reclaim_never_adopts_a_tap_a_process_holds(ns: str) -> None:
         ["ip", "netns", "exec", ns, sys.executable, "-c", _HOLD_TAP, "tap-pool-0"],
         stdout=subprocess.PIPE,
         text=True,
+        preexec_fn=die_with_parent(),
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"

@@ -69,3 +69,33 @@ def test_a_program_dies_with_the_process_that_ran_it(kind: str) -> None:
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+
+
+def test_a_child_whose_parent_died_before_it_armed_the_signal_exits() -> None:
+    """The hook arms PR_SET_PDEATHSIG in the child; a parent already gone by then would
+    never send it, so the child exits instead of running on (here: the hook made in this
+    process runs in a grandchild, whose parent is not this process)."""
+    from banger.system.run import die_with_parent
+
+    hook = die_with_parent()
+    assert hook is not None
+
+    def in_child(grandchild: bool) -> int:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child's exit code is the result
+            code = 0
+            try:
+                if grandchild:
+                    inner = os.fork()
+                    if inner == 0:
+                        hook()
+                        os._exit(0)
+                    code = os.waitstatus_to_exitcode(os.waitpid(inner, 0)[1])
+                else:
+                    hook()
+            finally:
+                os._exit(code)
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+    assert in_child(grandchild=False) == 0  # its parent is the one that made the hook
+    assert in_child(grandchild=True) == 1

@@ -17,6 +17,7 @@ from banger.capabilities.base import BootContributions
 from banger.capabilities.vsock import VsockCapability
 from banger.engines.cids import HostCids, cids_in_command_lines
 from banger.store import Store
+from banger.system.run import die_with_parent
 from banger.vm import VMRepository
 from tests.records import vm_record
 
@@ -39,7 +40,8 @@ def _hypervisor(device: str) -> subprocess.Popen[bytes]:
     """A running process whose command line gives a guest CID, as QEMU's does; returned
     once it runs (it says so), so its command line is in /proc."""
     code = "print('up', flush=True); import time; time.sleep(600)"
-    proc = subprocess.Popen([sys.executable, "-c", code, "-device", device], stdout=subprocess.PIPE)
+    argv = [sys.executable, "-c", code, "-device", device]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, preexec_fn=die_with_parent())
     assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
     return proc
 

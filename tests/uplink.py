@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from banger.system.run import die_with_parent
 from tests import netns
 
 HOST_ADDR, UPLINK_ADDR = "10.77.0.1", "10.77.0.2"
@@ -82,11 +83,16 @@ def uplink(banger_ns: str, tmp: Path) -> Iterator[Uplink]:
             www.mkdir()
             (www / "index.html").write_text(PAGE + "\n")
             run = ["ip", "netns", "exec", ns, sys.executable]
-            dns = subprocess.Popen([*run, "-c", _DNS], stdout=subprocess.PIPE)
+            # Both servers die with a killed test run (they would serve forever).
+            dns = subprocess.Popen(
+                [*run, "-c", _DNS], stdout=subprocess.PIPE, preexec_fn=die_with_parent()
+            )
             procs.append(dns)
             assert dns.stdout is not None and dns.stdout.readline().strip() == b"ready"
             web = [*run, "-m", "http.server", "80", "--bind", UPLINK_ADDR, "-d", str(www)]
-            procs.append(subprocess.Popen(web, stderr=subprocess.DEVNULL))
+            procs.append(
+                subprocess.Popen(web, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent())
+            )
             deadline = time.monotonic() + 10
             while "LISTEN" not in netns.exec_in(ns, "ss", "-ltn", "sport = :80").out:
                 assert time.monotonic() < deadline, "uplink HTTP server did not start"

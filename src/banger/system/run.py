@@ -94,7 +94,7 @@ def run(
             env=dict(env) if env is not None else None,
             timeout=timeout,
             check=False,
-            preexec_fn=_die_with_parent(),
+            preexec_fn=die_with_parent(),
         )
     except subprocess.TimeoutExpired as exc:
         raise CommandFailed(f"`{cmd[0]}` timed out after {timeout}s") from exc
@@ -121,7 +121,7 @@ async def arun(
         cwd=cwd,
         env=dict(env) if env is not None else None,
         start_new_session=True,
-        preexec_fn=_die_with_parent(),
+        preexec_fn=die_with_parent(),
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(input), timeout)
@@ -137,22 +137,32 @@ async def arun(
 
 
 @functools.cache
-def _die_with_parent() -> Callable[[], None] | None:
-    """A preexec hook that makes the child get SIGTERM when the thread that started it
-    dies (the daemon crashed), so a build or unpack does not go on writing into a tree
-    nobody owns. Resolved in the parent: the child, forked from a threaded process, must
-    not import or load anything."""
+def _prctl() -> Callable[..., int] | None:
     import ctypes
 
     try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return None
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A preexec hook that makes the child get `sig` when the thread that started it
+    dies (the daemon crashed, a test run was killed), so a build or unpack does not go
+    on writing into a tree nobody owns and a helper does not outlive its owner. A child
+    whose parent is gone before the hook runs exits at once. The caller's thread must
+    outlive the child (the one that waits for it). Resolved in the parent: the child,
+    forked from a threaded process, must not import or load anything."""
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    parent = os.getpid()
     pr_set_pdeathsig = 1
-    sigterm = int(signal.SIGTERM)
 
     def hook() -> None:
-        prctl(pr_set_pdeathsig, sigterm)
+        prctl(pr_set_pdeathsig, int(sig))
+        if os.getppid() != parent:  # died before the signal was armed
+            os._exit(1)
 
     return hook
 
@@ -188,7 +198,7 @@ def run_lines(
         cwd=cwd,
         env=dict(env) if env is not None else None,
         start_new_session=True,
-        preexec_fn=_die_with_parent(),
+        preexec_fn=die_with_parent(),
     )
     assert proc.stdout is not None
     lines: queue.Queue[bytes | None] = queue.Queue()
