@@ -9,6 +9,9 @@ holding 10 VMs. The CLI offers no create without a boot, so the VMs are stopped
 records written through the store API (`VMRepository`) before the daemon starts, as
 the daemon itself stores them. The commands run inside the namespace.
 
+Each phase prints the host load average it was measured at (the timed runs: before and
+after them; the running VMs: when their RSS was read).
+
 The daemon's resident memory (VmRSS from /proc) is read three ways: idle with no VM
 (a fresh daemon, before the records are written), idle with the stopped VMs (a
 restarted daemon: its network is made by the first `vm create`/`vm start`), and, with
@@ -118,14 +121,15 @@ def bench(runs: int, vms: int, settle: float, running: int, memory: str = "256M"
         record_vms(box.paths.database, vms)
         pid = box.start_daemon()
         argv = [*box.prefix, sys.executable, __file__, "--measure", "--runs", str(runs)]
+        load_before = os.getloadavg()[0]
         out = subprocess.run(argv, env=box.env, capture_output=True, text=True, check=False)
+        timed_load = (load_before, os.getloadavg()[0])  # around the timed runs
         if out.returncode != 0:
             raise SystemExit(f"the measurement failed:\n{out.stderr}")
         results: dict[str, list[list[float]]] = json.loads(out.stdout)
         time.sleep(settle)
         rss_stopped = rss_mb(pid)
-        load = os.getloadavg()[0]
-        rss_running = None
+        rss_running = running_load = None
         if running:
             for i in range(running):
                 t = time.monotonic()
@@ -140,12 +144,14 @@ def bench(runs: int, vms: int, settle: float, running: int, memory: str = "256M"
                 raise SystemExit(f"not every VM is running: {states}")
             time.sleep(settle)
             rss_running = rss_mb(pid)
-            load = os.getloadavg()[0]
+            running_load = os.getloadavg()[0]  # when that RSS was read
         # the sandbox's teardown stops the daemon and every VM by PID
 
     print(f"{vms} VMs recorded through the store API (stopped; the CLI has no create")
     print(f"without a boot); private daemon in the sandbox; {runs} interleaved runs each;")
-    print(f"host load average {load:.1f} on {os.cpu_count()} CPUs")
+    before, after = timed_load
+    print(f"host load average {before:.1f} before, {after:.1f} after the timed runs", end="")
+    print(f" ({os.cpu_count()} CPUs)")
     rows = []
     for name, samples in results.items():
         wall = benchlib.summarize([w * 1000 for w, _ in samples])
@@ -169,7 +175,8 @@ def bench(runs: int, vms: int, settle: float, running: int, memory: str = "256M"
         ok["running"] = rss_running <= RUNNING_TARGET_MB
         print(
             f"daemon RSS with {running} running VMs {rss_running:.1f} MB "
-            f"(target <= {RUNNING_TARGET_MB:.0f} MB): {verdict[ok['running']]}"
+            f"(target <= {RUNNING_TARGET_MB:.0f} MB): {verdict[ok['running']]}; "
+            f"host load average {running_load:.1f} then"
         )
     return 0 if all(ok.values()) else 1
 
