@@ -13,11 +13,8 @@ file it needs.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +25,8 @@ from banger.artifacts import ext4
 from banger.imagespec import packages_digest, sha256_file, sha256_tree
 from tests import netns
 from tests.mirror_relay import mirror_relay
-from tests.sandbox import CACHE, Sandbox, sandbox
-from tests.sandbox import test_env as sandbox_env
-from tests.vmkit import ensure_artifacts
+from tests.sandbox import Sandbox
+from tests.vmkit import DATA, ensure_artifacts, private_home
 
 pytestmark = [pytest.mark.boot, netns.skip_unless_netns()]
 
@@ -52,45 +48,38 @@ class Built:
     build_err: str
 
 
-def _private_data(data: Path) -> None:
-    """A data dir of its own holding copies of the cached kernel and golden image: the
-    shared cache's tmp dir is swept by every daemon that starts on it (other test
-    runs too), and the test removes the base image to show the build outlives it."""
+def _private_data(home: Path) -> Path:
+    """A data dir of the home's own holding copies of the cached kernel and golden
+    image: the shared cache's tmp dir is swept by every daemon that starts on it (other
+    test runs too), and the test removes the base image to show the build outlives it."""
+    data = home / "data"
     for kind in ("kernels", "images"):
-        src = CACHE / "data" / kind
+        src = DATA / kind
         for d in src.iterdir():
             if d.is_dir() and (kind == "kernels" or d.name == "debian-bookworm"):
                 (data / kind / d.name).mkdir(parents=True)
                 for f in d.iterdir():
                     ext4.clone_file(f, data / kind / d.name / f.name)
+    return data
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
     ensure_artifacts(tmp_path_factory.mktemp("pull"))
-    home = Path(f"/tmp/bgb-{os.getpid()}-{time.monotonic_ns() % 10**6}")
-    home.mkdir()
     inputs = tmp_path_factory.mktemp("inputs")
     setup = inputs / "setup.sh"
     setup.write_text(SETUP)
     conf = inputs / "conf"
     (conf / "sub").mkdir(parents=True)
     (conf / "sub" / "app.toml").write_text("answer = 42\n")
-    try:
-        _private_data(home / "data")
-        with (
-            sandbox(home, data_dir=home / "data", env=sandbox_env()) as b,
-            mirror_relay(str(b.ns)),
-        ):
-            res = b.run(
-                "image", "build", "--from", "debian-bookworm", "--name", "dev",
-                "--package", "ripgrep", "--script", str(setup),
-                "--file", f"{conf}:/opt/conf", "--file", f"{setup}:/usr/local/share/setup.sh",
-                timeout=1800,
-            )  # fmt: skip
-            yield Built(b, "debian-bookworm", "dev", setup, conf, res.stderr)
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
+    with private_home(data=_private_data) as b, mirror_relay(str(b.ns)):
+        res = b.run(
+            "image", "build", "--from", "debian-bookworm", "--name", "dev",
+            "--package", "ripgrep", "--script", str(setup),
+            "--file", f"{conf}:/opt/conf", "--file", f"{setup}:/usr/local/share/setup.sh",
+            timeout=1800,
+        )  # fmt: skip
+        yield Built(b, "debian-bookworm", "dev", setup, conf, res.stderr)
 
 
 def _leftovers(b: Sandbox, image: str) -> list[str]:
