@@ -24,7 +24,7 @@ from banger.artifacts.kernels.catalog import get_spec
 from banger.artifacts.kernels.codecs import LZ4_LEGACY_MAGIC
 from banger.artifacts.kernels.elf import EM_X86_64, parse_header
 from banger.errors import BangerError
-from banger.system import find_tool, run
+from banger.system import find_tool
 
 
 def fake_vmlinux(body_size: int = 200_000) -> bytes:
@@ -167,10 +167,8 @@ def debian_vmlinuz(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pkg = apt.resolve(get_spec("debian-6.1"))
     except BangerError as exc:
         pytest.skip(f"apt cannot resolve the Debian kernel package: {exc.message}")
-    work = tmp_path_factory.mktemp("deb")
-    deb = apt.download(pkg, work)
-    run(["dpkg-deb", "-x", str(deb), str(work / "root")])
-    (image,) = (work / "root" / "boot").glob("vmlinuz-*")
+    root = apt.unpack(pkg, tmp_path_factory.mktemp("deb"))
+    (image,) = (root / "boot").glob("vmlinuz-*")
     return image
 
 

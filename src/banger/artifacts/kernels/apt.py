@@ -16,6 +16,7 @@ from pathlib import Path
 from banger.artifacts.kernels.catalog import KernelSpec
 from banger.artifacts.manifest import sha256_file
 from banger.errors import BangerError, CommandFailed, NotFound
+from banger.progress import Progress, null_progress
 from banger.system import run
 
 _DOWNLOAD_TIMEOUT = 900.0
@@ -133,3 +134,22 @@ def download(pkg: DebPackage, dest: Path, apt_options: Sequence[str] = ()) -> Pa
                 hint=_UPDATE_HINT + ", then pull again",
             )
     return debs[0]
+
+
+def unpack(
+    pkg: DebPackage,
+    work: Path,
+    apt_options: Sequence[str] = (),
+    progress: Progress = null_progress,
+    at: tuple[float, float] = (0.0, 0.0),
+) -> Path:
+    """Download `pkg` (see `download`) and unpack it with dpkg-deb into `work/root`,
+    which is returned; the .deb goes once unpacked. `at`: the progress fractions the
+    download and the unpack are reported at."""
+    progress("download", f"{pkg.name} {pkg.version} ({pkg.size / 1e6:.1f} MB)", at[0])
+    deb = download(pkg, work / "deb", apt_options)
+    progress("unpack", deb.name, at[1])
+    root = work / "root"
+    run(["dpkg-deb", "-x", str(deb), str(root)], timeout=600)
+    deb.unlink()
+    return root

@@ -49,7 +49,7 @@ from banger.artifacts.kernels.info import (
 from banger.artifacts.kernels.pull import load_kernel
 from banger.errors import BangerError, Conflict, InvalidInput, ToolMissing
 from banger.progress import Progress, null_progress
-from banger.system import find_tool, run, run_lines
+from banger.system import find_tool, run_lines
 
 DEFAULT_SOURCE = "linux-source-6.1"
 DEFAULT_NAME = "micro-6.1"
@@ -199,12 +199,7 @@ def _source_tree(
     if (src / _UNPACKED).exists():
         progress("source", f"{pkg.name} {pkg.version} already unpacked", 0.1)
         return src
-    progress("download", f"{pkg.name} {pkg.version} ({pkg.size / 1e6:.0f} MB)", 0.02)
-    deb = apt.download(pkg, work / "deb", apt_options)
-    progress("unpack", deb.name, 0.08)
-    root = work / "root"
-    run(["dpkg-deb", "-x", str(deb), str(root)], timeout=600)
-    deb.unlink()
+    root = apt.unpack(pkg, work, apt_options, progress, at=(0.02, 0.08))
     tarballs = sorted((root / "usr" / "src").glob("linux-source-*.tar.*"))
     if len(tarballs) != 1:
         raise KernelBuildError(

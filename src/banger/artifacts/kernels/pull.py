@@ -36,7 +36,6 @@ from banger.artifacts.kernels.initrd import build_initramfs, host_busybox
 from banger.artifacts.kernels.modules import ModuleTree
 from banger.errors import BangerError, NotFound
 from banger.progress import Progress, null_progress
-from banger.system import run
 
 # Everything this module creates in tmp_dir starts with this, so sweep_tmp can
 # clean up after us without touching other builders sharing the directory.
@@ -126,14 +125,7 @@ def is_outdated(info: KernelInfo) -> bool:
 def _build(spec: KernelSpec, work: Path, progress: Progress, apt_options: Sequence[str]) -> Path:
     progress("resolve", f"resolving {spec.package} with apt", 0.0)
     pkg = apt.resolve(spec, apt_options)
-
-    progress("download", f"{pkg.name} {pkg.version} ({pkg.size / 1e6:.1f} MB)", 0.05)
-    deb = apt.download(pkg, work / "deb", apt_options)
-
-    progress("unpack", deb.name, 0.6)
-    root = work / "root"
-    run(["dpkg-deb", "-x", str(deb), str(root)], timeout=600)
-    deb.unlink()
+    root = apt.unpack(pkg, work, apt_options, progress, at=(0.05, 0.6))
     vmlinuz, config, modroot = _locate(root, pkg.name)
     release = modroot.name
 
