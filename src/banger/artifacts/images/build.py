@@ -33,7 +33,8 @@ from banger.artifacts import ext4
 from banger.artifacts.images.catalog import ImageSpec, get_spec
 from banger.artifacts.images.configure import (
     apply_recipe,
-    split_work_seed,
+    mkfs_rootfs,
+    mkfs_work_seed,
     write_packages_manifest,
 )
 from banger.artifacts.images.info import (
@@ -66,8 +67,6 @@ from banger.system import is_root, run
 __all__ = ["list_images", "load_image", "pull_image", "remove_image", "sweep_tmp"]
 
 MiB = ext4.MiB
-ROOTFS_LABEL = "banger-root"
-WORK_LABEL = "banger-work"
 
 
 def pull_image(
@@ -144,16 +143,8 @@ def _build(
     count = write_packages_manifest(tree, out / FILE_NAMES[MANIFEST])
     progress("manifest", f"{count} packages", 0.61)
 
-    seed = work / "seed"
-    split_work_seed(tree, seed)
-    seed_size = max(128 * MiB, ext4.round_up(ext4.tree_size(seed) * 3 // 2 + 64 * MiB, 16 * MiB))
-    progress("work-seed", f"{FILE_NAMES[WORK_SEED]} ({seed_size // MiB} MiB, sparse)", 0.62)
-    ext4.mkfs_from_dir(seed, out / FILE_NAMES[WORK_SEED], seed_size, WORK_LABEL, root_mode=0o700)
-
-    used = ext4.tree_size(tree)
-    size = max(spec.rootfs_size_mib * MiB, ext4.round_up(used * 3 // 2 + 256 * MiB, 64 * MiB))
-    progress("mkfs", f"{FILE_NAMES[ROOTFS]} ({size // MiB} MiB, {used // MiB} MiB used)", 0.65)
-    ext4.mkfs_from_dir(tree, out / FILE_NAMES[ROOTFS], size, ROOTFS_LABEL)
+    mkfs_work_seed(tree, work / "seed", out / FILE_NAMES[WORK_SEED], progress, 0.62)
+    mkfs_rootfs(tree, out / FILE_NAMES[ROOTFS], spec.rootfs_size_mib * MiB, progress, 0.65)
 
     progress("finalize", "hashing files", 0.85)
     manifest = ImageManifest(

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from banger.agent import GUEST_PROGRAM
+from banger.artifacts import ext4
 from banger.artifacts.images.recipe import Recipe
 from banger.errors import BangerError
 from banger.progress import Progress
@@ -269,3 +270,28 @@ def split_work_seed(root: Path, seed: Path) -> None:
         os.rename(entry, seed / entry.name)
     os.chmod(home, 0o700)
     os.chmod(seed, 0o700)
+
+
+# The images' filesystem labels (the guest mounts by device, not by label).
+ROOTFS_LABEL = "banger-root"
+WORK_LABEL = "banger-work"
+MiB = ext4.MiB
+
+
+def mkfs_work_seed(root: Path, seed: Path, dest: Path, progress: Progress, at: float = 0.0) -> None:
+    """Move the tree's /root into `seed` (`split_work_seed`) and make the image's
+    work-seed `dest` of it: sparse, half as large again as its contents plus 64 MiB,
+    at least 128 MiB."""
+    split_work_seed(root, seed)
+    size = max(128 * MiB, ext4.round_up(ext4.tree_size(seed) * 3 // 2 + 64 * MiB, 16 * MiB))
+    progress("work-seed", f"{dest.name} ({size // MiB} MiB, sparse)", at)
+    ext4.mkfs_from_dir(seed, dest, size, WORK_LABEL, root_mode=0o700)
+
+
+def mkfs_rootfs(root: Path, dest: Path, floor: int, progress: Progress, at: float = 0.0) -> None:
+    """Make the image's rootfs `dest` of the tree: half as large again as its contents
+    plus 256 MiB, at least `floor` bytes (sparse)."""
+    used = ext4.tree_size(root)
+    size = max(floor, ext4.round_up(used * 3 // 2 + 256 * MiB, 64 * MiB))
+    progress("mkfs", f"{dest.name} ({size // MiB} MiB, {used // MiB} MiB used)", at)
+    ext4.mkfs_from_dir(root, dest, size, ROOTFS_LABEL)

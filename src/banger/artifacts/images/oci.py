@@ -33,7 +33,7 @@ from banger.artifacts import ext4
 from banger.artifacts import publish as pub
 from banger.artifacts.images.bootable import make_bootable
 from banger.artifacts.images.catalog import default_image
-from banger.artifacts.images.configure import guest_path, split_work_seed
+from banger.artifacts.images.configure import guest_path, mkfs_rootfs, mkfs_work_seed
 from banger.artifacts.images.info import (
     FILE_NAMES,
     ROOTFS,
@@ -53,8 +53,6 @@ from banger.progress import Progress
 from banger.system import arun, is_root
 
 MiB = ext4.MiB
-ROOTFS_LABEL = "banger-root"
-WORK_LABEL = "banger-work"
 LAYOUT_TAG = "banger"
 # Work directories of pulls: tmp_dir/image-pull-<name>-*; skopeo and umoci name them.
 WORK_PREFIX = f"{TMP_PREFIX}pull-"
@@ -302,16 +300,9 @@ def _finish(
     out.mkdir()
     roles = [ROOTFS]
     if setup.debian_family and guest_path(tree, "/root", follow_last=True).is_dir():
-        seed = work / "seed"
-        split_work_seed(tree, seed)
-        size = max(128 * MiB, ext4.round_up(ext4.tree_size(seed) * 3 // 2 + 64 * MiB, 16 * MiB))
-        progress("work-seed", f"{FILE_NAMES[WORK_SEED]} ({size // MiB} MiB, sparse)", 0.72)
-        ext4.mkfs_from_dir(seed, out / FILE_NAMES[WORK_SEED], size, WORK_LABEL, root_mode=0o700)
+        mkfs_work_seed(tree, work / "seed", out / FILE_NAMES[WORK_SEED], progress, 0.72)
         roles.append(WORK_SEED)
-    used = ext4.tree_size(tree)
-    size = max(512 * MiB, ext4.round_up(used * 3 // 2 + 256 * MiB, 64 * MiB))
-    progress("mkfs", f"{FILE_NAMES[ROOTFS]} ({size // MiB} MiB, {used // MiB} MiB used)", 0.75)
-    ext4.mkfs_from_dir(tree, out / FILE_NAMES[ROOTFS], size, ROOTFS_LABEL)
+    mkfs_rootfs(tree, out / FILE_NAMES[ROOTFS], 512 * MiB, progress, 0.75)
     progress("finalize", "hashing files", 0.9)
     min_mib, why = oci_memory(setup.init)
     manifest = ImageManifest(
