@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 from banger.errors import InvalidInput
 
@@ -47,6 +48,14 @@ def format_duration(seconds: float | None) -> str:
     if s >= 3600:
         return f"{s // 3600}h{s % 3600 // 60:02d}m"
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def format_time(ts: float | None, *, seconds: bool = False) -> str:
+    """A timestamp as local time: `2026-12-01 19:42` (`19:42:05` with `seconds`); `-`
+    when unknown."""
+    if not ts:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M", time.localtime(ts))
 
 
 def check_vm_name(name: str) -> str:

@@ -6,9 +6,8 @@ import click
 
 from banger.api.models import BuildImage, PullOciImage, RegisterImage
 from banger.cli.common import client, follow, json_option
-from banger.cli.kernel_cmds import _when
 from banger.cli.output import out, print_json
-from banger.units import format_size
+from banger.units import format_size, format_time
 
 
 @click.group()
@@ -38,7 +37,7 @@ def list_(as_json: bool) -> None:
             "yes" if i.work_seed else "no (slow path)",
             format_size(i.size_bytes),
             format_size(i.min_memory_mib * 1024**2) if i.min_memory_mib else "-",
-            _when(i.created_at),
+            format_time(i.created_at),
         )
     out.print(t)
 

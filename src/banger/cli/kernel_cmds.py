@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import os
 import time
 
@@ -13,11 +12,7 @@ from banger.api.models import KernelBuild
 from banger.cli.common import client, follow, json_option
 from banger.cli.output import err, out, print_json
 from banger.errors import BangerError, Cancelled, InvalidInput
-from banger.units import format_size
-
-
-def _when(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M") if ts else "-"
+from banger.units import format_size, format_time
 
 
 @click.group()
@@ -47,7 +42,7 @@ def list_(as_json: bool) -> None:
             k.version,
             k.kernel_release,
             format_size(k.size_bytes),
-            _when(k.created_at),
+            format_time(k.created_at),
         )
     out.print(t)
 

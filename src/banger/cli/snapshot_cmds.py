@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import click
 
 from banger.cli.common import client, json_option
 from banger.cli.output import out, print_json
-from banger.units import format_size
+from banger.units import format_size, format_time
 
 
 @click.group()
@@ -39,7 +37,7 @@ def list_(as_json: bool) -> None:
             str(s.vcpus),
             format_size(s.memory_mib * 1024**2),
             format_size(s.size_bytes),
-            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.created_at)),
+            format_time(s.created_at, seconds=True),
         )
     out.print(t)
 
@@ -62,7 +60,7 @@ def show(name: str, as_json: bool) -> None:
                   f"disk {format_size(s.disk_bytes)}, work {format_size(s.work_bytes)}"),
         ("size", format_size(s.size_bytes)),
         ("dir", s.dir),
-        ("taken", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.created_at))),
+        ("taken", format_time(s.created_at, seconds=True)),
     ]  # fmt: skip
     for k, v in rows:
         out.print(f"[bold]{k:>15}[/]  {v}")

@@ -37,7 +37,7 @@ from banger.errors import BangerError, DaemonUnavailable
 from banger.paths import Paths, default_paths
 from banger.tui.actions import BY_ID, VM_ACTIONS, VMAction
 from banger.tui.screens import Confirm, CreateForm, Details, Logs, Ports, Prompt, error_text
-from banger.units import format_duration, format_size
+from banger.units import format_duration, format_size, format_time
 
 STATE_STYLE = {
     "running": "green",
@@ -49,10 +49,6 @@ STATE_STYLE = {
 OP_KEEP_S = 15.0  # finished operations stay in the panel this long
 AGENT_EVERY_S = 3.0
 ARTIFACTS_EVERY_S = 5.0
-
-
-def _when(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
 
 
 def _human(n: int) -> str:
@@ -575,7 +571,7 @@ class BangerApp(App[None]):
                     i.kernel or (i.vmlinux or "-"),
                     "yes" if i.work_seed else "no (slow path)",
                     _human(i.size_bytes),
-                    _when(i.created_at),
+                    format_time(i.created_at),
                 ),
             )
             for i in images
@@ -583,7 +579,7 @@ class BangerApp(App[None]):
         self.w_kernels.sync(
             (
                 k.name,
-                (k.name, k.package, k.version, _human(k.size_bytes), _when(k.created_at)),
+                (k.name, k.package, k.version, _human(k.size_bytes), format_time(k.created_at)),
             )
             for k in kernels
         )
@@ -1214,7 +1210,7 @@ def _vm_details(vm: VM) -> str:
     lines = []
     for key, val in vm.model_dump(exclude={"timings"}).items():
         if key in ("created_at", "started_at") and isinstance(val, float):
-            val = _when(val)
+            val = format_time(val)
         elif key.endswith("_bytes") and isinstance(val, int):
             val = format_size(val)
         elif key == "memory_mib" and isinstance(val, int):
