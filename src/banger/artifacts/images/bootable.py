@@ -38,6 +38,7 @@ from banger.artifacts.images.configure import (
     apply_recipe,
     enable_units,
     guest_path,
+    install_file,
 )
 from banger.artifacts.images.recipe import Recipe, load_recipe
 from banger.progress import Progress
@@ -115,16 +116,6 @@ def is_debian_family(root: Path) -> bool:
     info = os_release(root)
     ids = {info.get("ID", "")} | set(info.get("ID_LIKE", "").split())
     return bool(ids & {"debian", "ubuntu"})
-
-
-def _copy_into(root: Path, src: Path, dest: str, mode: int) -> None:
-    host = guest_path(root, dest)
-    host.parent.mkdir(parents=True, exist_ok=True)
-    if host.is_symlink() or host.exists():
-        host.unlink()
-    shutil.copyfile(src, host)
-    os.chown(host, 0, 0)
-    os.chmod(host, mode)
 
 
 def _mkdir(path: Path, mode: int = 0o755) -> None:
@@ -276,7 +267,7 @@ def make_bootable(root: Path, config: dict[str, Any], progress: Progress) -> Boo
     """Install banger's pieces into the unpacked tree `root` (see the module doc)."""
     version = bundle_python(root)
     progress("bootable", f"private {version} in {PREFIX}")
-    _copy_into(root, GUEST_PROGRAM, AGENT, 0o755)
+    install_file(root, GUEST_PROGRAM, AGENT, 0o755)
     conf = guest_path(root, CONFIG)
     conf.write_text(json.dumps(config, indent=2) + "\n")
     os.chmod(conf, 0o644)

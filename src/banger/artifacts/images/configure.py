@@ -69,17 +69,23 @@ def _mkdirs(root: Path, path: str, mode: int = 0o755) -> Path:
     return host
 
 
+def install_file(root: Path, src: Path, dest: str, mode: int) -> None:
+    """Copy host file `src` to guest path `dest`, owned by root with `mode`, replacing
+    what is there (a symlink itself, not its target); missing directories are made."""
+    _mkdirs(root, str(PurePosixPath(dest).parent))
+    host = guest_path(root, dest)
+    if host.is_symlink() or host.exists():
+        host.unlink()
+    shutil.copyfile(src, host)
+    os.chown(host, 0, 0)
+    os.chmod(host, mode)
+
+
 def install_files(root: Path, recipe: Recipe) -> None:
     for d in recipe.dirs:
         os.chmod(_mkdirs(root, d.path, int(d.mode, 8)), int(d.mode, 8))
-    for entry in recipe.files:
-        _mkdirs(root, str(PurePosixPath(entry.dest).parent))
-        dest = guest_path(root, entry.dest)
-        if dest.is_symlink() or dest.exists():
-            dest.unlink()  # e.g. a resolv.conf symlink: replace it, never write through it
-        shutil.copyfile(recipe.source(entry), dest)
-        os.chown(dest, 0, 0)
-        os.chmod(dest, int(entry.mode, 8))
+    for entry in recipe.files:  # e.g. a resolv.conf symlink is replaced, not written through
+        install_file(root, recipe.source(entry), entry.dest, int(entry.mode, 8))
     for link in recipe.symlinks:
         _mkdirs(root, str(PurePosixPath(link.path).parent))
         dest = guest_path(root, link.path)
@@ -215,13 +221,7 @@ def install_guest_agent(root: Path, recipe: Recipe, progress: Progress) -> bool:
         (GUEST_PROGRAM, recipe.agent.path, 0o755),
         (unit_src, f"/etc/systemd/system/{recipe.agent.unit}", 0o644),
     ):
-        _mkdirs(root, str(PurePosixPath(dest).parent))
-        host = guest_path(root, dest)
-        if host.is_symlink() or host.exists():
-            host.unlink()
-        shutil.copyfile(src, host)
-        os.chown(host, 0, 0)
-        os.chmod(host, mode)
+        install_file(root, src, dest, mode)
     enable_units(root, (recipe.agent.unit,))
     progress("configure", f"guest agent: {recipe.agent.path} ({recipe.agent.unit} enabled)")
     return True
