@@ -293,9 +293,11 @@ def _copy_range(fin: int, fout: int, offset: int, length: int) -> None:
         done += n
 
 
-def fsck(image: Path, *, force: bool = True) -> None:
-    """`e2fsck -y` (with `-f` by default); replays the journal and repairs what it can."""
-    res = run(["e2fsck", "-y", *(["-f"] if force else []), str(image)], check=False, timeout=1800)
+def fsck(image: Path, *, force: bool = True, discard: bool = False) -> None:
+    """`e2fsck -y` (with `-f` by default); replays the journal and repairs what it can.
+    `discard`: also punch holes where the free blocks are (see `compact`)."""
+    argv = ["e2fsck", "-y", *(["-f"] if force else []), *(["-E", "discard"] if discard else [])]
+    res = run([*argv, str(image)], check=False, timeout=1800)
     # Exit codes 1 and 2 mean "errors corrected"; 4 and above mean it could not.
     if res.returncode >= 4:
         tail = " | ".join(res.out.strip().splitlines()[-3:])
@@ -330,13 +332,7 @@ def compact(image: Path) -> None:
     """Check (and repair) `image` and punch holes where its free blocks are, so the
     blocks a VM wrote and then freed (apt's downloads, deleted files) cost no space
     in the file or in the clones made from it (`e2fsck -E discard` on a regular file)."""
-    res = run(["e2fsck", "-y", "-f", "-E", "discard", str(image)], check=False, timeout=1800)
-    if res.returncode >= 4:
-        tail = " | ".join(res.out.strip().splitlines()[-3:])
-        raise CommandFailed(
-            f"e2fsck could not repair {image} (exit {res.returncode}): {tail}",
-            hint=f"inspect it with `e2fsck -fn {image}`",
-        )
+    fsck(image, discard=True)
 
 
 def shrink_to_fit(image: Path, floor: int, slack_ratio: float = 0.5, slack: int = 64 * MiB) -> int:
