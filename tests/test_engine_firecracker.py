@@ -13,7 +13,13 @@ from typing import Any
 import pytest
 
 from banger.engines.base import GuestConfig
-from banger.engines.firecracker import ApiRequest, FirecrackerEngine, build_requests, instance_id
+from banger.engines.firecracker import (
+    ApiClient,
+    ApiRequest,
+    FirecrackerEngine,
+    build_requests,
+    instance_id,
+)
 from banger.engines.firecracker_vsock import open_hybrid_vsock
 from banger.engines.guest_config import build_guest_config
 from banger.errors import CommandFailed, ToolMissing
@@ -150,3 +156,65 @@ async def test_hybrid_vsock_no_socket(tmp_path: Path) -> None:
         await open_hybrid_vsock(tmp_path / "none.sock", 52)
     with pytest.raises(ValueError):
         await open_hybrid_vsock(tmp_path / "none.sock", 0)
+
+
+async def test_api_client_keeps_one_connection_and_reports_faults(
+    uds: Callable[[Handler], Awaitable[Path]],
+) -> None:
+    """Requests go over one kept-alive connection; a refusal carries Firecracker's
+    fault message; an answer that closes the connection makes the next request
+    connect again."""
+    connections: list[list[str]] = []
+
+    async def firecracker(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        seen: list[str] = []
+        connections.append(seen)
+        while line := await r.readline():
+            method, path, _ = line.decode().split(" ", 2)
+            length = 0
+            while (h := await r.readline()) not in (b"\r\n", b""):
+                if h.lower().startswith(b"content-length:"):
+                    length = int(h.split(b":")[1])
+            body = await r.readexactly(length)
+            seen.append(f"{method} {path} {body.decode()}")
+            if path == "/machine-config":
+                fault = b'{"fault_message": "vcpu_count must be at least 1"}'
+                w.write(b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: %d\r\n\r\n%s" % (len(fault), fault))  # fmt: skip
+            elif path == "/actions":
+                w.write(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+                await w.drain()
+                w.close()
+                return
+            else:
+                w.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+            await w.drain()
+
+    sock = await uds(firecracker)
+    async with ApiClient(sock) as api:
+        assert await api.connects()
+        await api.send(ApiRequest("PUT", "/boot-source", {"kernel_image_path": "/k"}))
+        with pytest.raises(CommandFailed, match=r"400.*vcpu_count must be at least 1"):
+            await api.send(ApiRequest("PUT", "/machine-config", {"vcpu_count": 0}))
+        await api.send(ApiRequest("PUT", "/actions", {"action_type": "InstanceStart"}))
+        await api.send(ApiRequest("PATCH", "/vm", {"state": "Paused"}))
+    assert connections == [
+        [
+            'PUT /boot-source {"kernel_image_path": "/k"}',
+            'PUT /machine-config {"vcpu_count": 0}',
+            'PUT /actions {"action_type": "InstanceStart"}',
+        ],
+        ['PATCH /vm {"state": "Paused"}'],
+    ]
+
+
+async def test_api_client_names_a_socket_that_answers_nothing(
+    uds: Callable[[Handler], Awaitable[Path]],
+) -> None:
+    async def mute(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await r.readline()
+        w.close()
+
+    async with ApiClient(await uds(mute)) as api:
+        with pytest.raises(CommandFailed, match=r"PUT /boot-source failed: .*closed"):
+            await api.send(ApiRequest("PUT", "/boot-source", {}))

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import h11
+
 from banger.engines import process
 from banger.engines.base import Availability, EngineHandle, GuestConfig, OnSpawn
 from banger.engines.kvm import probe_kvm
@@ -134,17 +136,18 @@ def build_restore_requests(
 class ApiClient:
     """Firecracker's HTTP/1.1 API over its UNIX socket, on one kept-alive connection.
 
-    A few lines of asyncio rather than an HTTP library: the requests are small JSON
-    bodies and an answer is a status, maybe with a fault message. (httpx, used here
-    before, cost the first restore ~0.4 s to import and every client ~60 ms for the
-    TLS context it builds, all on the way to a running guest.) `timeout` bounds each
-    whole request."""
+    h11 (sans-IO, as the daemon's own server) speaks the protocol over an asyncio
+    UNIX stream: the requests are small JSON bodies and an answer is a status, maybe
+    with a fault message. (httpx, used here before, cost the first restore ~0.4 s to
+    import and every client ~60 ms for the TLS context it builds, all on the way to a
+    running guest.) `timeout` bounds each whole request."""
 
     def __init__(self, socket: Path, timeout: float = 5.0) -> None:
         self._socket = socket
         self._timeout = timeout
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self._conn = h11.Connection(h11.CLIENT)
 
     async def __aenter__(self) -> ApiClient:
         return self
@@ -156,12 +159,13 @@ class ApiClient:
         if self._writer is not None:
             self._writer.close()
         self._reader = self._writer = None
+        self._conn = h11.Connection(h11.CLIENT)
 
     async def send(self, req: ApiRequest) -> None:
         try:
             async with asyncio.timeout(self._timeout):
                 status, body = await self._exchange(req)
-        except (OSError, EOFError, TimeoutError, ValueError) as exc:
+        except (OSError, EOFError, TimeoutError, h11.ProtocolError) as exc:
             self.close()
             what = str(exc) or type(exc).__name__
             raise CommandFailed(f"firecracker API {req.method} {req.path} failed: {what}") from exc
@@ -184,57 +188,44 @@ class ApiClient:
         return True
 
     async def _exchange(self, req: ApiRequest) -> tuple[int, bytes]:
-        if self._writer is None:
+        if self._writer is None or self._conn.our_state is not h11.IDLE:
+            self.close()  # a fresh connection (or one the last answer closed)
             self._reader, self._writer = await asyncio.open_unix_connection(str(self._socket))
-        reader, writer = self._reader, self._writer
+        reader, writer, conn = self._reader, self._writer, self._conn
         assert reader is not None
         payload = json.dumps(req.body).encode()
-        head = (
-            f"{req.method} {req.path} HTTP/1.1\r\nHost: localhost\r\n"
-            "Accept: application/json\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(payload)}\r\n\r\n"
-        )
-        writer.write(head.encode() + payload)
+        headers = [
+            ("Host", "localhost"),
+            ("Accept", "application/json"),
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(payload))),
+        ]
+        for out in (
+            h11.Request(method=req.method, target=req.path, headers=headers),
+            h11.Data(data=payload),
+            h11.EndOfMessage(),
+        ):
+            writer.write(conn.send(out) or b"")
         await writer.drain()
-        status, headers = await _read_head(reader)
-        if headers.get("transfer-encoding", "").lower() == "chunked":
-            body = await _read_chunked(reader)
-        elif "content-length" in headers:
-            body = await reader.readexactly(int(headers["content-length"]))
-        elif status in (204, 304) or status < 200:
-            body = b""
-        else:  # no length: the body runs to the end of the connection
-            body = await reader.read()
-            headers["connection"] = "close"
-        if headers.get("connection", "").lower() == "close":
+        status, body = 0, bytearray()
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await reader.read(1 << 16)
+                if not data and status == 0:
+                    raise EOFError("the API socket closed without an answer")
+                conn.receive_data(data)
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                break
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()  # kept alive for the next request
+        else:
             self.close()
-        return status, body
-
-
-async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
-    line = await reader.readline()
-    if not line:
-        raise EOFError("the API socket closed without an answer")
-    words = line.split(None, 2)
-    if len(words) < 2 or not words[0].startswith(b"HTTP/") or not words[1].isdigit():
-        raise ValueError(f"not an HTTP answer: {line[:80]!r}")
-    headers: dict[str, str] = {}
-    while (h := await reader.readline()) not in (b"\r\n", b"\n"):
-        if not h:
-            raise EOFError("the API socket closed in the middle of an answer")
-        key, _, value = h.decode("latin-1").partition(":")
-        headers[key.strip().lower()] = value.strip()
-    return int(words[1]), headers
-
-
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    body = bytearray()
-    while size := int((await reader.readline()).split(b";", 1)[0].strip() or b"0", 16):
-        body += await reader.readexactly(size)
-        await reader.readline()  # the chunk's CRLF
-    while (await reader.readline()) not in (b"\r\n", b"\n", b""):  # trailers
-        pass
-    return bytes(body)
+        return status, bytes(body)
 
 
 class FirecrackerEngine(process.DetachedEngine):
