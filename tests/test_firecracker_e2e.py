@@ -213,6 +213,10 @@ def suspend_and_resume(b: NsBanger) -> None:
     assert b.json("vm", "health", "f")["info"]["hostname"] == "f"
 
 
+def _cid_moved(b: NsBanger, cid: int) -> bool:
+    return f"vsock CID {cid} is in use on this host" in b.paths.daemon_log.read_text()
+
+
 def test_firecracker_lifecycle_through_the_standin(fb: NsBanger) -> None:
     b = fb
     doctor = b.run("doctor", check=False).stdout
@@ -255,23 +259,21 @@ def test_firecracker_lifecycle_through_the_standin(fb: NsBanger) -> None:
     snapshot_and_fork(b, vm)
     suspend_and_resume(b)
 
+    # f keeps its CID through suspend and resume, unless another daemon's VM on this
+    # host took it meanwhile (CIDs are host-wide; other test runs may share the
+    # machine), which the daemon logs.
+    cid = b.json("vm", "show", "f")["vsock_cid"]
+    assert cid == vm["vsock_cid"] or _cid_moved(b, vm["vsock_cid"])
     b.run("vm", "stop", "f")
     stopped = b.json("vm", "show", "f")
-    assert (stopped["state"], stopped["agent"], stopped["vsock_cid"]) == (
-        "stopped",
-        None,
-        vm["vsock_cid"],
-    )
+    assert (stopped["state"], stopped["agent"], stopped["vsock_cid"]) == ("stopped", None, cid)
     assert b.qemu_pids() == [] and standin_pids(b.home) == []
     assert "guest exited (qemu status 0)" in (run_dir / "firecracker.log").read_text()
 
     b.run("vm", "start", "f")
     started = b.json("vm", "show", "f")
     assert started["state"] == "running"
-    # It keeps its CID, unless another daemon's VM on this host took it meanwhile
-    # (CIDs are host-wide; other test runs may share the machine), which is logged.
-    moved = f"vsock CID {vm['vsock_cid']} is in use on this host" in b.paths.daemon_log.read_text()
-    assert started["vsock_cid"] == vm["vsock_cid"] or moved
+    assert started["vsock_cid"] == cid or _cid_moved(b, cid)  # as above
     assert _ssh(b, "cat /root/f") == "kept"
 
     # The VM outlives the daemon; a new daemon re-adopts it, hybrid vsock included.
