@@ -121,13 +121,38 @@ def _host_network_untouched() -> Iterator[None]:
 
 
 @pytest.fixture
-def banger_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Paths:
+def banger_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Paths]:
+    """A private BANGER_HOME. A daemon a CLI call started under it (on purpose, or
+    by a test that fails because it should not have) is stopped afterwards."""
     home = tmp_path / "bh"
     monkeypatch.setenv("BANGER_HOME", str(home))
     for key in list(os.environ):
         if key.startswith("BANGER_") and key not in ("BANGER_HOME", "BANGER_TEST_CACHE"):
             monkeypatch.delenv(key)
-    return default_paths()
+    paths = default_paths()
+    yield paths
+    _stop_daemon_of(paths, home)
+
+
+def _stop_daemon_of(paths: Paths, home: Path) -> None:
+    """SIGTERM, then SIGKILL, the daemon whose pid file is under `paths`, if that
+    process is still this home's daemon (its BANGER_HOME says so)."""
+    try:
+        pid = int(paths.pid_file.read_text().strip())
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            mine = f"BANGER_HOME={home}".encode() in f.read().split(b"\0")
+    except (OSError, ValueError):
+        return
+    if not mine:
+        return
+    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def cli(
