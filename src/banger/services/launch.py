@@ -123,10 +123,14 @@ class Restore:
         # the engine can (`set_links`; Firecracker's API has no link switch).
         self.hold = hold
 
+    @property
+    def hold_nics(self) -> bool:
+        return self.hold is not None
+
     async def start(self, engine: Engine, cfg: GuestConfig, on_spawn: OnSpawn) -> EngineHandle:
         # The guest's new host key is made while the engine restores.
         self._host_key = asyncio.ensure_future(generate_host_key())
-        state = self.state if self.hold is None else dataclasses.replace(self.state, hold_nics=True)
+        state = dataclasses.replace(self.state, hold_nics=True) if self.hold_nics else self.state
         try:
             if self.hold is not None:
                 await self.hold(True)
@@ -240,6 +244,7 @@ class Resume:
         progress("clock", "")
         try:
             was = (await set_guest_clock(agent)).get("was_off_s")
+            log.debug("vm %s: clock set", vm.name)
             log.info("vm %s: clock set from the host (was off by %ss)", vm.name, was)
         except BangerError as exc:
             log.warning("vm %s: could not set the clock after resume: %s", vm.name, exc)
