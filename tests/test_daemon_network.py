@@ -10,7 +10,6 @@ nothing boots (a running VM is a recorded one whose engine process is a `sleep`)
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import time
@@ -27,7 +26,6 @@ from banger.store import Store
 from banger.system.run import die_with_parent
 from banger.vm import VMRecord, VMRepository
 from tests import netns
-from tests.records import vm_record
 from tests.sandbox import Sandbox, sandbox, terminate
 from tests.sandbox import test_env as sandbox_env
 
@@ -55,10 +53,19 @@ def record(paths: Paths, vms: list[VMRecord]) -> None:
 
 
 def vm(i: int, state: str, tap: str | None = None, handle: EngineHandle | None = None) -> VMRecord:
-    return dataclasses.replace(
-        vm_record(f"vm-{i}", f"172.30.0.{10 + i}", state=state),
+    return VMRecord(
         id=f"{i:012x}",
+        name=f"vm-{i}",
+        state=state,
+        image="debian-bookworm",
+        kernel="debian-6.1",
+        engine="qemu",
+        vcpus=1,
+        memory_mib=256,
+        disk_bytes=1 << 30,
+        work_bytes=1 << 28,
         mac=f"02:00:00:00:00:{i:02x}",
+        ip=f"172.30.0.{10 + i}",
         tap=tap,
         handle=handle.to_dict() if handle else None,
     )
